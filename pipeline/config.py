@@ -1,0 +1,197 @@
+"""Run configuration: TGL-style YAML (sampler, memory, embedding, train, eval, pipeline) validated on load.
+
+A config names the parts a model is composed from; every key has a default here, so a YAML file only
+states what differs. An unknown key, a wrong type or an out-of-range value is a `ConfigError` naming the
+file and the dotted key, because a silently ignored typo would train a different model than intended.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from graph.errors import UserError
+
+MODES = ("sequential", "presample", "fixed-k", "mspipe")
+
+DEFAULTS: dict[str, Any] = {
+    "model": "tgn",
+    "sampler": {"strategy": "recent", "fanouts": [10], "add_reverse": True},
+    "memory": {
+        "dim": 100,
+        "dim_time": 100,
+        "mailbox_size": 1,
+        "updater": "gru",
+        "deliver_to": "self",
+    },
+    "embedding": {
+        "module": "attention",
+        "layers": 1,
+        "heads": 2,
+        "dim_out": 100,
+        "dim_time": 100,
+        "dropout": 0.1,
+    },
+    "train": {
+        "batch_size": 600,
+        "epochs": 10,
+        "lr": 0.0001,
+        "weight_decay": 0.0,
+        "num_neg": 1,
+        "patience": 0,
+    },
+    "eval": {
+        "batch_size": 600,
+        "mrr_negatives": 0,
+        "val_ratio": 0.15,
+        "test_ratio": 0.15,
+        "inductive_ratio": 0.1,
+    },
+    "pipeline": {
+        "mode": "mspipe",
+        "k": 2,
+        "k_max": 8,
+        "warmup_batches": 5,
+        "delayed_fetch": True,
+        "mitigation": {
+            "enabled": False,
+            "quantile": 0.99,
+            "top_k": 10,
+            "gamma": 0.9,
+            "similarity": "cosine",
+            "refresh_every": 200,
+        },
+    },
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model": ("tgn", "jodie", "apan"),
+    "sampler.strategy": ("recent", "uniform"),
+    "memory.updater": ("gru", "rnn", "transformer"),
+    "memory.deliver_to": ("self", "neighbours"),
+    "embedding.module": ("attention", "jodie", "identity"),
+    "pipeline.mode": MODES,
+    "pipeline.mitigation.similarity": ("cosine", "coneighbour"),
+}
+
+POSITIVE = {
+    "memory.dim", "memory.dim_time", "memory.mailbox_size", "embedding.layers", "embedding.heads",
+    "embedding.dim_out", "train.batch_size", "train.epochs", "train.lr", "train.num_neg",
+    "eval.batch_size", "pipeline.k", "pipeline.k_max", "pipeline.mitigation.top_k",
+    "pipeline.mitigation.refresh_every",
+}
+FRACTIONS = {
+    "embedding.dropout", "eval.val_ratio", "eval.test_ratio", "eval.inductive_ratio",
+    "pipeline.mitigation.quantile", "pipeline.mitigation.gamma",
+}
+
+
+class ConfigError(UserError):
+    """A config file or override that cannot describe a valid run."""
+
+
+def _merge(defaults: Any, given: Any, key: str, source: str) -> Any:
+    """Overlay `given` on `defaults`, refusing keys the defaults do not have and mismatched types."""
+    if isinstance(defaults, dict):
+        if given is None and key == "memory":
+            return None
+        if not isinstance(given, dict):
+            raise ConfigError(f"{source}: key '{key}' must be a mapping, got {type(given).__name__}")
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            where = f"{key}.{unknown[0]}" if key else unknown[0]
+            raise ConfigError(f"{source}: unknown key '{where}' (known: {', '.join(sorted(defaults))})")
+        return {
+            name: _merge(value, given[name], f"{key}.{name}" if key else name, source) if name in given
+            else copy.deepcopy(value)
+            for name, value in defaults.items()
+        }
+    if isinstance(defaults, bool):
+        if not isinstance(given, bool):
+            raise ConfigError(f"{source}: key '{key}' must be true or false, got {given!r}")
+        return given
+    if isinstance(defaults, (int, float)):
+        if isinstance(given, bool) or not isinstance(given, (int, float)):
+            raise ConfigError(f"{source}: key '{key}' must be a number, got {given!r}")
+        if isinstance(defaults, int) and not isinstance(given, int):
+            raise ConfigError(f"{source}: key '{key}' must be an integer, got {given!r}")
+        return given
+    if isinstance(defaults, list):
+        if not isinstance(given, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in given):
+            raise ConfigError(f"{source}: key '{key}' must be a list of integers, got {given!r}")
+        return list(given)
+    if not isinstance(given, str):
+        raise ConfigError(f"{source}: key '{key}' must be a string, got {given!r}")
+    return given
+
+
+def _lookup(cfg: dict, dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        if value is None:
+            return None
+        value = value[part]
+    return value
+
+
+def _check_values(cfg: dict, source: str) -> None:
+    for key, allowed in CHOICES.items():
+        value = _lookup(cfg, key)
+        if value is not None and value not in allowed:
+            raise ConfigError(f"{source}: key '{key}' is {value!r}, expected one of {', '.join(allowed)}")
+    for key in POSITIVE:
+        value = _lookup(cfg, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{source}: key '{key}' must be > 0, got {value!r}")
+    for key in FRACTIONS:
+        value = _lookup(cfg, key)
+        if value is not None and not 0 <= value <= 1:
+            raise ConfigError(f"{source}: key '{key}' must be within [0, 1], got {value!r}")
+    fanouts = cfg["sampler"]["fanouts"]
+    if not fanouts or any(f < 0 for f in fanouts):
+        raise ConfigError(f"{source}: key 'sampler.fanouts' must be a non-empty list of counts >= 0, got {fanouts!r}")
+    if cfg["embedding"]["dim_out"] % cfg["embedding"]["heads"]:
+        raise ConfigError(f"{source}: key 'embedding.dim_out' must be divisible by 'embedding.heads'")
+    if cfg["memory"] is None and cfg["embedding"]["module"] != "attention":
+        raise ConfigError(f"{source}: key 'embedding.module' must be 'attention' for a model without memory")
+    if cfg["eval"]["val_ratio"] + cfg["eval"]["test_ratio"] >= 1:
+        raise ConfigError(f"{source}: keys 'eval.val_ratio' + 'eval.test_ratio' must be < 1")
+
+
+def validate_config(given: dict, source: str = "<config>") -> dict:
+    """Return the full config: defaults overlaid with `given`, checked key by key."""
+    cfg = _merge(DEFAULTS, given, "", source)
+    _check_values(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path) -> dict:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        given = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML") from None
+    return validate_config(given, str(path))
+
+
+def apply_overrides(cfg: dict, overrides: dict[str, Any], source: str = "command line") -> dict:
+    """Set dotted keys (`train.epochs`) from the command line, validated like the file."""
+    given = copy.deepcopy(cfg)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = given
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"{source}: key '{dotted}' does not exist in this config")
+            node = node[part]
+        node[parts[-1]] = value
+    return validate_config(given, source)

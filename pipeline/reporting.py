@@ -1,0 +1,95 @@
+"""What a run leaves behind for its user: TensorBoard scalars, the per-batch pipeline log (stage start and
+end, staleness bound and staleness seen), the timeline figure and `results.json`."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+from pipeline.runner import RunStats
+from pipeline.timeline import timeline_figure
+
+from graph.errors import UserError
+from pipeline.checkpoint import CHECKPOINT_NAME as CHECKPOINT
+
+PIPELINE_LOG = "pipeline_events.csv"
+RESULTS = "results.json"
+TIMELINE = "timeline.png"
+RUN_FILES = (RESULTS, CHECKPOINT, PIPELINE_LOG, TIMELINE)
+
+
+def _run_files(out_dir: Path) -> list[Path]:
+    return [p for p in out_dir.iterdir() if p.name in RUN_FILES or p.name.startswith("events.out.tfevents")]
+
+
+def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path:
+    """Check the run directory before training: never overwrite a run unless asked, fail early if unwritable."""
+    if resume:
+        if not (out_dir / CHECKPOINT).is_file():
+            raise UserError(f"{out_dir}: --resume given but there is no {CHECKPOINT} to resume from")
+    elif out_dir.is_dir() and _run_files(out_dir):
+        if not overwrite:
+            raise UserError(f"{out_dir}: already holds a run; pass --overwrite to replace it or --resume to continue it")
+        for path in _run_files(out_dir):
+            path.unlink()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"{out_dir}: cannot write to the run directory ({err.strerror or err})") from None
+    return out_dir
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON so that a reader never sees a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def write_pipeline_log(path: Path, stats: RunStats) -> None:
+    """One row per stage event: batch, stage, start, end (seconds), k and staleness of that batch."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["batch", "stage", "start_s", "end_s", "k", "staleness"])
+        for event in stats.events:
+            writer.writerow([event.batch, event.stage, f"{event.start:.6f}", f"{event.end:.6f}",
+                             stats.k[event.batch], stats.staleness[event.batch]])
+
+
+class RunLog:
+    """TensorBoard writer plus the files of one run directory."""
+
+    def __init__(self, out_dir: Path, purge_step: int | None = None) -> None:
+        self.out_dir = out_dir
+        self.writer = SummaryWriter(log_dir=str(out_dir), purge_step=purge_step)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def epoch_pipeline(self, epoch: int, first_step: int, stats: RunStats) -> None:
+        """Per-batch k and staleness, per-epoch stage times, the timeline figure and CSV of this epoch."""
+        for i, (k, seen) in enumerate(zip(stats.k, stats.staleness)):
+            self.writer.add_scalar("pipeline/k", k, first_step + i)
+            self.writer.add_scalar("pipeline/staleness_seen", seen, first_step + i)
+        for stage, seconds in stats.stage_mean_s.items():
+            self.writer.add_scalar(f"stage_ms/{stage}", 1000 * seconds, epoch)
+        self.writer.add_scalar("pipeline/train_busy_fraction", stats.train_busy_fraction, epoch)
+        write_pipeline_log(self.out_dir / PIPELINE_LOG, stats)
+        figure = timeline_figure(stats.events, title=f"pipeline timeline, epoch {epoch}")
+        figure.savefig(self.out_dir / TIMELINE, dpi=120, bbox_inches="tight")
+        self.writer.add_figure("pipeline/timeline", figure, epoch)
+
+    def results(self, payload: dict[str, Any]) -> None:
+        write_json_atomic(self.out_dir / RESULTS, payload)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()

@@ -1,0 +1,123 @@
+"""Builds everything a run needs from a validated config and an event stream: the split, the samplers,
+the model, the optimizer, the memory store, the negatives and the stage functions for each split."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from graph.events import EventStream
+from graph.negatives import eval_negatives, negative_seed, sample_negatives
+from graph.split import Split, chronological_split
+from memory.store import MemoryStore
+from models.tgnn import TemporalModel, build_model
+from pipeline.device import host_tensor, pins_host_memory
+from pipeline.mitigation import SimilarityTable
+from pipeline.stages import LinkPredictionStages, Mitigation, StreamTensors, chronological_batches
+from sampler.tcsr import TCSR
+from sampler.temporal import TemporalSampler
+
+
+@dataclass
+class RunSetup:
+    """The long-lived objects of one training run."""
+
+    cfg: dict
+    events: EventStream
+    split: Split
+    device: torch.device
+    seed: int
+    stream: StreamTensors
+    train_sampler: TemporalSampler
+    eval_sampler: TemporalSampler
+    model: TemporalModel
+    optimizer: torch.optim.Optimizer
+    store: MemoryStore | None
+    train_candidates: np.ndarray
+    eval_candidates: np.ndarray
+    mitigation: Mitigation | None
+
+    @property
+    def train_batches(self) -> list[np.ndarray]:
+        return chronological_batches(self.split.train, self.cfg["train"]["batch_size"])
+
+    def eval_batches(self, indices: np.ndarray) -> list[np.ndarray]:
+        return chronological_batches(indices, self.cfg["eval"]["batch_size"])
+
+
+def _sampler(events: EventStream, indices: np.ndarray, cfg: dict, seed: int) -> TemporalSampler:
+    tcsr = TCSR.from_events(
+        events.src[indices], events.dst[indices], events.t[indices], events.num_nodes,
+        eid=indices.astype(np.int64), add_reverse=cfg["sampler"]["add_reverse"],
+    )
+    return TemporalSampler(tcsr, list(cfg["sampler"]["fanouts"]), cfg["sampler"]["strategy"], seed=seed)
+
+
+def build_setup(cfg: dict, events: EventStream, device: torch.device, seed: int) -> RunSetup:
+    """Create the run's objects; training sees only training events, evaluation sees the whole stream."""
+    torch.manual_seed(seed)
+    split = chronological_split(
+        events, val_ratio=cfg["eval"]["val_ratio"], test_ratio=cfg["eval"]["test_ratio"],
+        inductive_ratio=cfg["eval"]["inductive_ratio"], seed=seed,
+    )
+    stream = StreamTensors(
+        src=events.src, dst=events.dst, t=events.t,
+        edge_feat=None if events.edge_feat is None else host_tensor(events.edge_feat, device),
+        node_feat=None if events.node_feat is None else host_tensor(events.node_feat, device),
+    )
+    model = build_model(cfg, events.num_nodes, events.dim_node_feat, events.dim_edge_feat).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["train"]["lr"], weight_decay=cfg["train"]["weight_decay"])
+    store = None
+    if model.uses_memory:
+        store = MemoryStore(events.num_nodes, model.dim_memory, model.dim_mail, model.mailbox_size,
+                            pin_memory=pins_host_memory(device))
+    mitigation = None
+    mit_cfg = cfg["pipeline"]["mitigation"]
+    if mit_cfg["enabled"] and store is not None:
+        mitigation = Mitigation(
+            table=SimilarityTable(events.num_nodes, mit_cfg["top_k"], measure=mit_cfg["similarity"]),
+            quantile=mit_cfg["quantile"], gamma=mit_cfg["gamma"], refresh_every=mit_cfg["refresh_every"],
+        )
+    return RunSetup(
+        cfg=cfg, events=events, split=split, device=device, seed=seed, stream=stream,
+        train_sampler=_sampler(events, split.train, cfg, seed),
+        eval_sampler=_sampler(events, np.arange(events.num_events), cfg, seed),
+        model=model, optimizer=optimizer, store=store,
+        train_candidates=np.unique(events.dst[split.train]),
+        eval_candidates=np.unique(events.dst),
+        mitigation=mitigation,
+    )
+
+
+def training_stages(setup: RunSetup, epoch: int) -> LinkPredictionStages:
+    """Stage functions for one training epoch; negatives and uniform draws are seeded per batch."""
+    batches = setup.train_batches
+    num_neg = setup.cfg["train"]["num_neg"]
+
+    def negatives(i: int, events: np.ndarray) -> np.ndarray:
+        return sample_negatives(setup.train_candidates, len(events) * num_neg, negative_seed(setup.seed, epoch, i))
+
+    return LinkPredictionStages(
+        batches=batches, stream=setup.stream, sampler=setup.train_sampler, negatives=negatives,
+        num_neg=num_neg, model=setup.model, store=setup.store, device=setup.device,
+        optimizer=setup.optimizer, sample_seed=lambda i: negative_seed(setup.seed + 1, epoch, i),
+        mitigation=setup.mitigation,
+    )
+
+
+def evaluation_stages(setup: RunSetup, split_name: str, indices: np.ndarray, version_offset: int) -> LinkPredictionStages:
+    """Stage functions that score a split with negatives fixed by seed, so runs are comparable."""
+    num_neg = max(1, setup.cfg["eval"]["mrr_negatives"])
+    fixed = eval_negatives(setup.eval_candidates, len(indices), num_neg, split_name, setup.seed)
+    batches = setup.eval_batches(indices)
+    starts = np.cumsum([0] + [len(b) for b in batches])
+
+    def negatives(i: int, events: np.ndarray) -> np.ndarray:
+        return fixed[starts[i]:starts[i + 1]].T.reshape(-1)
+
+    return LinkPredictionStages(
+        batches=batches, stream=setup.stream, sampler=setup.eval_sampler, negatives=negatives,
+        num_neg=num_neg, model=setup.model, store=setup.store, device=setup.device,
+        version_offset=version_offset, sample_seed=lambda i: negative_seed(setup.seed + 2, 0, i),
+    )

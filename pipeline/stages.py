@@ -1,0 +1,198 @@
+"""The five per-batch stages of memory-based TGNN training: sample, fetch features, fetch memory,
+train, update memory.
+
+Every mode (sequential, presample, fixed-k, mspipe) and evaluation call these very functions; only the
+policy that schedules them differs. A `BatchContext` carries one batch from stage to stage, so stages of
+different batches can run in different threads without sharing mutable state, except the memory store
+(versioned, thread-safe) and the model/optimizer (touched by the train stage alone).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from graph.errors import UserError
+from memory.store import MemoryBatch, MemoryStore
+from models.interface import MemoryUpdate, ModelInputs
+from models.tgnn import TemporalModel
+from pipeline.device import to_device
+from pipeline.mitigation import SimilarityTable, mitigate
+from sampler.temporal import TemporalSampler
+
+
+class NonFiniteLossError(UserError):
+    """Training diverged: the loss is NaN or infinite."""
+
+
+@dataclass
+class BatchContext:
+    """Everything one batch carries between stages."""
+
+    index: int
+    events: np.ndarray
+    roots: np.ndarray
+    root_ts: np.ndarray
+    blocks: list = field(default_factory=list)
+    edge_feat: list = field(default_factory=list)
+    node_feat: torch.Tensor | None = None
+    root_edge_feat: torch.Tensor | None = None
+    memory: MemoryBatch | None = None
+    staleness: int = 0
+    mitigated: int = 0
+    update: MemoryUpdate | None = None
+
+
+@dataclass
+class StreamTensors:
+    """The event stream's columns and features as host tensors (pinned when feeding a GPU)."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    t: np.ndarray
+    edge_feat: torch.Tensor | None
+    node_feat: torch.Tensor | None
+
+
+@dataclass
+class Mitigation:
+    """Staleness mitigation settings plus the similarity table it reads (DESIGN 3.6)."""
+
+    table: SimilarityTable
+    quantile: float
+    gamma: float
+    refresh_every: int
+
+
+NegativeFn = Callable[[int, np.ndarray], np.ndarray]
+
+
+class LinkPredictionStages:
+    """The five stage functions for self-supervised link prediction over a list of event batches.
+
+    With an optimizer the train stage takes a gradient step; without one it only scores (evaluation).
+    Batch `i` writes store version `version_offset + i`, so evaluation continues the version sequence
+    of the training epoch it follows.
+    """
+
+    def __init__(
+        self,
+        *,
+        batches: list[np.ndarray],
+        stream: StreamTensors,
+        sampler: TemporalSampler,
+        negatives: NegativeFn,
+        num_neg: int,
+        model: TemporalModel,
+        store: MemoryStore | None,
+        device: torch.device,
+        optimizer: torch.optim.Optimizer | None = None,
+        version_offset: int = 0,
+        sample_seed: Callable[[int], int] = lambda i: i,
+        mitigation: Mitigation | None = None,
+    ) -> None:
+        self.batches = batches
+        self.stream = stream
+        self.sampler = sampler
+        self.negatives = negatives
+        self.num_neg = num_neg
+        self.model = model
+        self.store = store
+        self.device = device
+        self.optimizer = optimizer
+        self.version_offset = version_offset
+        self.sample_seed = sample_seed
+        self.mitigation = mitigation
+        self.losses: list[float] = []
+        self.pos_scores: list[np.ndarray] = []
+        self.neg_scores: list[np.ndarray] = []
+
+    def sample(self, i: int) -> BatchContext:
+        """Stage 1: negatives and temporal neighbours of the batch's roots, as DGL blocks."""
+        events = self.batches[i]
+        src, dst, t = self.stream.src[events], self.stream.dst[events], self.stream.t[events]
+        neg = self.negatives(i, events)
+        roots = np.concatenate([src, dst, neg])
+        root_ts = np.concatenate([t, t, np.tile(t, self.num_neg)])
+        blocks = self.sampler.sample(roots, root_ts, seed=self.sample_seed(i))
+        return BatchContext(index=i, events=events, roots=roots, root_ts=root_ts, blocks=blocks)
+
+    def fetch_features(self, i: int, ctx: BatchContext) -> None:
+        """Stage 2: gather the sub-graph's edge and node features and move them with the blocks."""
+        edge_feat, node_feat = self.stream.edge_feat, self.stream.node_feat
+        if edge_feat is not None:
+            ctx.edge_feat = [to_device(edge_feat[b.edata["ID"]], self.device) for b in ctx.blocks]
+            ctx.root_edge_feat = to_device(edge_feat[torch.from_numpy(ctx.events)], self.device)
+        else:
+            ctx.edge_feat = [None] * len(ctx.blocks)
+        if node_feat is not None:
+            ctx.node_feat = to_device(node_feat[ctx.blocks[0].srcdata["ID"]], self.device)
+        ctx.blocks = [b.to(self.device) for b in ctx.blocks]
+
+    def fetch_memory(self, i: int, ctx: BatchContext, staleness: int) -> None:
+        """Stage 3: read the input nodes' memory and mails (optionally mitigating stale roots)."""
+        ctx.staleness = staleness
+        if self.store is None:
+            return
+        nodes = ctx.blocks[0].srcdata["ID"].cpu()
+        memory = self.store.fetch(nodes)
+        if self.mitigation is not None:
+            if i % self.mitigation.refresh_every == 0:
+                self.mitigation.table.refresh_from_memory(self.store.fetch(torch.arange(self.store.num_nodes)).mem)
+            positions = torch.arange(len(ctx.roots))
+            memory, ctx.mitigated = mitigate(
+                memory, positions, torch.from_numpy(ctx.root_ts), self.mitigation.table, self.store,
+                quantile=self.mitigation.quantile, gamma=self.mitigation.gamma,
+            )
+        ctx.memory = memory.to(self.device, non_blocking=True)
+
+    def _inputs(self, ctx: BatchContext) -> ModelInputs:
+        return ModelInputs(
+            blocks=ctx.blocks, memory=ctx.memory, edge_feat=ctx.edge_feat, node_feat=ctx.node_feat,
+            root_edge_feat=ctx.root_edge_feat, num_pos=len(ctx.events), num_neg=self.num_neg,
+        )
+
+    def train(self, i: int, ctx: BatchContext) -> None:
+        """Stage 4: forward, BCE loss, backward and optimizer step; in evaluation, scoring only.
+
+        Batches reach this stage in batch order, so `losses` and the score lists stay in batch order.
+        """
+        if self.optimizer is None:
+            self.model.eval()
+            with torch.no_grad():
+                pos, neg, ctx.update = self.model(self._inputs(ctx))
+            self.pos_scores.append(pos.float().cpu().numpy())
+            self.neg_scores.append(neg.float().cpu().numpy().reshape(self.num_neg, -1).T)
+        else:
+            self.model.train()
+            self.optimizer.zero_grad(set_to_none=True)
+            pos, neg, ctx.update = self.model(self._inputs(ctx))
+            loss = link_prediction_loss(pos, neg)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(f"training loss became {loss.item()} at batch {i}; lower train.lr")
+            loss.backward()
+            self.optimizer.step()
+            self.losses.append(loss.item())
+        ctx.blocks, ctx.edge_feat, ctx.node_feat, ctx.memory = [], [], None, None
+
+    def update_memory(self, i: int, ctx: BatchContext) -> None:
+        """Stage 5: write the batch's new memory and mails back to the store (commits its version)."""
+        if self.store is None or ctx.update is None:
+            return
+        u = ctx.update
+        self.store.update(self.version_offset + i, u.nodes, u.mem, u.mem_ts, u.mail_nodes, u.mail, u.mail_ts)
+        ctx.update = None
+
+
+def link_prediction_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of positives against ones and negatives against zeros."""
+    return F.binary_cross_entropy_with_logits(pos_logits, torch.ones_like(pos_logits)) + \
+        F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits))
+
+
+def chronological_batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Split time-ordered event indices into consecutive batches of `batch_size` (the last may be short)."""
+    return [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]

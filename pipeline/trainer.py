@@ -1,0 +1,191 @@
+"""The training loop: epochs of pipelined training, validation and test after each epoch (memory
+continues from training and is restored afterwards), best epoch by validation AP, atomic checkpoints
+and resumption, TensorBoard logs and `results.json`."""
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from graph.events import EventStream
+from pipeline.checkpoint import (
+    CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint, save_checkpoint,
+)
+from pipeline.evaluation import ranking_metrics
+from pipeline.policies import Policy, make_policy
+from pipeline.profiler import StageProfiler
+from pipeline.reporting import RunLog
+from pipeline.runner import STAGES, RunStats, run_batches
+from pipeline.setup import RunSetup, build_setup, evaluation_stages, training_stages
+from pipeline.stages import LinkPredictionStages
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint must hold to continue a run exactly where its last complete epoch ended."""
+
+    next_epoch: int = 0
+    best_epoch: int = -1
+    best_val_ap: float = -math.inf
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    best_model: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def run_stages(stages: LinkPredictionStages, policy: Policy, profiler: StageProfiler | None,
+               stop: threading.Event | None, desc: str, show_progress: bool) -> RunStats:
+    """Run every batch of `stages` under `policy`, with a progress bar."""
+    with tqdm(total=len(stages.batches), desc=desc, unit="batch", leave=False, disable=not show_progress) as bar:
+        return run_batches(len(stages.batches), stages, policy, profiler=profiler, stop=stop,
+                           on_batch_done=lambda i: bar.update(1))
+
+
+def evaluate(setup: RunSetup, name: str, indices: np.ndarray, inductive: np.ndarray, version_offset: int,
+             stop: threading.Event | None, show_progress: bool) -> tuple[dict[str, float], int]:
+    """Score a split in time order, continuing the memory; return its metrics and the next version."""
+    stages = evaluation_stages(setup, name, indices, version_offset)
+    run_stages(stages, make_policy("sequential"), None, stop, f"eval {name}", show_progress)
+    pos, neg = np.concatenate(stages.pos_scores), np.concatenate(stages.neg_scores)
+    metrics = {f"{name}_{key}": value for key, value in ranking_metrics(pos, neg).items()}
+    is_inductive = np.isin(indices, inductive)
+    metrics.update({f"{name}_inductive_{key}": value
+                    for key, value in ranking_metrics(pos[is_inductive], neg[is_inductive]).items()})
+    return metrics, version_offset + len(stages.batches)
+
+
+def evaluate_after_training(setup: RunSetup, version: int, stop: threading.Event | None,
+                            show_progress: bool) -> dict[str, float]:
+    """Validation continues from the training memory, test from validation; the store is restored after."""
+    snapshot = setup.store.snapshot() if setup.store is not None else None
+    split = setup.split
+    val, version = evaluate(setup, "val", split.val, split.val_inductive, version, stop, show_progress)
+    test, _ = evaluate(setup, "test", split.test, split.test_inductive, version, stop, show_progress)
+    if snapshot is not None:
+        setup.store.restore(snapshot)
+    return {**val, **test}
+
+
+def _checkpoint_state(setup: RunSetup, state: TrainingState) -> dict[str, Any]:
+    return {
+        "config_fingerprint": config_fingerprint(setup.cfg),
+        "dataset_fingerprint": dataset_fingerprint(setup.events),
+        "model": setup.model.state_dict(),
+        "optimizer": setup.optimizer.state_dict(),
+        "training": state.__dict__,
+    }
+
+
+def _restore(setup: RunSetup, path: Path) -> TrainingState:
+    ckpt = load_checkpoint(path, config_fingerprint(setup.cfg), dataset_fingerprint(setup.events))
+    setup.model.load_state_dict(ckpt["model"])
+    setup.optimizer.load_state_dict(ckpt["optimizer"])
+    return TrainingState(**ckpt["training"])
+
+
+def train(cfg: dict, events: EventStream, out_dir: Path, device: torch.device, seed: int, *,
+          resume: bool = False, stop: threading.Event | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Train `cfg` on `events`, writing logs, checkpoints and results into `out_dir`; return the results."""
+    setup = build_setup(cfg, events, device, seed)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    state = _restore(setup, ckpt_path) if resume else TrainingState()
+    batches_per_epoch = len(setup.train_batches)
+    log = RunLog(out_dir, purge_step=state.next_epoch * batches_per_epoch if resume else None)
+    mode = cfg["pipeline"]["mode"]
+    profiler = StageProfiler()
+    try:
+        for epoch in range(state.next_epoch, cfg["train"]["epochs"]):
+            if state.stopped_early:
+                break
+            _train_one_epoch(setup, state, epoch, make_policy(mode, cfg["pipeline"]), profiler, log, stop,
+                             show_progress)
+            save_checkpoint(ckpt_path, _checkpoint_state(setup, state))
+            patience = cfg["train"]["patience"]
+            state.stopped_early = bool(patience) and epoch - state.best_epoch >= patience
+        results = _results(setup, state, mode, profiler)
+        log.results(results)
+        return results
+    finally:
+        log.close()
+
+
+def _train_one_epoch(setup: RunSetup, state: TrainingState, epoch: int, policy: Policy, profiler: StageProfiler,
+                     log: RunLog, stop: threading.Event | None, show_progress: bool) -> None:
+    torch.manual_seed(setup.seed * 1000 + epoch)
+    if setup.store is not None:
+        setup.store.reset()
+    stages = training_stages(setup, epoch)
+    losses = stages.losses
+    started = time.perf_counter()
+    stats = run_stages(stages, policy, profiler, stop, f"epoch {epoch}", show_progress)
+    train_seconds = time.perf_counter() - started
+    num_events = len(setup.split.train)
+    first_step = epoch * len(stages.batches)
+    for i, loss in enumerate(losses):
+        log.scalars(first_step + i, {"train/loss": loss})
+    log.epoch_pipeline(epoch, first_step, stats)
+    metrics = evaluate_after_training(setup, len(stages.batches), stop, show_progress)
+    summary = {
+        "epoch": epoch,
+        "loss": float(np.mean(losses)),
+        "epoch_time_s": train_seconds,
+        "events_per_s": num_events / train_seconds,
+        "k_mean": float(np.mean(stats.k)),
+        "staleness_mean": float(np.mean(stats.staleness)),
+        "staleness_max": int(np.max(stats.staleness)),
+        "train_busy_fraction": stats.train_busy_fraction,
+        "stage_time_s": dict(stats.stage_mean_s),
+        **metrics,
+    }
+    state.history.append(summary)
+    log.scalars(epoch, {
+        "train/loss_epoch": summary["loss"], "train/events_per_s": summary["events_per_s"],
+        **{f"eval/{key}": value for key, value in metrics.items()},
+    })
+    if metrics["val_ap"] > state.best_val_ap:
+        state.best_val_ap = metrics["val_ap"]
+        state.best_epoch = epoch
+        state.best_metrics = metrics
+        state.best_model = copy.deepcopy(setup.model.state_dict())
+    state.next_epoch = epoch + 1
+    tqdm.write(f"epoch {epoch}: loss {summary['loss']:.4f}  {summary['events_per_s']:.0f} events/s  "
+               f"val AP {metrics['val_ap']:.4f}  test AP {metrics['test_ap']:.4f}  k {summary['k_mean']:.1f}")
+
+
+def _results(setup: RunSetup, state: TrainingState, mode: str, profiler: StageProfiler) -> dict[str, Any]:
+    history = state.history
+    total_events = sum(len(setup.split.train) for _ in history)
+    total_seconds = sum(h["epoch_time_s"] for h in history)
+    stage_time = {stage: float(np.mean([h["stage_time_s"].get(stage, 0.0) for h in history])) for stage in STAGES}
+    best = state.best_metrics
+    return {
+        "model": setup.cfg["model"],
+        "dataset": setup.events.name,
+        "mode": mode,
+        "epochs": len(history),
+        "seed": setup.seed,
+        "best_epoch": state.best_epoch,
+        "train_events_per_s": total_events / total_seconds if total_seconds else 0.0,
+        "epoch_time_s": [h["epoch_time_s"] for h in history],
+        **{key: best.get(key, math.nan) for key in (
+            "val_ap", "val_auc", "test_ap", "test_auc", "val_inductive_ap", "val_inductive_auc",
+            "test_inductive_ap", "test_inductive_auc")},
+        **{key: value for key, value in best.items() if key.endswith("_mrr")},
+        "stage_time_s": stage_time,
+        "staleness": {
+            "k": float(np.mean([h["k_mean"] for h in history])) if history else 0.0,
+            "mean_seen": float(np.mean([h["staleness_mean"] for h in history])) if history else 0.0,
+            "max_seen": int(max((h["staleness_max"] for h in history), default=0)),
+        },
+        "pipeline_utilization": float(np.mean([h["train_busy_fraction"] for h in history])) if history else 0.0,
+        "history": history,
+        "config": setup.cfg,
+    }

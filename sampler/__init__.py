@@ -1,0 +1,9 @@
+"""Temporal neighbour sampling: a T-CSR index and a sampler that returns DGL blocks."""
+import os
+
+os.environ.setdefault("DGLBACKEND", "pytorch")
+
+from sampler.tcsr import TCSR  # noqa: E402
+from sampler.temporal import TemporalSampler  # noqa: E402
+
+__all__ = ["TCSR", "TemporalSampler"]

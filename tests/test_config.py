@@ -1,0 +1,80 @@
+"""Config loading: defaults fill what a YAML omits; unknown keys, wrong types and bad values are refused
+with a message naming the file and the key."""
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, apply_overrides, load_config, validate_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_shipped_configs_are_valid(path):
+    cfg = load_config(path)
+    assert cfg["model"] in ("tgn", "jodie", "apan")
+    assert cfg["train"]["batch_size"] in (200, 600)
+
+
+def test_defaults_fill_missing_keys():
+    cfg = validate_config({"train": {"lr": 0.001}})
+    assert cfg["train"]["lr"] == 0.001
+    assert cfg["train"]["batch_size"] == 600
+    assert cfg["pipeline"]["mitigation"]["quantile"] == 0.99
+
+
+def write(tmp_path, text):
+    path = tmp_path / "bad.yml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, key", [
+    ("trian: {lr: 0.1}\n", "trian"),
+    ("train: {lr: 0.1, batchsize: 3}\n", "train.batchsize"),
+    ("pipeline: {mitigation: {gama: 0.5}}\n", "pipeline.mitigation.gama"),
+])
+def test_unknown_key_names_file_and_key(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message and f"'{key}'" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("text, key", [
+    ("train: {batch_size: 0}\n", "train.batch_size"),
+    ("train: {batch_size: 2.5}\n", "train.batch_size"),
+    ("train: {lr: fast}\n", "train.lr"),
+    ("pipeline: {mode: turbo}\n", "pipeline.mode"),
+    ("embedding: {dropout: 1.5}\n", "embedding.dropout"),
+    ("sampler: {fanouts: [-1]}\n", "sampler.fanouts"),
+    ("embedding: {heads: 3}\n", "embedding.dim_out"),
+    ("pipeline: {delayed_fetch: 1}\n", "pipeline.delayed_fetch"),
+])
+def test_bad_values_are_refused(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(write(tmp_path, text))
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(write(tmp_path, "train: {lr: [\n"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yml")
+
+
+def test_overrides_are_validated():
+    cfg = validate_config({})
+    assert apply_overrides(cfg, {"train.epochs": 3, "pipeline.k": None})["train"]["epochs"] == 3
+    with pytest.raises(ConfigError, match="pipeline.k"):
+        apply_overrides(cfg, {"pipeline.k": 0})
+    with pytest.raises(ConfigError, match="nosuch.key"):
+        apply_overrides(cfg, {"nosuch.key": 1})
+
+
+def test_memoryless_model_needs_attention():
+    cfg = validate_config({"memory": None})
+    assert cfg["memory"] is None
+    with pytest.raises(ConfigError, match="embedding.module"):
+        validate_config({"memory": None, "embedding": {"module": "jodie"}})
