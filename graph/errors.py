@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class DataError(UserError):
     """A data file that cannot be read as an event stream; the message names the file and row/column."""
+
+
+def one_line(text: object) -> str:
+    """Collapse a (library) message onto one line, so it fits the one-line error convention."""
+    return " ".join(str(text).split())

@@ -1,0 +1,10 @@
+"""Memory-based temporal GNNs (TGN, JODIE, APAN) composed of a memory updater, a node embedding and an
+edge predictor, computed with DGL message passing over the sampler's blocks."""
+import os
+
+os.environ.setdefault("DGLBACKEND", "pytorch")
+
+from models.interface import MemoryUpdate, ModelInputs  # noqa: E402
+from models.tgnn import TemporalModel, build_model  # noqa: E402
+
+__all__ = ["MemoryUpdate", "ModelInputs", "TemporalModel", "build_model"]

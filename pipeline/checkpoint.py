@@ -13,14 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from graph.errors import UserError
 from graph.events import EventStream
+from memory.store import CheckpointError
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be resumed: missing, corrupt, or from another run."""
 
 
 def config_fingerprint(cfg: dict) -> str:
@@ -53,8 +49,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         raise CheckpointError(f"{path}: cannot write checkpoint ({err.strerror or err})") from None
 
 
-def load_checkpoint(path: Path, config_fp: str, data_fp: str) -> dict[str, Any]:
-    """Read a checkpoint and check that it belongs to this config and dataset."""
+def load_checkpoint(path: Path, config_fp: str | None, data_fp: str) -> dict[str, Any]:
+    """Read a checkpoint and check that it belongs to this dataset and (unless None) this config."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint to resume from")
     try:
@@ -63,7 +59,7 @@ def load_checkpoint(path: Path, config_fp: str, data_fp: str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__})") from None
     if not isinstance(state, dict) or "config_fingerprint" not in state:
         raise CheckpointError(f"{path}: not a checkpoint written by scripts/train.py")
-    if state["config_fingerprint"] != config_fp:
+    if config_fp is not None and state["config_fingerprint"] != config_fp:
         raise CheckpointError(f"{path}: checkpoint was written with a different config")
     if state["dataset_fingerprint"] != data_fp:
         raise CheckpointError(f"{path}: checkpoint was written for a different dataset")

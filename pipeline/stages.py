@@ -141,13 +141,22 @@ class LinkPredictionStages:
         memory = self.store.fetch(nodes)
         if self.mitigation is not None:
             if i % self.mitigation.refresh_every == 0:
-                self.mitigation.table.refresh_from_memory(self.store.fetch(torch.arange(self.store.num_nodes)).mem)
+                self._refresh_similarity(i)
             positions = torch.arange(len(ctx.roots))
             memory, ctx.mitigated = mitigate(
                 memory, positions, torch.from_numpy(ctx.root_ts), self.mitigation.table, self.store,
                 quantile=self.mitigation.quantile, gamma=self.mitigation.gamma,
             )
         ctx.memory = memory.to(self.device, non_blocking=True)
+
+    def _refresh_similarity(self, i: int) -> None:
+        """Rebuild the similarity table from the current memory (cosine) or the events so far (coneighbour)."""
+        table = self.mitigation.table
+        if table.measure == "cosine":
+            table.refresh_from_memory(self.store.fetch(torch.arange(self.store.num_nodes)).mem)
+        else:
+            seen = np.concatenate(self.batches[:i]) if i else np.empty(0, dtype=np.int64)
+            table.refresh_from_events(self.stream.src[seen], self.stream.dst[seen], self.store.num_nodes)
 
     def _inputs(self, ctx: BatchContext) -> ModelInputs:
         return ModelInputs(

@@ -76,6 +76,8 @@ def evaluate_after_training(setup: RunSetup, version: int, stop: threading.Event
 
 def _checkpoint_state(setup: RunSetup, state: TrainingState) -> dict[str, Any]:
     return {
+        "config": setup.cfg,
+        "seed": setup.seed,
         "config_fingerprint": config_fingerprint(setup.cfg),
         "dataset_fingerprint": dataset_fingerprint(setup.events),
         "model": setup.model.state_dict(),
@@ -158,6 +160,17 @@ def _train_one_epoch(setup: RunSetup, state: TrainingState, epoch: int, policy: 
     state.next_epoch = epoch + 1
     tqdm.write(f"epoch {epoch}: loss {summary['loss']:.4f}  {summary['events_per_s']:.0f} events/s  "
                f"val AP {metrics['val_ap']:.4f}  test AP {metrics['test_ap']:.4f}  k {summary['k_mean']:.1f}")
+
+
+def evaluate_checkpoint(ckpt: dict[str, Any], events: EventStream, device: torch.device,
+                        show_progress: bool = True) -> dict[str, float]:
+    """Re-evaluate a checkpoint's best weights: replay the training events to rebuild the memory, then
+    score validation and test exactly as training did."""
+    setup = build_setup(ckpt["config"], events, device, ckpt["seed"])
+    best = ckpt["training"]["best_model"] or ckpt["model"]
+    setup.model.load_state_dict(best)
+    _, version = evaluate(setup, "train", setup.split.train, setup.split.train, 0, None, show_progress)
+    return evaluate_after_training(setup, version, None, show_progress)
 
 
 def _results(setup: RunSetup, state: TrainingState, mode: str, profiler: StageProfiler) -> dict[str, Any]:

@@ -31,26 +31,28 @@ class SampledEdges:
 def recent_neighbours(tcsr: TCSR, nodes: np.ndarray, times: np.ndarray, fanout: int) -> SampledEdges:
     """The `fanout` latest edges of each node strictly before its time, newest first (TGL "recent")."""
     start, end = tcsr.segments_before(nodes, times)
-    steps_back = np.arange(fanout, dtype=np.int64)
-    candidates = end[:, None] - 1 - steps_back
-    return _keep(candidates, steps_back < np.minimum(end - start, fanout)[:, None])
+    count = np.minimum(end - start, fanout)
+    root = np.repeat(np.arange(len(count), dtype=np.int64), count)
+    first_slot = np.cumsum(count) - count
+    entry = np.repeat(end - 1 + first_slot, count) - np.arange(len(root), dtype=np.int64)
+    return SampledEdges(root=root, entry=entry)
 
 
 def uniform_neighbours(
     tcsr: TCSR, nodes: np.ndarray, times: np.ndarray, fanout: int, rng: np.random.Generator
 ) -> SampledEdges:
-    """`fanout` draws with replacement among each node's edges strictly before its time, newest first."""
+    """`fanout` draws with replacement among each node's edges strictly before its time, newest first.
+
+    Only roots with history consume random numbers, one row of `fanout` uniforms each, in root order.
+    """
     start, end = tcsr.segments_before(nodes, times)
-    available = end - start
-    offsets = (rng.random((len(start), fanout)) * available[:, None]).astype(np.int64)
+    has_history = np.flatnonzero(end > start)
+    available = (end - start)[has_history, None]
+    offsets = (rng.random((len(has_history), fanout)) * available).astype(np.int64)
     newest_first = np.sort(offsets, axis=1)[:, ::-1]
-    return _keep(start[:, None] + newest_first, np.broadcast_to((available > 0)[:, None], offsets.shape))
-
-
-def _keep(candidates: np.ndarray, valid: np.ndarray) -> SampledEdges:
-    """The valid cells of a (roots, fanout) candidate matrix, in row-major order (grouped by root)."""
-    root, _ = np.nonzero(valid)
-    return SampledEdges(root=root, entry=candidates[valid])
+    return SampledEdges(
+        root=np.repeat(has_history, fanout), entry=(start[has_history, None] + newest_first).ravel()
+    )
 
 
 def build_block(tcsr: TCSR, nodes: np.ndarray, times: np.ndarray, edges: SampledEdges) -> dgl.DGLBlock:
@@ -58,12 +60,7 @@ def build_block(tcsr: TCSR, nodes: np.ndarray, times: np.ndarray, edges: Sampled
 
     Sources are not de-duplicated (as in TGL), so the next layer's roots are exactly this block's sources.
     """
-    num_roots, num_edges = len(nodes), len(edges.entry)
-    block = dgl.create_block(
-        (torch.arange(num_roots, num_roots + num_edges), torch.from_numpy(edges.root)),
-        num_src_nodes=num_roots + num_edges,
-        num_dst_nodes=num_roots,
-    )
+    block = _edges_into_roots(len(nodes), edges.root)
     edge_times = tcsr.ts[edges.entry]
     block.dstdata["ID"] = torch.from_numpy(nodes)
     block.dstdata["ts"] = torch.from_numpy(times)
@@ -72,6 +69,22 @@ def build_block(tcsr: TCSR, nodes: np.ndarray, times: np.ndarray, edges: Sampled
     block.edata["ID"] = torch.from_numpy(tcsr.eid[edges.entry])
     block.edata["dt"] = torch.from_numpy((times[edges.root] - edge_times).astype(np.float32))
     return block
+
+
+def _edges_into_roots(num_roots: int, edge_root: np.ndarray) -> dgl.DGLBlock:
+    """A featureless block where edge `e` goes from source `num_roots + e` to destination `edge_root[e]`.
+
+    Built directly in CSC form (in-edges grouped by root, as `edge_root` already is), the format that
+    message passing towards the roots uses, so DGL need not convert it later.
+    """
+    num_edges = len(edge_root)
+    in_edges_ptr = np.concatenate([[0], np.cumsum(np.bincount(edge_root, minlength=num_roots))])
+    sources = torch.arange(num_roots, num_roots + num_edges)
+    return dgl.create_block(
+        ("csc", (torch.from_numpy(in_edges_ptr), sources, torch.arange(num_edges))),
+        num_src_nodes=num_roots + num_edges,
+        num_dst_nodes=num_roots,
+    )
 
 
 class TemporalSampler:
@@ -92,13 +105,17 @@ class TemporalSampler:
         self.seed = seed
 
     def find_neighbours(
-        self, nodes: np.ndarray, times: np.ndarray, fanout: int, rng: np.random.Generator
+        self, nodes: np.ndarray, times: np.ndarray, fanout: int, rng: np.random.Generator | None = None
     ) -> SampledEdges:
-        """The edges of one layer for roots `nodes` at `times`, by this sampler's strategy."""
+        """The edges of one layer for roots `nodes` at `times`, by this sampler's strategy.
+
+        Uniform draws come from `rng`, by default a generator seeded with the sampler's seed.
+        """
         if fanout == 0:
             return SampledEdges.empty()
         if self.strategy == "recent":
             return recent_neighbours(self.tcsr, nodes, times, fanout)
+        rng = np.random.default_rng(self.seed) if rng is None else rng
         return uniform_neighbours(self.tcsr, nodes, times, fanout, rng)
 
     def sample(self, roots: np.ndarray, root_ts: np.ndarray, seed: int | None = None) -> list[dgl.DGLBlock]:
@@ -106,12 +123,22 @@ class TemporalSampler:
 
         `blocks[l]` uses `fanouts[l]` (DGL's convention); uniform draws use `seed`, else the sampler's seed.
         """
+        nodes, times = self._validated_roots(roots, root_ts)
         rng = np.random.default_rng(self.seed if seed is None else seed)
-        nodes = np.ascontiguousarray(roots, dtype=np.int64)
-        times = np.ascontiguousarray(root_ts, dtype=np.float64)
         blocks = []
         for fanout in reversed(self.fanouts):
             block = build_block(self.tcsr, nodes, times, self.find_neighbours(nodes, times, fanout, rng))
             blocks.append(block)
             nodes, times = block.srcdata["ID"].numpy(), block.srcdata["ts"].numpy()
         return blocks[::-1]
+
+    def _validated_roots(self, roots: np.ndarray, root_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Private int64/float64 copies of the roots (the blocks keep them), after checking shapes and ids."""
+        nodes = np.array(roots, dtype=np.int64)
+        times = np.array(root_ts, dtype=np.float64)
+        if nodes.ndim != 1 or nodes.shape != times.shape:
+            raise ValueError(f"roots and root_ts must be 1-D of equal length, got {nodes.shape}, {times.shape}")
+        num_nodes = self.tcsr.num_nodes
+        if len(nodes) and (nodes.min() < 0 or nodes.max() >= num_nodes):
+            raise ValueError(f"root ids must lie in [0, {num_nodes}), got [{nodes.min()}, {nodes.max()}]")
+        return nodes, times

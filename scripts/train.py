@@ -43,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="mspipe's delayed memory fetch on/off (pipeline.delayed_fetch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--threads", type=int, default=None, help="CPU cores torch may use (default: all available)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     events = load_dataset(args.data, fmt=args.format)
     out_dir = prepare_run_dir(Path(args.out), resume=args.resume, overwrite=args.overwrite)
-    configure_threads()
+    configure_threads(args.threads)
     results = train(cfg, events, out_dir, device, args.seed, resume=args.resume, stop=stop_on_signals(),
                     show_progress=not args.no_progress)
     print(f"{results['model']} on {results['dataset']} ({results['mode']}): test AP {results['test_ap']:.4f}  "

@@ -1,0 +1,28 @@
+"""The real datasets bundled with the repository, addressable by name, and the name-or-path resolution
+the scripts' `--data` option uses."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from graph.errors import DataError
+from graph.events import EventStream
+from graph.loaders import load_events
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+BUILTIN_DATASETS: dict[str, Path] = {
+    "uci": DATA_DIR / "ml_uci.csv.xz",
+    "wikipedia": DATA_DIR / "ml_wikipedia.txt.xz",
+    "enron": DATA_DIR / "ml_enron.csv.xz",
+}
+DEFAULT_DATASET = "uci"
+
+
+def load_dataset(name_or_path: str, fmt: str | None = None) -> EventStream:
+    """Load a built-in dataset by name, or any supported file (or TGL directory) by path."""
+    if name_or_path in BUILTIN_DATASETS:
+        return load_events(BUILTIN_DATASETS[name_or_path], fmt=fmt, name=name_or_path)
+    path = Path(name_or_path)
+    if path.exists() or len(path.parts) > 1 or path.suffix:
+        return load_events(path, fmt=fmt)
+    known = ", ".join(sorted(BUILTIN_DATASETS))
+    raise DataError(f"{name_or_path}: unknown dataset name and no such file (built-in datasets: {known})")

@@ -1,0 +1,292 @@
+"""Read event streams from the file layouts temporal-GNN code bases use, with one-line errors for bad input.
+
+Formats (`fmt`):
+- "tgl": `edges.csv` with header `,src,dst,time,ext_roll[,int_roll]`, 0-based ids; optional
+  `edge_features.pt` (one row per event) and `node_features.pt` (row = node id) beside it.
+- "dyglib": the TGN/DyGLib processed CSV `,u,i,ts,label,idx`, 1-based ids; optional `ml_<name>.npy`
+  (edge features, a padding row 0 is dropped) and `ml_<name>_node.npy` (row = node id) beside it.
+- "jodie": whitespace-separated `src dst t [feat ...]`, no header (JODIE's ml_wikipedia.txt).
+- "csv": comma-separated `src,dst,t[,feat ...]`, header optional; columns are taken by position.
+Any file may be compressed as .xz or .gz.
+"""
+from __future__ import annotations
+
+import gzip
+import lzma
+import pickle
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from graph.errors import DataError, one_line
+from graph.events import EventStream, event_stream_from_raw
+
+FORMATS = ("csv", "dyglib", "jodie", "tgl")
+COMPRESSION_OPENERS = {".xz": lzma.open, ".gz": gzip.open}
+TGL_EDGES = "edges.csv"
+TGL_EDGES_STEM = "edges"
+EXT_ROLLS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class _RawEvents:
+    """Validated columns of one file, still in file order and with the file's node ids."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    t: np.ndarray
+    edge_feat: np.ndarray | None = None
+    node_feat: np.ndarray | None = None
+    ext_roll: np.ndarray | None = None
+
+
+def load_events(path: str | Path, fmt: str | None = None, name: str | None = None) -> EventStream:
+    """Load an event stream from `path` (a file, or a TGL directory holding edges.csv).
+
+    `fmt` is one of FORMATS, or None to detect it from the header and file name; `name` defaults to
+    the dataset name the file name implies (`ml_uci.csv.xz` -> "uci", `DIR/edges.csv` -> "DIR").
+    """
+    file = _resolve_path(Path(path))
+    fmt = detect_format(file) if fmt is None else _known_format(fmt, file)
+    raw = _READERS[fmt](file)
+    return event_stream_from_raw(
+        name or dataset_name(file), raw.src, raw.dst, raw.t, source=str(file),
+        edge_feat=raw.edge_feat, raw_node_feat=raw.node_feat, ext_roll=raw.ext_roll,
+    )
+
+
+def detect_format(path: str | Path) -> str:
+    """Guess the format from the header line, then from the file name (edges.csv, ml_*.csv)."""
+    file = _resolve_path(Path(path))
+    header = _first_line(file)
+    fields = {field.strip() for field in header.split(",")}
+    stem, suffix = _bare_name(file), Path(_uncompressed_name(file)).suffix
+    if {"src", "dst", "time"} <= fields or stem == TGL_EDGES_STEM:
+        return "tgl"
+    if {"u", "i", "ts"} <= fields or (stem.startswith("ml_") and suffix == ".csv"):
+        return "dyglib"
+    return "csv" if "," in header else "jodie"
+
+
+def dataset_name(path: Path) -> str:
+    """The dataset name a file name implies: `ml_<name>.csv` -> name, `<name>/edges.csv` -> name."""
+    stem = _bare_name(path)
+    if stem == TGL_EDGES_STEM:
+        return path.resolve().parent.name
+    return stem.removeprefix("ml_")
+
+
+def _resolve_path(path: Path) -> Path:
+    """The events file `path` names; a directory stands for the TGL edges.csv inside it."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        return path
+    for suffix in ("", *COMPRESSION_OPENERS):
+        candidate = path / (TGL_EDGES + suffix)
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"{path}: directory has no {TGL_EDGES} (TGL layout)")
+
+
+def _known_format(fmt: str, path: Path) -> str:
+    if fmt not in FORMATS:
+        raise DataError(f"{path}: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    return fmt
+
+
+def _uncompressed_name(path: Path) -> str:
+    """The file name without a .xz/.gz suffix."""
+    return path.name.removesuffix(path.suffix) if path.suffix in COMPRESSION_OPENERS else path.name
+
+
+def _bare_name(path: Path) -> str:
+    """The file name without compression and data suffixes (`ml_uci.csv.xz` -> `ml_uci`)."""
+    return Path(_uncompressed_name(path)).stem
+
+
+def _first_line(path: Path) -> str:
+    """The first line of a (possibly compressed) text file; an empty file is an error."""
+    opener = COMPRESSION_OPENERS.get(path.suffix, open)
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace") as handle:
+            line = handle.readline()
+    except (OSError, EOFError, lzma.LZMAError) as err:
+        raise DataError(f"{path}: cannot read: {one_line(err)}") from err
+    if not line.strip():
+        raise DataError(f"{path}: file is empty (no header and no events)")
+    return line
+
+
+def _has_header(path: Path, sep: str) -> bool:
+    """A header line is one whose first field is not a number."""
+    first_field = re.split(sep, _first_line(path).strip())[0].strip()
+    try:
+        float(first_field)
+    except ValueError:
+        return True
+    return False
+
+
+def _read_table(path: Path, sep: str, header: int | None) -> pd.DataFrame:
+    """Parse the file with pandas; parser failures and files without data rows become DataErrors."""
+    try:
+        frame = pd.read_csv(path, sep=sep, header=header, compression="infer", float_precision="round_trip")
+    except pd.errors.EmptyDataError as err:
+        raise DataError(f"{path}: file is empty (no header and no events)") from err
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, lzma.LZMAError) as err:
+        raise DataError(f"{path}: cannot parse: {one_line(err)}") from err
+    if frame.empty:
+        raise DataError(f"{path}: no events (the file has a header but no data rows)")
+    if header is not None:
+        frame.columns = [str(column).strip() for column in frame.columns]
+    return frame
+
+
+def _column_label(frame: pd.DataFrame, column: object) -> str:
+    """`column 4 ('ts')` for a named column, `column 3` for a header-less one (1-based positions)."""
+    position = frame.columns.get_loc(column) + 1
+    return f"column {position}" if isinstance(column, int) else f"column {position} ({column!r})"
+
+
+def _raise_at_first(bad: np.ndarray, frame: pd.DataFrame, columns: Sequence, path: Path, problem: str) -> None:
+    """Raise a DataError naming the first flagged cell (earliest data row, then leftmost column)."""
+    if not bad.any():
+        return
+    row, col = np.argwhere(bad.reshape(bad.shape[0], -1))[0]
+    column = columns[col]
+    raise DataError(f"{path}: data row {row + 1}, {_column_label(frame, column)}: "
+                    f"{problem} (found {frame[column].iloc[row]!r})")
+
+
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> None:
+    for column in columns:
+        if column not in frame.columns:
+            raise DataError(f"{path}: missing column {column!r} (header has: {', '.join(map(str, frame.columns))})")
+
+
+def _finite_numbers(frame: pd.DataFrame, columns: Sequence, path: Path, what: str) -> np.ndarray:
+    """The columns as a float64 (rows, len(columns)) matrix; non-numeric, NaN or inf cells are errors."""
+    block = frame[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    _raise_at_first(~np.isfinite(block), frame, columns, path, f"{what} is not a finite number")
+    return block
+
+
+def _node_id_column(frame: pd.DataFrame, column: object, path: Path) -> np.ndarray:
+    """A column of non-negative integer node ids as int64."""
+    series = frame[column]
+    if pd.api.types.is_integer_dtype(series.dtype):
+        ids = series.to_numpy(np.int64)
+    else:
+        values = _finite_numbers(frame, [column], path, "node id")[:, 0]
+        _raise_at_first(values != np.round(values), frame, [column], path, "node id is not an integer")
+        ids = values.astype(np.int64)
+    _raise_at_first(ids < 0, frame, [column], path, "node id is negative")
+    return ids
+
+
+def _ext_roll_column(frame: pd.DataFrame, path: Path) -> np.ndarray:
+    """TGL's split label per event: 0 train, 1 validation, 2 test."""
+    values = _finite_numbers(frame, ["ext_roll"], path, "ext_roll")[:, 0]
+    _raise_at_first(~np.isin(values, EXT_ROLLS), frame, ["ext_roll"], path, "ext_roll must be 0, 1 or 2")
+    return values.astype(np.int8)
+
+
+def _read_matrix(path: Path) -> np.ndarray | None:
+    """A 2-D numeric feature matrix from a .pt tensor or a .npy array; None when the file is absent."""
+    if not path.is_file():
+        return None
+    try:
+        if path.suffix == ".pt":
+            tensor = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(tensor, torch.Tensor):
+                raise DataError(f"{path}: expected a torch tensor, found {type(tensor).__name__}")
+            matrix = tensor.detach().to(torch.float32).numpy()
+        else:
+            matrix = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
+        raise DataError(f"{path}: cannot read feature matrix: {one_line(err)}") from err
+    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.number):
+        raise DataError(f"{path}: expected a 2-D numeric matrix, found shape {matrix.shape} of {matrix.dtype}")
+    return matrix
+
+
+def _edge_rows(matrix: np.ndarray | None, num_events: int, feat_path: Path, events_path: Path,
+               padded: bool) -> np.ndarray | None:
+    """Edge features with exactly one row per event; `padded` accepts (and drops) DyGLib's row 0."""
+    if matrix is None or matrix.shape[0] == num_events:
+        return matrix
+    if padded and matrix.shape[0] == num_events + 1:
+        return matrix[1:]
+    expected = f"{num_events} or {num_events + 1} with a padding row 0" if padded else str(num_events)
+    raise DataError(f"{feat_path}: edge feature matrix has {matrix.shape[0]} rows, expected {expected} "
+                    f"(one per event of {events_path.name})")
+
+
+def _node_rows(matrix: np.ndarray | None, raw: _RawEvents, feat_path: Path, events_path: Path) -> np.ndarray | None:
+    """Node features indexed by the file's node id: there must be a row for the largest id."""
+    if matrix is None:
+        return None
+    largest_id = int(max(raw.src.max(), raw.dst.max()))
+    if matrix.shape[0] <= largest_id:
+        raise DataError(f"{feat_path}: node feature matrix has {matrix.shape[0]} rows, but node id {largest_id} "
+                        f"occurs in {events_path.name} (needs at least {largest_id + 1} rows)")
+    return matrix
+
+
+def _with_features(raw: _RawEvents, path: Path, edge_path: Path, node_path: Path, padded: bool) -> _RawEvents:
+    """Attach the optional feature files that sit beside the events file."""
+    return replace(
+        raw,
+        edge_feat=_edge_rows(_read_matrix(edge_path), raw.t.shape[0], edge_path, path, padded),
+        node_feat=_node_rows(_read_matrix(node_path), raw, node_path, path),
+    )
+
+
+def _read_tgl(path: Path) -> _RawEvents:
+    frame = _read_table(path, sep=",", header=0)
+    _require_columns(frame, ("src", "dst", "time"), path)
+    raw = _RawEvents(
+        src=_node_id_column(frame, "src", path), dst=_node_id_column(frame, "dst", path),
+        t=_finite_numbers(frame, ["time"], path, "timestamp")[:, 0],
+        ext_roll=_ext_roll_column(frame, path) if "ext_roll" in frame.columns else None,
+    )
+    return _with_features(raw, path, path.parent / "edge_features.pt", path.parent / "node_features.pt", padded=False)
+
+
+def _read_dyglib(path: Path) -> _RawEvents:
+    frame = _read_table(path, sep=",", header=0)
+    _require_columns(frame, ("u", "i", "ts"), path)
+    raw = _RawEvents(
+        src=_node_id_column(frame, "u", path), dst=_node_id_column(frame, "i", path),
+        t=_finite_numbers(frame, ["ts"], path, "timestamp")[:, 0],
+    )
+    stem = _bare_name(path)
+    return _with_features(raw, path, path.with_name(f"{stem}.npy"), path.with_name(f"{stem}_node.npy"), padded=True)
+
+
+def _read_positional(path: Path, sep: str) -> _RawEvents:
+    """`src, dst, t, feat...` by position, with or without a header line."""
+    frame = _read_table(path, sep=sep, header=0 if _has_header(path, sep) else None)
+    if frame.shape[1] < 3:
+        raise DataError(f"{path}: expected at least 3 columns (src, dst, t), found {frame.shape[1]}")
+    src_column, dst_column, time_column, *feature_columns = frame.columns
+    return _RawEvents(
+        src=_node_id_column(frame, src_column, path), dst=_node_id_column(frame, dst_column, path),
+        t=_finite_numbers(frame, [time_column], path, "timestamp")[:, 0],
+        edge_feat=_finite_numbers(frame, feature_columns, path, "edge feature") if feature_columns else None,
+    )
+
+
+_READERS = {
+    "tgl": _read_tgl,
+    "dyglib": _read_dyglib,
+    "jodie": partial(_read_positional, sep=r"\s+"),
+    "csv": partial(_read_positional, sep=","),
+}

@@ -1,0 +1,69 @@
+"""What a temporal model consumes per batch (`ModelInputs`) and what it hands back to the memory store
+(`MemoryUpdate`): the only types the pipeline shares with the models."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import dgl
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from memory.store import MemoryBatch
+
+
+@dataclass
+class ModelInputs:
+    """One batch, on the model's device.
+
+    `blocks[-1]`'s destination nodes are the roots `[src (B), dst (B), negative dst (B * num_neg)]`, where
+    negative `k * B + j` is scored against source `j`; `memory` holds the rows of `blocks[0].srcdata["ID"]`.
+    """
+
+    blocks: list[dgl.DGLBlock]
+    memory: MemoryBatch | None
+    edge_feat: list[Tensor | None]
+    node_feat: Tensor | None
+    root_edge_feat: Tensor | None
+    num_pos: int
+    num_neg: int = 1
+
+    @property
+    def num_roots(self) -> int:
+        """Number of roots scored in this batch (positive sources and destinations plus negatives)."""
+        return self.blocks[-1].num_dst_nodes()
+
+    @property
+    def num_input_nodes(self) -> int:
+        """Number of input nodes (source nodes of the input layer); the roots come first."""
+        return self.blocks[0].num_src_nodes()
+
+    def block_edge_feat(self, layer: int) -> Tensor:
+        """Features of `blocks[layer]`'s edges; zero columns when the stream has none, so layers need no branch."""
+        block = self.blocks[layer]
+        return _or_zero_width(self.edge_feat[layer], block.num_edges(), block.device)
+
+    def event_edge_feat(self) -> Tensor:
+        """Features of the batch's positive events (B rows); zero columns when the stream has none."""
+        return _or_zero_width(self.root_edge_feat, self.num_pos, self.blocks[-1].device)
+
+
+@dataclass
+class MemoryUpdate:
+    """A batch's detached write-back, laid out for `MemoryStore.update` (the last occurrence of a node wins).
+
+    `nodes` are the positive roots in event order `[src_0, dst_0, src_1, dst_1, ...]` with their new memory
+    and `mem_ts` = event time; `mail_nodes` receive `mail` stamped `mail_ts`, in chronological order.
+    """
+
+    nodes: Tensor
+    mem: Tensor
+    mem_ts: Tensor
+    mail_nodes: Tensor
+    mail: Tensor
+    mail_ts: Tensor
+
+
+def _or_zero_width(features: Tensor | None, rows: int, device: torch.device) -> Tensor:
+    return features if features is not None else torch.zeros((rows, 0), device=device)

@@ -1,0 +1,119 @@
+"""Memory updaters: a node's new memory from its stored memory and its mails (TGN's GRU, JODIE's RNN,
+APAN's attention over the mailbox), computed only for nodes that have mail."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.time_encoding import TimeEncoding, elapsed
+
+if TYPE_CHECKING:
+    from memory.store import MemoryBatch
+
+UPDATERS = ("gru", "rnn", "transformer")
+
+
+@dataclass(frozen=True)
+class MemoryRows:
+    """Stored memory and mailbox of some input nodes, plus the time `ts` (float64) each node is used at."""
+
+    mem: Tensor
+    mem_ts: Tensor
+    mail: Tensor
+    mail_ts: Tensor
+    mail_count: Tensor
+    ts: Tensor
+
+    @classmethod
+    def first(cls, memory: MemoryBatch, ts: Tensor, count: int) -> MemoryRows:
+        """The first `count` rows of a memory read, used at times `ts[:count]`."""
+        return cls(memory.mem[:count], memory.mem_ts[:count], memory.mail[:count], memory.mail_ts[:count],
+                   memory.mail_count[:count], ts[:count])
+
+    def select(self, index: Tensor) -> MemoryRows:
+        """The rows at `index`."""
+        return MemoryRows(*(getattr(self, f.name)[index] for f in fields(self)))
+
+
+class MemoryUpdater(nn.Module, ABC):
+    """Computes `mem'` for every row: updated from the mailbox where a mail arrived, else the stored `mem`."""
+
+    def forward(self, rows: MemoryRows) -> Tensor:
+        """New memory `(n, d_m)`; differentiable in the updater's parameters, never in the stored rows."""
+        mailed = torch.nonzero(rows.mail_count > 0).squeeze(1)
+        return rows.mem.index_copy(0, mailed, self.update(rows.select(mailed)))
+
+    @abstractmethod
+    def update(self, rows: MemoryRows) -> Tensor:
+        """New memory of rows that all have at least one mail."""
+
+
+class RecurrentUpdater(MemoryUpdater):
+    """TGN's GRU or JODIE's RNN cell fed `[latest mail || time_enc(ts - mem_ts)]` (TGL)."""
+
+    def __init__(self, cell: str, dim_memory: int, dim_mail: int, dim_time: int) -> None:
+        super().__init__()
+        cell_class = {"gru": nn.GRUCell, "rnn": nn.RNNCell}[cell]
+        self.time_encoding = TimeEncoding(dim_time)
+        self.cell = cell_class(dim_mail + dim_time, dim_memory)
+
+    def update(self, rows: MemoryRows) -> Tensor:
+        """One recurrent step per node on its most recent mail."""
+        latest = rows.mail[torch.arange(len(rows.mail), device=rows.mail.device),
+                           (rows.mail_count - 1) % rows.mail.shape[1]]
+        time_feat = self.time_encoding(elapsed(rows.ts, rows.mem_ts))
+        return self.cell(torch.cat([latest, time_feat], dim=1), rows.mem)
+
+
+class MailboxTransformerUpdater(MemoryUpdater):
+    """APAN's updater as in TGL: the memory attends over the filled mailbox slots with their time encodings,
+    then residual, layer norm, linear, dropout and ReLU. Empty slots are masked out (TGL attends to them)."""
+
+    def __init__(self, dim_memory: int, dim_mail: int, dim_time: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim_memory % heads:
+            raise ValueError(f"memory dim {dim_memory} must be divisible by the number of heads {heads}")
+        self.heads, self.head_dim = heads, dim_memory // heads
+        self.time_encoding = TimeEncoding(dim_time)
+        self.w_q = nn.Linear(dim_memory, dim_memory)
+        self.w_k = nn.Linear(dim_mail + dim_time, dim_memory)
+        self.w_v = nn.Linear(dim_mail + dim_time, dim_memory)
+        self.layer_norm = nn.LayerNorm(dim_memory)
+        self.mlp = nn.Linear(dim_memory, dim_memory)
+        self.dropout = nn.Dropout(dropout)
+        self.att_dropout = nn.Dropout(dropout)
+
+    def update(self, rows: MemoryRows) -> Tensor:
+        """Multi-head attention of each node's memory over its mailbox slots."""
+        num_rows, slots, _ = rows.mail.shape
+        time_feat = self.time_encoding(elapsed(rows.ts.unsqueeze(1), rows.mail_ts))
+        mails = torch.cat([rows.mail, time_feat], dim=2)
+        query = self.w_q(rows.mem).view(num_rows, 1, self.heads, self.head_dim)
+        key = self.w_k(mails).view(num_rows, slots, self.heads, self.head_dim)
+        value = self.w_v(mails).view(num_rows, slots, self.heads, self.head_dim)
+        scores = F.leaky_relu((query * key).sum(dim=3), 0.2)
+        scores = scores.masked_fill(~filled_slots(rows.mail_count, slots).unsqueeze(2), float("-inf"))
+        attention = self.att_dropout(torch.softmax(scores, dim=1))
+        attended = (attention.unsqueeze(3) * value).sum(dim=1).flatten(1)
+        out = self.mlp(self.layer_norm(attended + rows.mem))
+        return F.relu(self.dropout(out))
+
+
+def filled_slots(mail_count: Tensor, slots: int) -> Tensor:
+    """`(n, slots)` mask of the mailbox slots holding a mail: a ring buffer filled from slot 0."""
+    return torch.arange(slots, device=mail_count.device) < mail_count.unsqueeze(1)
+
+
+def build_updater(kind: str, dim_memory: int, dim_mail: int, dim_time: int, heads: int,
+                  dropout: float) -> MemoryUpdater:
+    """The updater named `kind` (one of UPDATERS) for memories of `dim_memory` and mails of `dim_mail`."""
+    if kind == "transformer":
+        return MailboxTransformerUpdater(dim_memory, dim_mail, dim_time, heads, dropout)
+    if kind in ("gru", "rnn"):
+        return RecurrentUpdater(kind, dim_memory, dim_mail, dim_time)
+    raise ValueError(f"unknown memory updater {kind!r}, expected one of {UPDATERS}")

@@ -1,0 +1,105 @@
+"""The temporal model (memory updater -> embedding -> edge predictor) and its construction from a config.
+
+TGN = GRU updater + temporal attention; JODIE = RNN updater + time projection; APAN = mailbox transformer +
+identity embedding with mails delivered to sampled neighbours. The model knows nothing of threads or
+stores: it reads a `MemoryBatch` and returns the batch's `MemoryUpdate`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from models.embedding import build_embedding
+from models.interface import MemoryUpdate, ModelInputs
+from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater
+from models.predictor import EdgePredictor
+from models.write_back import memory_update, neighbour_deliveries
+
+MEMORY_DEFAULTS = {"dim": 100, "dim_time": 100, "mailbox_size": 1, "updater": "gru", "deliver_to": "self"}
+EMBEDDING_DEFAULTS = {"module": "attention", "layers": 1, "heads": 2, "dim_out": 100, "dim_time": 100,
+                      "dropout": 0.1}
+
+
+@dataclass(frozen=True)
+class MemoryLayout:
+    """Shape of the per-node state a model keeps in the memory store, and where its mails go."""
+
+    dim_memory: int
+    dim_mail: int
+    mailbox_size: int
+    deliver_to_neighbours: bool
+
+
+class TemporalModel(nn.Module):
+    """A memory-based temporal GNN: `forward(inputs) -> (pos_logits, neg_logits, MemoryUpdate | None)`.
+
+    The updater runs on the input nodes with mail (only the roots when the embedding ignores neighbours);
+    its result, plus a projection of node features if any, is the node state the embedding reads.
+    Without memory (`updater=None`) the node state is the node features (zero columns if none).
+    """
+
+    def __init__(self, embedding: nn.Module, predictor: EdgePredictor, updater: MemoryUpdater | None = None,
+                 layout: MemoryLayout | None = None, node_feat_map: nn.Module | None = None) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.predictor = predictor
+        self.updater = updater
+        self.layout = layout
+        self.node_feat_map = node_feat_map
+        self.uses_memory = updater is not None
+        self.dim_memory = layout.dim_memory if layout else 0
+        self.dim_mail = layout.dim_mail if layout else 0
+        self.mailbox_size = layout.mailbox_size if layout else 0
+
+    def forward(self, inputs: ModelInputs) -> tuple[Tensor, Tensor, MemoryUpdate | None]:
+        """Logits `(B,)` of the positive events, `(B * num_neg,)` of the negatives, and the batch's write-back."""
+        count = inputs.num_input_nodes if self.embedding.uses_neighbours else inputs.num_roots
+        new_mem = None
+        if self.updater is not None:
+            new_mem = self.updater(MemoryRows.first(inputs.memory, inputs.blocks[0].srcdata["ts"], count))
+        h = self._node_state(new_mem, inputs, count)
+        pos, neg = self.predictor(self.embedding(h, inputs), inputs.num_pos, inputs.num_neg)
+        return pos, neg, None if new_mem is None else self._write_back(new_mem, inputs)
+
+    def _node_state(self, new_mem: Tensor | None, inputs: ModelInputs, count: int) -> Tensor:
+        if inputs.node_feat is None:
+            if new_mem is None:
+                return torch.zeros((count, 0), device=inputs.blocks[0].device)
+            return new_mem
+        features = inputs.node_feat[:count]
+        return features if new_mem is None else new_mem + self.node_feat_map(features)
+
+    def _write_back(self, new_mem: Tensor, inputs: ModelInputs) -> MemoryUpdate:
+        positives = 2 * inputs.num_pos
+        roots = inputs.blocks[-1].dstdata
+        deliveries = None
+        if self.layout.deliver_to_neighbours:
+            deliveries = neighbour_deliveries(inputs.blocks[-1], positives)
+        return memory_update(new_mem[:positives], roots["ID"][:positives], roots["ts"][:positives],
+                             inputs.event_edge_feat(), deliveries)
+
+
+def build_model(cfg: dict, num_nodes: int, dim_node_feat: int, dim_edge_feat: int) -> TemporalModel:
+    """The model a validated config describes, for a stream with the given feature sizes.
+
+    Reads `memory` (or `memory: null` for a memory-less model) and `embedding`; missing keys take the TGL
+    defaults. The mailbox transformer takes `embedding.heads` and `embedding.dropout` (APAN's identity embedding
+    uses neither, and the memory section has no such keys). `num_nodes` is accepted for models with
+    per-node parameters; none of the current ones has any.
+    """
+    emb_cfg = {**EMBEDDING_DEFAULTS, **cfg.get("embedding", {})}
+    mem_cfg = cfg.get("memory", MEMORY_DEFAULTS)
+    updater, layout, node_feat_map = None, None, None
+    dim_state = dim_node_feat
+    if mem_cfg is not None:
+        mem_cfg = {**MEMORY_DEFAULTS, **mem_cfg}
+        layout = MemoryLayout(mem_cfg["dim"], 2 * mem_cfg["dim"] + dim_edge_feat, mem_cfg["mailbox_size"],
+                              mem_cfg["deliver_to"] == "neighbours")
+        updater = build_updater(mem_cfg["updater"], layout.dim_memory, layout.dim_mail, mem_cfg["dim_time"],
+                                emb_cfg["heads"], emb_cfg["dropout"])
+        node_feat_map = nn.Linear(dim_node_feat, layout.dim_memory) if dim_node_feat > 0 else None
+        dim_state = layout.dim_memory
+    embedding = build_embedding(emb_cfg["module"], dim_state, dim_edge_feat, emb_cfg)
+    return TemporalModel(embedding, EdgePredictor(embedding.dim_out), updater, layout, node_feat_map)

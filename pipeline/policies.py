@@ -1,0 +1,224 @@
+"""Schedulers of the training pipeline: what distinguishes one mode from another (DESIGN 3.7).
+
+The runner (`pipeline.runner`) enforces the rules every mode shares: each stage serves one batch at a
+time in batch order, a batch's stages run in order, feature fetch and memory fetch never overlap, and at
+most `max_in_flight` batches are between sampling and memory update. A policy only decides
+
+- how many leading batches run strictly one after another (`sequential_batches`),
+- the staleness bound `k` of each batch: its memory fetch waits for the update of batch `i - k`
+  (`staleness_bound`, k = 1 is no staleness),
+- how far sampling may run ahead (`max_in_flight`),
+- when a memory fetch whose bound is met actually starts (`memory_fetch_start`).
+
+Modes:
+- `Sequential`: all five stages of a batch in order in the calling thread, no overlap (TGL).
+- `Presample`: sampling and feature fetch run up to `depth` batches ahead; memory fetch, training and
+  update stay serial, k = 1 (TGL with pre-sampling).
+- `FixedK(k)`: the full pipeline with a user-given bound; `FixedK(1)` computes exactly what
+  `Sequential` computes.
+- `MSPipe`: warm-up batches run sequentially to measure stage times, then every batch gets the minimal
+  bound computed online (`pipeline.profiler.minimal_staleness`), and the memory fetch is delayed to the
+  latest start that still has it ready when training is due, so it sees every update finished by then.
+
+`configure_threads` holds the thread-count policy of the whole pipeline.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from graph.errors import UserError
+from pipeline.profiler import StageProfiler
+
+logger = logging.getLogger(__name__)
+
+
+def delayed_fetch_start(now: float, prev_train_start: float | None, prev_train_end: float | None,
+                        tau_train: float, tau_fetch_memory: float) -> float:
+    """The latest start of batch i's memory fetch that still has it ready when training i is due.
+
+    Training i is due when training i-1 ends: its end if known, else its start plus `tau_train`, else
+    (not started yet) no earlier than `now + tau_train`. The last case is a lower bound that grows with
+    `now`, so a caller that re-evaluates it keeps waiting until training i-1 starts.
+    """
+    if prev_train_end is not None:
+        due = prev_train_end
+    elif prev_train_start is not None:
+        due = prev_train_start + tau_train
+    else:
+        due = now + tau_train
+    return due - tau_fetch_memory
+
+
+class Policy:
+    """Base scheduler: the full pipeline with k = 1, memory fetched as soon as allowed."""
+
+    name = "pipeline"
+
+    def sequential_batches(self, num_batches: int, profiler: StageProfiler) -> int:
+        """How many leading batches run strictly one after another before the pipeline starts."""
+        return 0
+
+    def staleness_bound(self, batch: int, profiler: StageProfiler) -> int:
+        """The bound k of `batch`: its memory fetch waits until the update of batch `batch - k` ends."""
+        return 1
+
+    @property
+    def max_in_flight(self) -> int:
+        """How many batches may be sampled but not yet written back; sampling blocks beyond that."""
+        return 3
+
+    def memory_fetch_start(self, now: float, prev_train_start: float | None, prev_train_end: float | None,
+                           profiler: StageProfiler) -> float:
+        """When a memory fetch whose bound is met starts (seconds on the run's clock); default: now."""
+        return now
+
+
+class Sequential(Policy):
+    """All stages of batch i, in order, before any stage of batch i+1 (no overlap, k = 1)."""
+
+    name = "sequential"
+
+    def sequential_batches(self, num_batches: int, profiler: StageProfiler) -> int:
+        return num_batches
+
+    @property
+    def max_in_flight(self) -> int:
+        return 1
+
+
+class Presample(Policy):
+    """Sampling and feature fetch of up to `depth` later batches overlap the serial rest (k = 1)."""
+
+    name = "presample"
+
+    def __init__(self, depth: int = 2) -> None:
+        if depth < 1:
+            raise ValueError(f"presample depth must be >= 1, got {depth}")
+        self.depth = depth
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.depth + 1
+
+
+class FixedK(Policy):
+    """The full pipeline with a user-given staleness bound `k`."""
+
+    name = "fixed-k"
+
+    def __init__(self, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"staleness bound k must be >= 1, got {k}")
+        self.k = k
+
+    def staleness_bound(self, batch: int, profiler: StageProfiler) -> int:
+        return self.k
+
+    @property
+    def max_in_flight(self) -> int:
+        # k batches between memory fetch and update, one in feature fetch, one in sampling.
+        return self.k + 2
+
+
+class MSPipe(Policy):
+    """MSPipe: minimal bound from measured stage times, recomputed every batch, with delayed memory fetch.
+
+    Warm-up runs until the profiler has measured every stage `warmup_batches` times, so a profiler
+    reused from an earlier epoch skips it. `delayed_fetch=False` fetches as soon as the bound allows
+    (for the ablation).
+    """
+
+    name = "mspipe"
+
+    def __init__(self, k_max: int = 8, warmup_batches: int = 5, delayed_fetch: bool = True) -> None:
+        if k_max < 1 or warmup_batches < 0:
+            raise ValueError(f"need k_max >= 1 and warmup_batches >= 0, got {k_max}, {warmup_batches}")
+        self.k_max = k_max
+        self.warmup_batches = warmup_batches
+        self.delayed_fetch = delayed_fetch
+        self._last_k: int | None = None
+
+    def sequential_batches(self, num_batches: int, profiler: StageProfiler) -> int:
+        return min(num_batches, max(0, self.warmup_batches - profiler.observations()))
+
+    def staleness_bound(self, batch: int, profiler: StageProfiler) -> int:
+        k = profiler.k_min(self.k_max)
+        logger.debug("mspipe: batch %d staleness bound k=%d", batch, k)
+        if k != self._last_k:
+            taus = ", ".join(f"{stage} {1000 * tau:.1f}" for stage, tau in profiler.means().items())
+            logger.info("mspipe: staleness bound k=%d from batch %d (stage ms: %s)", k, batch, taus)
+            self._last_k = k
+        return k
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.k_max + 2
+
+    def memory_fetch_start(self, now: float, prev_train_start: float | None, prev_train_end: float | None,
+                           profiler: StageProfiler) -> float:
+        if not self.delayed_fetch:
+            return now
+        return delayed_fetch_start(now, prev_train_start, prev_train_end,
+                                   profiler.tau("train"), profiler.tau("fetch_memory"))
+
+
+def make_policy(mode: str, cfg: Mapping[str, Any] | None = None) -> Policy:
+    """The policy of a `pipeline.mode`, configured from the validated `pipeline` config section."""
+    cfg = cfg or {}
+    if mode == "sequential":
+        return Sequential()
+    if mode == "presample":
+        return Presample()
+    if mode == "fixed-k":
+        return FixedK(cfg.get("k", 2))
+    if mode == "mspipe":
+        return MSPipe(cfg.get("k_max", 8), cfg.get("warmup_batches", 5), cfg.get("delayed_fetch", True))
+    raise UserError(f"pipeline.mode: unknown mode '{mode}' (known: sequential, presample, fixed-k, mspipe)")
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """Torch thread counts for a pipelined run."""
+
+    intra_op: int
+    inter_op: int
+
+
+def thread_plan(num_cores: int) -> ThreadPlan:
+    """Thread counts for a machine with `num_cores` cores.
+
+    The train stage is the only compute-bound stage, so its intra-op parallelism gets every core (on 2
+    cores: 2). The other stages mostly wait on memory inside numpy/torch calls that release the GIL, so
+    they overlap training without cores of their own. The pipeline's stage threads are the concurrency,
+    so torch's inter-op pool gets one thread.
+    """
+    return ThreadPlan(intra_op=max(1, num_cores), inter_op=1)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects CPU affinity, e.g. in containers)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def configure_threads(num_cores: int | None = None) -> ThreadPlan:
+    """Apply `thread_plan` to torch for `num_cores` (default: the available cores); return the plan.
+
+    Torch accepts the inter-op count only before its first inter-op parallel work; if that has already
+    happened the existing pool is kept, which only affects `torch.jit.fork`-style work we do not use.
+    """
+    plan = thread_plan(num_cores if num_cores is not None else available_cores())
+    torch.set_num_threads(plan.intra_op)
+    if torch.get_num_interop_threads() != plan.inter_op:
+        try:
+            torch.set_num_interop_threads(plan.inter_op)
+        except RuntimeError:
+            logger.debug("torch inter-op pool already started; keeping %d threads", torch.get_num_interop_threads())
+    return plan

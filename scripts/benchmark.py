@@ -1,0 +1,313 @@
+"""Benchmarks, one subcommand each; every run writes a JSON file (--out) and prints a table.
+
+    python scripts/benchmark.py sampler --data wikipedia --out runs/bench_sampler.json
+
+    python scripts/benchmark.py train --data wikipedia --model tgn --modes sequential,presample,mspipe \
+        --edge-feat-dim 172 --epochs 2 --repeat 3 --out runs/bench_train.json
+
+`sampler`: temporal neighbour sampling throughput on one core, walking the event stream in time order in
+batches of roots (src, dst, one random negative dst per event): the raw neighbour finding alone, then the
+full `TemporalSampler.sample()` including DGL block construction.
+
+`train`: training throughput of pipeline modes side by side in one invocation (same data, seed and
+epochs): events/s, speedup over the first mode, test AP, measured stage times, staleness bound `k`, the
+staleness seen, and the ideal pipeline speedup `min(sum(tau) / max(tau), cores)` from that mode's own
+stage times. Variants beyond the four modes make the ablation: `mspipe-no-delay` (memory fetched as soon
+as allowed), `mspipe-mitigation` / `mspipe-mitigation-coneighbour` (staleness mitigation on), and
+`fixed-k` expanded over `--k`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dgl
+import numpy as np
+import torch
+
+from graph.datasets import load_dataset
+from graph.synthetic import with_random_edge_features
+from graph.errors import UserError
+from graph.events import EventStream
+from graph.negatives import negative_seed, sample_negatives
+from pipeline.config import apply_overrides, load_config
+from pipeline.policies import available_cores, configure_threads
+from pipeline.runner import STAGES
+from pipeline.trainer import train
+from sampler import TCSR, TemporalSampler
+
+REPO = Path(__file__).resolve().parents[1]
+
+Step = Callable[[int, np.ndarray, np.ndarray], int]  # (batch index, roots, root times) -> edges sampled
+
+SAMPLER_CASES = [  # (stage, strategy, fanouts): "find" = neighbour finding only, "sample" = with blocks
+    ("find", "recent", [10]),
+    ("find", "uniform", [10]),
+    ("sample", "recent", [10]),
+    ("sample", "recent", [10, 10]),
+    ("sample", "uniform", [10]),
+]
+SAMPLER_TABLE = ["case", "roots", "edges", "roots_per_s", "edges_per_s", "us_per_batch"]
+
+TRAIN_VARIANTS: dict[str, dict] = {  # variant name -> config overrides
+    "sequential": {"pipeline.mode": "sequential"},
+    "presample": {"pipeline.mode": "presample"},
+    "mspipe": {"pipeline.mode": "mspipe"},
+    "mspipe-no-delay": {"pipeline.mode": "mspipe", "pipeline.delayed_fetch": False},
+    "mspipe-mitigation": {"pipeline.mode": "mspipe", "pipeline.mitigation.enabled": True},
+    "mspipe-mitigation-coneighbour": {"pipeline.mode": "mspipe", "pipeline.mitigation.enabled": True,
+                                      "pipeline.mitigation.similarity": "coneighbour"},
+}
+TRAIN_TABLE = ["variant", "events_per_s", "speedup", "ideal_speedup", "test_ap", "k", "staleness_mean",
+               "staleness_max", "train_busy", *(f"{stage}_ms" for stage in STAGES)]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command line with one subcommand per benchmark; each sets `run` (the function that performs it,
+    returning a JSON-able dict with a "results" list of rows) and `table` (the row keys to print)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_sampler_command(commands)
+    add_train_command(commands)
+    return parser.parse_args(argv)
+
+
+def add_sampler_command(commands: argparse._SubParsersAction) -> None:
+    """The `sampler` subcommand and its options."""
+    parser = commands.add_parser("sampler", help="temporal neighbour sampling throughput (roots/s)")
+    parser.add_argument("--data", default="wikipedia", help="built-in dataset name or a file path")
+    parser.add_argument("--format", default=None, help="format when --data is a file (tgl, dyglib, jodie, csv)")
+    parser.add_argument("--batch", type=int, default=600, help="events per batch (3 roots per event)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed passes over the whole stream per case")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the negatives and the uniform draws")
+    parser.add_argument("--out", required=True, help="JSON file for the results")
+    parser.set_defaults(run=benchmark_sampler, table=SAMPLER_TABLE)
+
+
+def add_train_command(commands: argparse._SubParsersAction) -> None:
+    """The `train` subcommand and its options."""
+    parser = commands.add_parser("train", help="training throughput and accuracy of pipeline modes side by side")
+    parser.add_argument("--data", default="wikipedia", help="built-in dataset name or a file path")
+    parser.add_argument("--format", default=None, help="format when --data is a file (tgl, dyglib, jodie, csv)")
+    parser.add_argument("--model", default="tgn", help="a config in configs/ (tgn, jodie, apan) or a YAML path")
+    parser.add_argument("--modes", default="sequential,presample,mspipe",
+                        help=f"comma-separated variants: {', '.join(TRAIN_VARIANTS)}, fixed-k")
+    parser.add_argument("--k", default="1,2,4,8", help="staleness bounds for the fixed-k variant")
+    parser.add_argument("--edge-feat-dim", type=int, default=0,
+                        help="add random edge features of this width (172 = TGL's Wikipedia features)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None, help="override train/eval batch size")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per variant; the table shows the mean")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="CPU cores torch may use (default: all)")
+    parser.add_argument("--out", required=True, help="JSON file for the results")
+    parser.set_defaults(run=benchmark_train, table=TRAIN_TABLE)
+
+
+def train_variants(modes: str, ks: str) -> dict[str, dict]:
+    """Variant name -> config overrides for the requested `--modes` (fixed-k expanded over `--k`)."""
+    variants: dict[str, dict] = {}
+    for mode in (m.strip() for m in modes.split(",") if m.strip()):
+        if mode == "fixed-k":
+            try:
+                bounds = [int(k) for k in ks.split(",")]
+            except ValueError:
+                raise UserError(f"--k: expected comma-separated integers, got '{ks}'") from None
+            variants.update({f"fixed-k={k}": {"pipeline.mode": "fixed-k", "pipeline.k": k} for k in bounds})
+        elif mode in TRAIN_VARIANTS:
+            variants[mode] = TRAIN_VARIANTS[mode]
+        else:
+            raise UserError(f"--modes: unknown variant '{mode}' (known: {', '.join(TRAIN_VARIANTS)}, fixed-k)")
+    if not variants:
+        raise UserError("--modes: no variant given")
+    return variants
+
+
+def ideal_speedup(stage_time_s: dict[str, float], cores: int) -> float:
+    """Upper bound of a pipeline's speedup: sum of the stage times over the largest, capped by the cores."""
+    taus = [stage_time_s[stage] for stage in STAGES]
+    return min(sum(taus) / max(taus), cores) if max(taus) > 0 else 1.0
+
+
+def summarize_runs(name: str, runs: list[dict], cores: int) -> dict:
+    """One table row: the mean over repeated runs of one variant, with the spread of its throughput."""
+    stage_s = {stage: statistics.mean(r["stage_time_s"][stage] for r in runs) for stage in STAGES}
+    throughput = [r["train_events_per_s"] for r in runs]
+    return {
+        "variant": name,
+        "events_per_s": statistics.mean(throughput),
+        "events_per_s_runs": throughput,
+        "test_ap": statistics.mean(r["test_ap"] for r in runs),
+        "test_ap_runs": [r["test_ap"] for r in runs],
+        "k": statistics.mean(r["staleness"]["k"] for r in runs),
+        "staleness_mean": statistics.mean(r["staleness"]["mean_seen"] for r in runs),
+        "staleness_max": max(r["staleness"]["max_seen"] for r in runs),
+        "train_busy": statistics.mean(r["pipeline_utilization"] for r in runs),
+        "ideal_speedup": ideal_speedup(stage_s, cores),
+        **{f"{stage}_ms": 1000 * seconds for stage, seconds in stage_s.items()},
+    }
+
+
+def benchmark_train(args: argparse.Namespace) -> dict:
+    """Train every requested variant `--repeat` times on the same data and seed; one row per variant."""
+    if args.epochs < 1 or args.repeat < 1:
+        raise UserError(f"--epochs and --repeat must be positive, got {args.epochs} and {args.repeat}")
+    variants = train_variants(args.modes, args.k)
+    config_path = Path(args.model) if args.model.endswith((".yml", ".yaml")) else REPO / "configs" / f"{args.model}.yml"
+    base = apply_overrides(load_config(config_path), {
+        "train.epochs": args.epochs, "train.batch_size": args.batch_size, "eval.batch_size": args.batch_size})
+    events = load_dataset(args.data, fmt=args.format)
+    if args.edge_feat_dim > 0:
+        events = with_random_edge_features(events, args.edge_feat_dim, args.seed)
+    plan = configure_threads(args.threads)
+    cores = args.threads or available_cores()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
+        for name, overrides in variants.items():
+            cfg = apply_overrides(base, overrides)
+            runs = []
+            for repeat in range(args.repeat):
+                out = Path(scratch) / f"{name}-{repeat}"
+                out.mkdir()
+                runs.append(train(cfg, events, out, torch.device("cpu"), args.seed, show_progress=False))
+            rows.append(summarize_runs(name, runs, cores))
+            print(f"{name}: {rows[-1]['events_per_s']:.0f} events/s, test AP {rows[-1]['test_ap']:.4f}", flush=True)
+    reference = rows[0]["events_per_s"]
+    for row in rows:
+        row["speedup"] = row["events_per_s"] / reference
+    return {
+        "benchmark": "train", "dataset": events.name, "model": base["model"], "num_events": events.num_events,
+        "edge_feat_dim": args.edge_feat_dim, "epochs": args.epochs, "repeat": args.repeat, "seed": args.seed,
+        "batch_size": base["train"]["batch_size"], "cores": cores, "torch_threads": plan.intra_op,
+        "speedup_reference": rows[0]["variant"],
+        "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+                     "dgl": dgl.__version__},
+        "machine": platform.processor() or platform.machine(),
+        "results": rows,
+    }
+
+
+def root_batches(events: EventStream, batch_size: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per batch of events in time order: roots [src, dst, negative dst] and their times."""
+    candidates = np.unique(events.dst)
+    batches = []
+    for index, begin in enumerate(range(0, events.num_events, batch_size)):
+        rows = slice(begin, begin + batch_size)
+        size = len(events.src[rows])
+        negatives = sample_negatives(candidates, size, negative_seed(seed, 0, index))
+        roots = np.concatenate([events.src[rows], events.dst[rows], negatives])
+        batches.append((roots, np.tile(events.t[rows], 3)))
+    return batches
+
+
+def find_step(sampler: TemporalSampler, seed: int) -> Step:
+    """Neighbour finding alone (T-CSR search and selection, no blocks) for the sampler's top layer."""
+    fanout = sampler.fanouts[-1]
+
+    def step(index: int, roots: np.ndarray, times: np.ndarray) -> int:
+        rng = np.random.default_rng(seed + index) if sampler.strategy == "uniform" else None
+        return len(sampler.find_neighbours(roots, times, fanout, rng).entry)
+
+    return step
+
+
+def sample_step(sampler: TemporalSampler, seed: int) -> Step:
+    """The full `sample()`, all layers, DGL block construction included."""
+
+    def step(index: int, roots: np.ndarray, times: np.ndarray) -> int:
+        return sum(block.num_edges() for block in sampler.sample(roots, times, seed=seed + index))
+
+    return step
+
+
+STEPS = {"find": find_step, "sample": sample_step}
+
+
+def timed_passes(step: Step, batches: list, repeat: int) -> Iterator[tuple[float, int]]:
+    """(seconds, edges) of `repeat` full passes over the batches, after one warm-up batch."""
+    step(0, *batches[0])
+    for _ in range(repeat):
+        begin, edges = time.perf_counter(), 0
+        for index, (roots, times) in enumerate(batches):
+            edges += step(index, roots, times)
+        yield time.perf_counter() - begin, edges
+
+
+def benchmark_sampler(args: argparse.Namespace) -> dict:
+    """Roots/s of neighbour finding and of full block sampling, for each case of SAMPLER_CASES."""
+    if args.batch < 1 or args.repeat < 1:
+        raise UserError(f"--batch and --repeat must be positive, got {args.batch} and {args.repeat}")
+    torch.set_num_threads(1)
+    events = load_dataset(args.data, fmt=args.format)
+    begin = time.perf_counter()
+    tcsr = TCSR.from_events(events.src, events.dst, events.t, events.num_nodes)
+    build_s = time.perf_counter() - begin
+    batches = root_batches(events, args.batch, args.seed)
+    num_roots = sum(len(roots) for roots, _ in batches)
+    rows = []
+    for stage, strategy, fanouts in SAMPLER_CASES:
+        step = STEPS[stage](TemporalSampler(tcsr, fanouts, strategy, args.seed), args.seed)
+        passes = list(timed_passes(step, batches, args.repeat))
+        best_s = min(seconds for seconds, _ in passes)
+        rows.append({
+            "case": f"{stage} {strategy} {'x'.join(map(str, fanouts))}",
+            "stage": stage, "strategy": strategy, "fanouts": fanouts,
+            "roots": num_roots, "edges": passes[0][1],
+            "best_s": best_s, "median_s": statistics.median(seconds for seconds, _ in passes),
+            "roots_per_s": num_roots / best_s, "edges_per_s": passes[0][1] / best_s,
+            "us_per_batch": best_s / len(batches) * 1e6,
+        })
+    return {
+        "benchmark": "sampler", "dataset": events.name, "num_events": events.num_events,
+        "num_nodes": events.num_nodes, "batch": args.batch, "num_batches": len(batches), "repeat": args.repeat,
+        "torch_threads": torch.get_num_threads(), "tcsr_nnz": len(tcsr.nbr), "tcsr_build_s": build_s,
+        "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+                     "dgl": dgl.__version__},
+        "machine": platform.processor() or platform.machine(),
+        "results": rows,
+    }
+
+
+def format_number(value: float) -> str:
+    """Large numbers with thousands separators, small ones (speedups, AP, milliseconds) with decimals."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3f}"
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    """Rows as an aligned text table; numbers rounded, with thousands separators."""
+    cells = [[format_number(row[c]) if isinstance(row[c], (int, float)) else str(row[c]) for c in columns]
+             for row in rows]
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    for line in [columns, *cells]:
+        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
+
+
+def write_json(results: dict, path: str) -> None:
+    """Write the results, creating the parent folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one benchmark subcommand; a user error prints one line and returns 2."""
+    args = parse_args(argv)
+    try:
+        results = args.run(args)
+        write_json(results, args.out)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{results['benchmark']} on {results['dataset']} -> {args.out}")
+    print_table(results["results"], args.table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

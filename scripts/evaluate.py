@@ -1,0 +1,35 @@
+"""Evaluate a trained run's best weights on validation and test (transductive and inductive AP/AUC).
+
+    python scripts/evaluate.py --run runs/demo [--data uci]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from _cli import run_cli
+
+from graph.datasets import DEFAULT_DATASET, load_dataset
+from pipeline.checkpoint import CHECKPOINT_NAME, dataset_fingerprint, load_checkpoint
+from pipeline.device import resolve_device
+from pipeline.trainer import evaluate_checkpoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="run directory written by scripts/train.py")
+    parser.add_argument("--data", default=DEFAULT_DATASET, help="the dataset the run was trained on")
+    parser.add_argument("--format", default=None)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    events = load_dataset(args.data, fmt=args.format)
+    path = Path(args.run) / CHECKPOINT_NAME
+    ckpt = load_checkpoint(path, None, dataset_fingerprint(events))
+    metrics = evaluate_checkpoint(ckpt, events, resolve_device(args.device))
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

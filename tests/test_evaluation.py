@@ -1,0 +1,30 @@
+"""Ranking metrics over a whole split."""
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from pipeline.evaluation import ranking_metrics
+
+
+def test_perfect_and_inverted_scores():
+    pos = np.array([3.0, 2.0, 5.0])
+    assert ranking_metrics(pos, -pos[:, None]) == {"ap": 1.0, "auc": 1.0}
+    assert ranking_metrics(-pos, pos[:, None])["auc"] == 0.0
+
+
+def test_ap_uses_first_negative_and_matches_sklearn():
+    rng = np.random.default_rng(0)
+    pos, neg = rng.normal(1, 1, 50), rng.normal(0, 1, (50, 4))
+    labels = np.r_[np.ones(50), np.zeros(50)]
+    expected = average_precision_score(labels, np.r_[pos, neg[:, 0]])
+    assert ranking_metrics(pos, neg)["ap"] == pytest.approx(expected)
+
+
+def test_mrr_counts_negatives_scoring_at_least_the_positive():
+    pos = np.array([1.0, 1.0])
+    neg = np.array([[0.0, 0.5, 0.2], [2.0, 1.0, 0.0]])
+    assert ranking_metrics(pos, neg)["mrr"] == pytest.approx((1 / 1 + 1 / 3) / 2)
+
+
+def test_empty_split_gives_nan():
+    assert np.isnan(ranking_metrics(np.array([]), np.zeros((0, 1)))["ap"])

@@ -1,0 +1,139 @@
+"""End-to-end training through the public trainer: every mode against the sequential reference, logs,
+checkpoints and resumption, and the failure paths a user meets."""
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import pipeline.stages as stages_module
+from graph.synthetic import synthetic_events
+from pipeline.checkpoint import CHECKPOINT_NAME
+from pipeline.config import validate_config
+from pipeline.stages import NonFiniteLossError
+from pipeline.trainer import train
+
+SMALL = {
+    "memory": {"dim": 16, "dim_time": 8},
+    "embedding": {"dim_out": 16, "dim_time": 8, "heads": 2},
+    "train": {"batch_size": 100, "epochs": 2, "lr": 0.002},
+    "eval": {"batch_size": 100},
+    "pipeline": {"warmup_batches": 2},
+}
+
+
+def small_config(**sections):
+    given = {key: dict(value) for key, value in SMALL.items()}
+    for key, value in sections.items():
+        given[key] = {**given.get(key, {}), **value}
+    return validate_config(given)
+
+
+@pytest.fixture(scope="module")
+def events():
+    return synthetic_events(num_nodes=60, num_events=1500, seed=3)
+
+
+def run(cfg, events, out, **kwargs):
+    out.mkdir(parents=True, exist_ok=True)
+    return train(cfg, events, out, torch.device("cpu"), seed=0, show_progress=False, **kwargs)
+
+
+def test_sequential_training_learns_and_writes_everything(events, tmp_path):
+    results = run(small_config(pipeline={"mode": "sequential"}, train={"epochs": 3}), events, tmp_path)
+    assert results["test_ap"] > 0.6, "TGN must beat random on a stream with repeated interactions"
+    saved = json.loads((tmp_path / "results.json").read_text())
+    for key in ("model", "dataset", "mode", "epochs", "seed", "train_events_per_s", "epoch_time_s", "val_ap",
+                "val_auc", "test_ap", "test_auc", "test_inductive_ap", "stage_time_s", "staleness",
+                "pipeline_utilization"):
+        assert key in saved
+    assert set(saved["stage_time_s"]) == {"sample", "fetch_features", "fetch_memory", "train", "update_memory"}
+    assert saved["epochs"] == 3 and len(saved["epoch_time_s"]) == 3
+    assert (tmp_path / "timeline.png").stat().st_size > 0
+    assert (tmp_path / "pipeline_events.csv").read_text().startswith("batch,stage,start_s,end_s,k,staleness")
+
+    tags = EventAccumulator(str(tmp_path)).Reload().Tags()["scalars"]
+    for tag in ("train/loss", "train/events_per_s", "eval/val_ap", "eval/test_auc", "pipeline/k",
+                "pipeline/staleness_seen", "stage_ms/train"):
+        assert tag in tags
+
+
+@pytest.mark.parametrize("model", ["jodie", "apan"])
+def test_other_models_train(events, tmp_path, model):
+    parts = {
+        "jodie": dict(sampler={"fanouts": [0]}, memory={"updater": "rnn"}, embedding={"module": "jodie"}),
+        "apan": dict(memory={"updater": "transformer", "mailbox_size": 4, "deliver_to": "neighbours"},
+                     embedding={"module": "identity"}),
+    }[model]
+    cfg = small_config(**parts, train={"epochs": 1}, pipeline={"mode": "mspipe"})
+    cfg["model"] = model
+    results = run(cfg, events, tmp_path)
+    assert results["model"] == model and 0 <= results["test_ap"] <= 1
+
+
+def final_model(out):
+    return torch.load(out / CHECKPOINT_NAME, weights_only=False)["model"]
+
+
+def test_fixed_k1_and_presample_equal_sequential(events, tmp_path):
+    reference = run(small_config(pipeline={"mode": "sequential"}), events, tmp_path / "seq")
+    for mode, extra in (("fixed-k", {"k": 1}), ("presample", {})):
+        results = run(small_config(pipeline={"mode": mode, **extra}), events, tmp_path / mode)
+        assert results["test_ap"] == reference["test_ap"], mode
+        assert [h["loss"] for h in results["history"]] == [h["loss"] for h in reference["history"]], mode
+        assert results["staleness"]["max_seen"] == 0
+        ref_model, model = final_model(tmp_path / "seq"), final_model(tmp_path / mode)
+        assert all(torch.equal(ref_model[name], model[name]) for name in ref_model), mode
+
+
+@pytest.mark.parametrize("mode, k", [("fixed-k", 3), ("mspipe", None)])
+def test_pipelined_modes_bound_staleness_and_apply_every_update_in_order(events, tmp_path, monkeypatch, mode, k):
+    committed = []
+    original = stages_module.LinkPredictionStages.update_memory
+
+    def spy(self, i, ctx):
+        original(self, i, ctx)
+        committed.append((self.optimizer is not None, i, self.store.committed_version))
+
+    monkeypatch.setattr(stages_module.LinkPredictionStages, "update_memory", spy)
+    extra = {"k": k} if k else {"k_max": 4}
+    results = run(small_config(pipeline={"mode": mode, **extra}), events, tmp_path)
+    train_updates = [(i, version) for is_train, i, version in committed if is_train]
+    num_batches = max(i for i, _ in train_updates) + 1
+    assert [i for i, _ in train_updates] == list(range(num_batches)) * len(results["history"])
+    assert all(i == version for i, version in train_updates), "each update commits its own batch, in order"
+    bound = k or 4
+    assert results["staleness"]["max_seen"] <= bound - 1
+    for h in results["history"]:
+        assert h["staleness_max"] <= bound - 1
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(events, tmp_path):
+    full = run(small_config(pipeline={"mode": "sequential"}, train={"epochs": 3}), events, tmp_path / "full")
+    run(small_config(pipeline={"mode": "sequential"}, train={"epochs": 1}), events, tmp_path / "part")
+    resumed = run(small_config(pipeline={"mode": "sequential"}, train={"epochs": 3}), events, tmp_path / "part",
+                  resume=True)
+    assert resumed["epochs"] == 3
+    assert resumed["test_ap"] == full["test_ap"]
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+
+
+def test_stop_event_interrupts_and_keeps_the_checkpoint(events, tmp_path):
+    run(small_config(train={"epochs": 1}), events, tmp_path)
+    before = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(KeyboardInterrupt):
+        run(small_config(train={"epochs": 3}), events, tmp_path, resume=True, stop=stop)
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(events, tmp_path, monkeypatch):
+    run(small_config(train={"epochs": 1}), events, tmp_path)
+    before = (tmp_path / CHECKPOINT_NAME).read_bytes()
+    monkeypatch.setattr(stages_module, "link_prediction_loss", lambda pos, neg: (pos.sum() + neg.sum()) * np.nan)
+    with pytest.raises(NonFiniteLossError, match="loss became nan"):
+        run(small_config(train={"epochs": 2}), events, tmp_path, resume=True)
+    assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
