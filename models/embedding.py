@@ -1,15 +1,39 @@
-"""Root embeddings from node states: JODIE's time projection, APAN's identity (as in TGL), and the choice
-among them and temporal attention."""
+"""Root embeddings from node states: JODIE's time projection, APAN's identity (as in TGL), and `EMBEDDINGS`,
+the registry `embedding.module` selects from (these two and temporal attention).
+
+An embedding is an `nn.Module` with `dim_out` (its output size), `uses_neighbours` (False: it reads only
+the roots' states, so the model updates only the roots' memory) and `forward(h, inputs)` returning the
+`(inputs.num_roots, dim_out)` root embeddings from the node states `h`.
+"""
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from graph.registry import Registry
 from models.attention import TemporalAttention
 from models.interface import ModelInputs
 from models.time_encoding import elapsed
 
-EMBEDDINGS = ("attention", "jodie", "identity")
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """What an embedding is built from: the node-state size `dim_in` (memory, or node features without
+    memory), the edge-feature size and the config's `embedding` section."""
+
+    dim_in: int
+    dim_edge: int
+    layers: int
+    heads: int
+    dim_out: int
+    dim_time: int
+    dropout: float
+
+
+EMBEDDINGS: Registry[Callable[[EmbeddingSpec], nn.Module]] = Registry("embedding module", "embedding.module")
 
 
 class IdentityEmbedding(nn.Module):
@@ -67,17 +91,30 @@ class JodieProjection(nn.Module):
         self.dt_scale.copy_(torch.where(batch_mean > 0, blended, self.dt_scale))
 
 
-def build_embedding(module: str, dim_in: int, dim_edge: int, cfg: dict) -> nn.Module:
-    """The embedding named `module` (one of EMBEDDINGS) over node states of `dim_in`.
+@EMBEDDINGS.register("attention")
+def attention_embedding(spec: EmbeddingSpec) -> nn.Module:
+    """TGN's temporal graph attention over the sampled neighbours."""
+    return TemporalAttention(spec.layers, spec.dim_in, spec.dim_edge, spec.dim_time, spec.dim_out, spec.heads,
+                             spec.dropout)
 
-    `cfg` is the config's `embedding` section (layers, heads, dim_out, dim_time, dropout); the projection
-    and identity embeddings keep `dim_in` as their output size.
+
+@EMBEDDINGS.register("jodie")
+def jodie_embedding(spec: EmbeddingSpec) -> nn.Module:
+    """JODIE's time projection; keeps `dim_in` as its output size."""
+    return JodieProjection(spec.dim_in)
+
+
+@EMBEDDINGS.register("identity")
+def identity_embedding(spec: EmbeddingSpec) -> nn.Module:
+    """APAN's normalised identity; keeps `dim_in` as its output size."""
+    return IdentityEmbedding(spec.dim_in)
+
+
+def build_embedding(module: str, dim_in: int, dim_edge: int, cfg: dict) -> nn.Module:
+    """The embedding registered as `module` over node states of `dim_in`.
+
+    `cfg` is the config's `embedding` section (layers, heads, dim_out, dim_time, dropout).
     """
-    if module == "attention":
-        return TemporalAttention(cfg["layers"], dim_in, dim_edge, cfg["dim_time"], cfg["dim_out"], cfg["heads"],
-                                 cfg["dropout"])
-    if module == "jodie":
-        return JodieProjection(dim_in)
-    if module == "identity":
-        return IdentityEmbedding(dim_in)
-    raise ValueError(f"unknown embedding module {module!r}, expected one of {EMBEDDINGS}")
+    spec = EmbeddingSpec(dim_in, dim_edge, cfg["layers"], cfg["heads"], cfg["dim_out"], cfg["dim_time"],
+                         cfg["dropout"])
+    return EMBEDDINGS.get(module)(spec)

@@ -1,8 +1,10 @@
 """Memory updaters: a node's new memory from its stored memory and its mails (TGN's GRU, JODIE's RNN,
-APAN's attention over the mailbox), computed only for nodes that have mail."""
+APAN's attention over the mailbox), computed only for nodes that have mail. `UPDATERS` holds them by the
+name `memory.updater` selects; a new updater subclasses `MemoryUpdater` and registers a factory there."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -10,12 +12,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from graph.registry import Registry
 from models.time_encoding import TimeEncoding, elapsed
 
 if TYPE_CHECKING:
     from memory.store import MemoryBatch
 
-UPDATERS = ("gru", "rnn", "transformer")
+
+@dataclass(frozen=True)
+class UpdaterSpec:
+    """What an updater is built from: memory, mail and time-encoding sizes, and the attention settings
+    (`embedding.heads`, `embedding.dropout`) that attention-based updaters share with the embedding."""
+
+    dim_memory: int
+    dim_mail: int
+    dim_time: int
+    heads: int
+    dropout: float
+
+
+UPDATERS: Registry[Callable[[UpdaterSpec], MemoryUpdater]] = Registry("memory updater", "memory.updater")
 
 
 @dataclass(frozen=True)
@@ -109,11 +125,25 @@ def filled_slots(mail_count: Tensor, slots: int) -> Tensor:
     return torch.arange(slots, device=mail_count.device) < mail_count.unsqueeze(1)
 
 
+@UPDATERS.register("gru")
+def gru_updater(spec: UpdaterSpec) -> MemoryUpdater:
+    """TGN's updater: a GRU cell."""
+    return RecurrentUpdater("gru", spec.dim_memory, spec.dim_mail, spec.dim_time)
+
+
+@UPDATERS.register("rnn")
+def rnn_updater(spec: UpdaterSpec) -> MemoryUpdater:
+    """JODIE's updater: a plain RNN cell."""
+    return RecurrentUpdater("rnn", spec.dim_memory, spec.dim_mail, spec.dim_time)
+
+
+@UPDATERS.register("transformer")
+def transformer_updater(spec: UpdaterSpec) -> MemoryUpdater:
+    """APAN's updater: attention over the mailbox."""
+    return MailboxTransformerUpdater(spec.dim_memory, spec.dim_mail, spec.dim_time, spec.heads, spec.dropout)
+
+
 def build_updater(kind: str, dim_memory: int, dim_mail: int, dim_time: int, heads: int,
                   dropout: float) -> MemoryUpdater:
-    """The updater named `kind` (one of UPDATERS) for memories of `dim_memory` and mails of `dim_mail`."""
-    if kind == "transformer":
-        return MailboxTransformerUpdater(dim_memory, dim_mail, dim_time, heads, dropout)
-    if kind in ("gru", "rnn"):
-        return RecurrentUpdater(kind, dim_memory, dim_mail, dim_time)
-    raise ValueError(f"unknown memory updater {kind!r}, expected one of {UPDATERS}")
+    """The updater registered as `kind` for memories of `dim_memory` and mails of `dim_mail`."""
+    return UPDATERS.get(kind)(UpdaterSpec(dim_memory, dim_mail, dim_time, heads, dropout))

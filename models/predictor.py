@@ -1,10 +1,23 @@
-"""Link scoring from root embeddings (TGL's EdgePredictor)."""
+"""Link scoring from root embeddings (TGL's EdgePredictor), and `PREDICTORS`, the registry
+`predictor.module` selects from.
+
+A predictor is built from the embedding size alone and is an `nn.Module` whose `forward(h, num_pos,
+num_neg)` returns the logits `(B,)` of the positives and `(B * num_neg,)` of the negatives, with `h`'s rows
+laid out as `[src (B), dst (B), negative dst (B * num_neg)]`.
+"""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from graph.registry import Registry
 
+PREDICTORS: Registry[Callable[[int], nn.Module]] = Registry("edge predictor", "predictor.module")
+
+
+@PREDICTORS.register("mlp")
 class EdgePredictor(nn.Module):
     """Scores an edge `(u, v)` as `out(relu(src_fc(h_u) + dst_fc(h_v)))`, a logit."""
 

@@ -14,12 +14,13 @@ from torch import Tensor, nn
 from models.embedding import build_embedding
 from models.interface import MemoryUpdate, ModelInputs
 from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater
-from models.predictor import EdgePredictor
+from models.predictor import PREDICTORS
 from models.write_back import memory_update, neighbour_deliveries
 
 MEMORY_DEFAULTS = {"dim": 100, "dim_time": 100, "mailbox_size": 1, "updater": "gru", "deliver_to": "self"}
 EMBEDDING_DEFAULTS = {"module": "attention", "layers": 1, "heads": 2, "dim_out": 100, "dim_time": 100,
                       "dropout": 0.1}
+PREDICTOR_DEFAULTS = {"module": "mlp"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class TemporalModel(nn.Module):
     Without memory (`updater=None`) the node state is the node features (zero columns if none).
     """
 
-    def __init__(self, embedding: nn.Module, predictor: EdgePredictor, updater: MemoryUpdater | None = None,
+    def __init__(self, embedding: nn.Module, predictor: nn.Module, updater: MemoryUpdater | None = None,
                  layout: MemoryLayout | None = None, node_feat_map: nn.Module | None = None) -> None:
         super().__init__()
         self.embedding = embedding
@@ -84,10 +85,11 @@ class TemporalModel(nn.Module):
 def build_model(cfg: dict, num_nodes: int, dim_node_feat: int, dim_edge_feat: int) -> TemporalModel:
     """The model a validated config describes, for a stream with the given feature sizes.
 
-    Reads `memory` (or `memory: null` for a memory-less model) and `embedding`; missing keys take the TGL
-    defaults. The mailbox transformer takes `embedding.heads` and `embedding.dropout` (APAN's identity embedding
-    uses neither, and the memory section has no such keys). `num_nodes` is accepted for models with
-    per-node parameters; none of the current ones has any.
+    Reads `memory` (or `memory: null` for a memory-less model), `embedding` and `predictor`, each part
+    looked up by name in its registry; missing keys take the TGL defaults. The mailbox transformer takes
+    `embedding.heads` and `embedding.dropout` (APAN's identity embedding uses neither, and the memory
+    section has no such keys). `num_nodes` is accepted for models with per-node parameters; none of the
+    current ones has any.
     """
     emb_cfg = {**EMBEDDING_DEFAULTS, **cfg.get("embedding", {})}
     mem_cfg = cfg.get("memory", MEMORY_DEFAULTS)
@@ -102,4 +104,5 @@ def build_model(cfg: dict, num_nodes: int, dim_node_feat: int, dim_edge_feat: in
         node_feat_map = nn.Linear(dim_node_feat, layout.dim_memory) if dim_node_feat > 0 else None
         dim_state = layout.dim_memory
     embedding = build_embedding(emb_cfg["module"], dim_state, dim_edge_feat, emb_cfg)
-    return TemporalModel(embedding, EdgePredictor(embedding.dim_out), updater, layout, node_feat_map)
+    predictor = PREDICTORS.get({**PREDICTOR_DEFAULTS, **cfg.get("predictor", {})}["module"])(embedding.dim_out)
+    return TemporalModel(embedding, predictor, updater, layout, node_feat_map)

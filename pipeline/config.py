@@ -3,6 +3,10 @@
 A config names the parts a model is composed from; every key has a default here, so a YAML file only
 states what differs. An unknown key, a wrong type or an out-of-range value is a `ConfigError` naming the
 file and the dotted key, because a silently ignored typo would train a different model than intended.
+
+The swappable parts (`memory.updater`, `embedding.module`, `predictor.module`, `sampler.strategy`,
+`pipeline.mode`) are checked against their registries, after importing the config's `plugins`, so a
+part a plugin registers is as valid as a built-in one.
 """
 from __future__ import annotations
 
@@ -13,11 +17,19 @@ from typing import Any
 import yaml
 
 from graph.errors import UserError
+from graph.registry import Registry
+from models.embedding import EMBEDDINGS
+from models.memory_updaters import UPDATERS
+from models.predictor import PREDICTORS
+from pipeline.plugins import load_plugins
+from pipeline.policies import SCHEDULERS
+from sampler.temporal import STRATEGIES
 
-MODES = ("sequential", "presample", "fixed-k", "mspipe")
+MODES = SCHEDULERS.names()  # the built-in modes; a plugin's scheduler is selected in the YAML
 
 DEFAULTS: dict[str, Any] = {
     "model": "tgn",
+    "plugins": [],
     "sampler": {"strategy": "recent", "fanouts": [10], "add_reverse": True},
     "memory": {
         "dim": 100,
@@ -34,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "dim_time": 100,
         "dropout": 0.1,
     },
+    "predictor": {"module": "mlp"},
     "train": {
         "batch_size": 600,
         "epochs": 10,
@@ -66,15 +79,14 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-CHOICES: dict[str, tuple[str, ...]] = {
+REGISTRIES: tuple[Registry, ...] = (STRATEGIES, UPDATERS, EMBEDDINGS, PREDICTORS, SCHEDULERS)
+CHOICES: dict[str, tuple[str, ...] | Registry] = {
     "model": ("tgn", "jodie", "apan"),
-    "sampler.strategy": ("recent", "uniform"),
-    "memory.updater": ("gru", "rnn", "transformer"),
     "memory.deliver_to": ("self", "neighbours"),
-    "embedding.module": ("attention", "jodie", "identity"),
-    "pipeline.mode": MODES,
     "pipeline.mitigation.similarity": ("cosine", "coneighbour"),
+    **{registry.config_key: registry for registry in REGISTRIES},
 }
+STRING_LISTS = {"plugins"}  # every other list holds integers
 
 POSITIVE = {
     "memory.dim", "memory.dim_time", "memory.mailbox_size", "embedding.layers", "embedding.heads",
@@ -119,12 +131,20 @@ def _merge(defaults: Any, given: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: key '{key}' must be an integer, got {given!r}")
         return given
     if isinstance(defaults, list):
-        if not isinstance(given, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in given):
-            raise ConfigError(f"{source}: key '{key}' must be a list of integers, got {given!r}")
+        strings = key in STRING_LISTS
+        if not isinstance(given, list) or not all(_is_list_item(v, strings) for v in given):
+            raise ConfigError(f"{source}: key '{key}' must be a list of {'strings' if strings else 'integers'}, "
+                              f"got {given!r}")
         return list(given)
     if not isinstance(given, str):
         raise ConfigError(f"{source}: key '{key}' must be a string, got {given!r}")
     return given
+
+
+def _is_list_item(value: Any, strings: bool) -> bool:
+    if strings:
+        return isinstance(value, str)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _lookup(cfg: dict, dotted: str) -> Any:
@@ -160,9 +180,14 @@ def _check_values(cfg: dict, source: str) -> None:
         raise ConfigError(f"{source}: keys 'eval.val_ratio' + 'eval.test_ratio' must be < 1")
 
 
-def validate_config(given: dict, source: str = "<config>") -> dict:
-    """Return the full config: defaults overlaid with `given`, checked key by key."""
+def validate_config(given: dict, source: str = "<config>", base_dir: Path | None = None) -> dict:
+    """Return the full config: defaults overlaid with `given`, checked key by key.
+
+    Imports the `plugins` first (`.py` paths relative to `base_dir`, default the working directory) and
+    stores them as absolute paths, so the parts they register can be named and the config stays valid.
+    """
     cfg = _merge(DEFAULTS, given, "", source)
+    cfg["plugins"] = load_plugins(cfg["plugins"], base_dir or Path.cwd(), source)
     _check_values(cfg, source)
     return cfg
 
@@ -178,7 +203,7 @@ def load_config(path: str | Path) -> dict:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}:{where} invalid YAML") from None
-    return validate_config(given, str(path))
+    return validate_config(given, str(path), path.parent)
 
 
 def apply_overrides(cfg: dict, overrides: dict[str, Any], source: str = "command line") -> dict:

@@ -20,19 +20,22 @@ Modes:
   bound computed online (`pipeline.profiler.minimal_staleness`), and the memory fetch is delayed to the
   latest start that still has it ready when training is due, so it sees every update finished by then.
 
+`SCHEDULERS` holds a factory per mode, called with the config's `pipeline` section; `pipeline.mode`
+selects one by name, and a new scheduler is a `Policy` subclass plus a registered factory.
+
 `configure_threads` holds the thread-count policy of the whole pipeline.
 """
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from graph.errors import UserError
+from graph.registry import Registry
 from pipeline.profiler import StageProfiler
 
 logger = logging.getLogger(__name__)
@@ -58,8 +61,6 @@ def delayed_fetch_start(now: float, prev_train_start: float | None, prev_train_e
 class Policy:
     """Base scheduler: the full pipeline with k = 1, memory fetched as soon as allowed."""
 
-    name = "pipeline"
-
     def sequential_batches(self, num_batches: int, profiler: StageProfiler) -> int:
         """How many leading batches run strictly one after another before the pipeline starts."""
         return 0
@@ -82,8 +83,6 @@ class Policy:
 class Sequential(Policy):
     """All stages of batch i, in order, before any stage of batch i+1 (no overlap, k = 1)."""
 
-    name = "sequential"
-
     def sequential_batches(self, num_batches: int, profiler: StageProfiler) -> int:
         return num_batches
 
@@ -94,8 +93,6 @@ class Sequential(Policy):
 
 class Presample(Policy):
     """Sampling and feature fetch of up to `depth` later batches overlap the serial rest (k = 1)."""
-
-    name = "presample"
 
     def __init__(self, depth: int = 2) -> None:
         if depth < 1:
@@ -109,8 +106,6 @@ class Presample(Policy):
 
 class FixedK(Policy):
     """The full pipeline with a user-given staleness bound `k`."""
-
-    name = "fixed-k"
 
     def __init__(self, k: int) -> None:
         if k < 1:
@@ -133,8 +128,6 @@ class MSPipe(Policy):
     reused from an earlier epoch skips it. `delayed_fetch=False` fetches as soon as the bound allows
     (for the ablation).
     """
-
-    name = "mspipe"
 
     def __init__(self, k_max: int = 8, warmup_batches: int = 5, delayed_fetch: bool = True) -> None:
         if k_max < 1 or warmup_batches < 0:
@@ -168,18 +161,36 @@ class MSPipe(Policy):
                                    profiler.tau("train"), profiler.tau("fetch_memory"))
 
 
+SCHEDULERS: Registry[Callable[[Mapping[str, Any]], Policy]] = Registry("pipeline scheduler", "pipeline.mode")
+
+
+@SCHEDULERS.register("sequential")
+def sequential_policy(cfg: Mapping[str, Any]) -> Policy:
+    """TGL's loop: no overlap."""
+    return Sequential()
+
+
+@SCHEDULERS.register("presample")
+def presample_policy(cfg: Mapping[str, Any]) -> Policy:
+    """TGL with pre-sampling."""
+    return Presample()
+
+
+@SCHEDULERS.register("fixed-k")
+def fixed_k_policy(cfg: Mapping[str, Any]) -> Policy:
+    """The full pipeline with the bound `pipeline.k`."""
+    return FixedK(cfg.get("k", 2))
+
+
+@SCHEDULERS.register("mspipe")
+def mspipe_policy(cfg: Mapping[str, Any]) -> Policy:
+    """MSPipe with `pipeline.k_max`, `pipeline.warmup_batches` and `pipeline.delayed_fetch`."""
+    return MSPipe(cfg.get("k_max", 8), cfg.get("warmup_batches", 5), cfg.get("delayed_fetch", True))
+
+
 def make_policy(mode: str, cfg: Mapping[str, Any] | None = None) -> Policy:
-    """The policy of a `pipeline.mode`, configured from the validated `pipeline` config section."""
-    cfg = cfg or {}
-    if mode == "sequential":
-        return Sequential()
-    if mode == "presample":
-        return Presample()
-    if mode == "fixed-k":
-        return FixedK(cfg.get("k", 2))
-    if mode == "mspipe":
-        return MSPipe(cfg.get("k_max", 8), cfg.get("warmup_batches", 5), cfg.get("delayed_fetch", True))
-    raise UserError(f"pipeline.mode: unknown mode '{mode}' (known: sequential, presample, fixed-k, mspipe)")
+    """The policy registered as `mode` (`pipeline.mode`), configured from the validated `pipeline` section."""
+    return SCHEDULERS.get(mode)(cfg or {})
 
 
 @dataclass(frozen=True)

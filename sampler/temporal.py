@@ -1,15 +1,21 @@
-"""Multi-layer temporal neighbour sampling on a T-CSR that returns DGL message-flow blocks."""
+"""Multi-layer temporal neighbour sampling on a T-CSR that returns DGL message-flow blocks.
+
+`STRATEGIES` holds the neighbour-finding functions `sampler.strategy` selects from. A strategy is called
+as `find(tcsr, nodes, times, fanout, rng)` and returns the `SampledEdges` of one layer, using only edges
+strictly before each root's time; `rng` is the generator for any random draws (seeded per batch), so the
+result depends only on its arguments.
+"""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dgl
 import numpy as np
 import torch
 
+from graph.registry import Registry
 from sampler.tcsr import TCSR
-
-STRATEGIES = ("recent", "uniform")
 
 
 @dataclass(frozen=True)
@@ -28,8 +34,17 @@ class SampledEdges:
         return cls(root=np.empty(0, dtype=np.int64), entry=np.empty(0, dtype=np.int64))
 
 
-def recent_neighbours(tcsr: TCSR, nodes: np.ndarray, times: np.ndarray, fanout: int) -> SampledEdges:
-    """The `fanout` latest edges of each node strictly before its time, newest first (TGL "recent")."""
+NeighbourFinder = Callable[[TCSR, np.ndarray, np.ndarray, int, np.random.Generator], SampledEdges]
+STRATEGIES: Registry[NeighbourFinder] = Registry("sampling strategy", "sampler.strategy")
+
+
+@STRATEGIES.register("recent")
+def recent_neighbours(tcsr: TCSR, nodes: np.ndarray, times: np.ndarray, fanout: int,
+                      rng: np.random.Generator | None = None) -> SampledEdges:
+    """The `fanout` latest edges of each node strictly before its time, newest first (TGL "recent").
+
+    Deterministic: `rng` is accepted for the common strategy signature and not used.
+    """
     start, end = tcsr.segments_before(nodes, times)
     count = np.minimum(end - start, fanout)
     root = np.repeat(np.arange(len(count), dtype=np.int64), count)
@@ -38,6 +53,7 @@ def recent_neighbours(tcsr: TCSR, nodes: np.ndarray, times: np.ndarray, fanout: 
     return SampledEdges(root=root, entry=entry)
 
 
+@STRATEGIES.register("uniform")
 def uniform_neighbours(
     tcsr: TCSR, nodes: np.ndarray, times: np.ndarray, fanout: int, rng: np.random.Generator
 ) -> SampledEdges:
@@ -95,8 +111,7 @@ class TemporalSampler:
     """
 
     def __init__(self, tcsr: TCSR, fanouts: list[int], strategy: str = "recent", seed: int = 0):
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown sampling strategy {strategy!r}, expected one of {STRATEGIES}")
+        self._find = STRATEGIES.get(strategy)
         if not fanouts or any(int(f) < 0 for f in fanouts):
             raise ValueError(f"fanouts must be a non-empty list of non-negative ints, got {fanouts}")
         self.tcsr = tcsr
@@ -109,14 +124,12 @@ class TemporalSampler:
     ) -> SampledEdges:
         """The edges of one layer for roots `nodes` at `times`, by this sampler's strategy.
 
-        Uniform draws come from `rng`, by default a generator seeded with the sampler's seed.
+        Random draws come from `rng`, by default a generator seeded with the sampler's seed.
         """
         if fanout == 0:
             return SampledEdges.empty()
-        if self.strategy == "recent":
-            return recent_neighbours(self.tcsr, nodes, times, fanout)
         rng = np.random.default_rng(self.seed) if rng is None else rng
-        return uniform_neighbours(self.tcsr, nodes, times, fanout, rng)
+        return self._find(self.tcsr, nodes, times, fanout, rng)
 
     def sample(self, roots: np.ndarray, root_ts: np.ndarray, seed: int | None = None) -> list[dgl.DGLBlock]:
         """Blocks from input layer to output layer; `blocks[-1]`'s destinations are `roots` in order.

@@ -33,7 +33,7 @@ def small_config(**sections):
 
 @pytest.fixture(scope="module")
 def events():
-    return synthetic_events(num_nodes=60, num_events=1500, seed=3)
+    return synthetic_events(num_nodes=60, num_events=3000, seed=3)
 
 
 def run(cfg, events, out, **kwargs):
@@ -42,8 +42,8 @@ def run(cfg, events, out, **kwargs):
 
 
 def test_sequential_training_learns_and_writes_everything(events, tmp_path):
-    results = run(small_config(pipeline={"mode": "sequential"}, train={"epochs": 3}), events, tmp_path)
-    assert results["test_ap"] > 0.6, "TGN must beat random on a stream with repeated interactions"
+    results = run(small_config(pipeline={"mode": "sequential"}, train={"epochs": 3, "lr": 0.005}), events, tmp_path)
+    assert results["test_ap"] > 0.65, "TGN must beat random on a stream with repeated interactions"
     saved = json.loads((tmp_path / "results.json").read_text())
     for key in ("model", "dataset", "mode", "epochs", "seed", "train_events_per_s", "epoch_time_s", "val_ap",
                 "val_auc", "test_ap", "test_auc", "test_inductive_ap", "stage_time_s", "staleness",
