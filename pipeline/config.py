@@ -28,7 +28,7 @@ from sampler.temporal import STRATEGIES
 MODES = SCHEDULERS.names()  # the built-in modes; a plugin's scheduler is selected in the YAML
 
 DEFAULTS: dict[str, Any] = {
-    "model": "tgn",
+    "model": "tgn",  # a label for logs and results; the parts below compose the model
     "plugins": [],
     "sampler": {"strategy": "recent", "fanouts": [10], "add_reverse": True},
     "memory": {
@@ -81,7 +81,6 @@ DEFAULTS: dict[str, Any] = {
 
 REGISTRIES: tuple[Registry, ...] = (STRATEGIES, UPDATERS, EMBEDDINGS, PREDICTORS, SCHEDULERS)
 CHOICES: dict[str, tuple[str, ...] | Registry] = {
-    "model": ("tgn", "jodie", "apan"),
     "memory.deliver_to": ("self", "neighbours"),
     "pipeline.mitigation.similarity": ("cosine", "coneighbour"),
     **{registry.config_key: registry for registry in REGISTRIES},

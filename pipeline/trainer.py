@@ -19,6 +19,7 @@ from graph.events import EventStream
 from pipeline.checkpoint import (
     CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint, save_checkpoint,
 )
+from pipeline.config import validate_config
 from pipeline.evaluation import ranking_metrics
 from pipeline.policies import Policy, make_policy
 from pipeline.profiler import StageProfiler
@@ -166,7 +167,7 @@ def evaluate_checkpoint(ckpt: dict[str, Any], events: EventStream, device: torch
                         show_progress: bool = True) -> dict[str, float]:
     """Re-evaluate a checkpoint's best weights: replay the training events to rebuild the memory, then
     score validation and test exactly as training did."""
-    setup = build_setup(ckpt["config"], events, device, ckpt["seed"])
+    setup = build_setup(validate_config(ckpt["config"], "checkpoint config"), events, device, ckpt["seed"])
     best = ckpt["training"]["best_model"] or ckpt["model"]
     setup.model.load_state_dict(best)
     _, version = evaluate(setup, "train", setup.split.train, setup.split.train, 0, None, show_progress)

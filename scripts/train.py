@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     parser.add_argument("--batch-size", type=int, help="override train.batch_size and eval.batch_size")
     parser.add_argument("--lr", type=float, help="override train.lr")
-    parser.add_argument("--mode", choices=MODES, help="override pipeline.mode")
+    parser.add_argument("--mode", help=f"override pipeline.mode ({', '.join(MODES)}, or a plugin's scheduler)")
     parser.add_argument("--k", type=int, help="staleness bound for --mode fixed-k (pipeline.k)")
     parser.add_argument("--mitigation", action=argparse.BooleanOptionalAction, default=None,
                         help="staleness mitigation on/off (pipeline.mitigation.enabled)")
