@@ -57,7 +57,13 @@ class MemoryRows:
 
 
 class MemoryUpdater(nn.Module, ABC):
-    """Computes `mem'` for every row: updated from the mailbox where a mail arrived, else the stored `mem`."""
+    """Computes `mem'` for every row: updated from the mailbox where a mail arrived, else the stored `mem`.
+
+    `mails_carry_embedding` says what the mails it reads hold of an event's other endpoint: its new memory
+    (False: TGN, JODIE, APAN) or its embedding (True: DyRep); the model builds the mails accordingly.
+    """
+
+    mails_carry_embedding: bool = False
 
     def forward(self, rows: MemoryRows) -> Tensor:
         """New memory `(n, d_m)`; differentiable in the updater's parameters, never in the stored rows."""

@@ -1,8 +1,9 @@
 """The temporal model (memory updater -> embedding -> edge predictor) and its construction from a config.
 
 TGN = GRU updater + temporal attention; JODIE = RNN updater + time projection; APAN = mailbox transformer +
-identity embedding with mails delivered to sampled neighbours. The model knows nothing of threads or
-stores: it reads a `MemoryBatch` and returns the batch's `MemoryUpdate`.
+identity embedding with mails delivered to sampled neighbours; DyRep = RNN updater whose mails carry the
+other endpoint's embedding (models/dyrep.py) + temporal attention; TGAT = no memory + temporal attention.
+The model knows nothing of threads or stores: it reads a `MemoryBatch` and returns the batch's `MemoryUpdate`.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from graph.errors import UserError
 from models.embedding import build_embedding
 from models.interface import MemoryUpdate, ModelInputs
 from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater
@@ -60,9 +62,9 @@ class TemporalModel(nn.Module):
         new_mem = None
         if self.updater is not None:
             new_mem = self.updater(MemoryRows.first(inputs.memory, inputs.blocks[0].srcdata["ts"], count))
-        h = self._node_state(new_mem, inputs, count)
-        pos, neg = self.predictor(self.embedding(h, inputs), inputs.num_pos, inputs.num_neg)
-        return pos, neg, None if new_mem is None else self._write_back(new_mem, inputs)
+        embeddings = self.embedding(self._node_state(new_mem, inputs, count), inputs)
+        pos, neg = self.predictor(embeddings, inputs.num_pos, inputs.num_neg)
+        return pos, neg, None if new_mem is None else self._write_back(new_mem, embeddings, inputs)
 
     def _node_state(self, new_mem: Tensor | None, inputs: ModelInputs, count: int) -> Tensor:
         if inputs.node_feat is None:
@@ -72,14 +74,15 @@ class TemporalModel(nn.Module):
         features = inputs.node_feat[:count]
         return features if new_mem is None else new_mem + self.node_feat_map(features)
 
-    def _write_back(self, new_mem: Tensor, inputs: ModelInputs) -> MemoryUpdate:
+    def _write_back(self, new_mem: Tensor, embeddings: Tensor, inputs: ModelInputs) -> MemoryUpdate:
         positives = 2 * inputs.num_pos
         roots = inputs.blocks[-1].dstdata
         deliveries = None
         if self.layout.deliver_to_neighbours:
             deliveries = neighbour_deliveries(inputs.blocks[-1], positives)
+        partner = embeddings[:positives] if self.updater.mails_carry_embedding else None
         return memory_update(new_mem[:positives], roots["ID"][:positives], roots["ts"][:positives],
-                             inputs.event_edge_feat(), deliveries)
+                             inputs.event_edge_feat(), deliveries, partner)
 
 
 def build_model(cfg: dict, num_nodes: int, dim_node_feat: int, dim_edge_feat: int) -> TemporalModel:
@@ -104,5 +107,8 @@ def build_model(cfg: dict, num_nodes: int, dim_node_feat: int, dim_edge_feat: in
         node_feat_map = nn.Linear(dim_node_feat, layout.dim_memory) if dim_node_feat > 0 else None
         dim_state = layout.dim_memory
     embedding = build_embedding(emb_cfg["module"], dim_state, dim_edge_feat, emb_cfg)
+    if updater is not None and updater.mails_carry_embedding and embedding.dim_out != layout.dim_memory:
+        raise UserError(f"memory updater '{mem_cfg['updater']}' writes embeddings into mails: key "
+                        f"'embedding.dim_out' ({embedding.dim_out}) must equal 'memory.dim' ({layout.dim_memory})")
     predictor = PREDICTORS.get({**PREDICTOR_DEFAULTS, **cfg.get("predictor", {})}["module"])(embedding.dim_out)
     return TemporalModel(embedding, predictor, updater, layout, node_feat_map)

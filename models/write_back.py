@@ -15,12 +15,16 @@ def event_order(num_pos: int, device: torch.device) -> Tensor:
     return torch.stack([index, index + num_pos], dim=1).flatten()
 
 
-def endpoint_mails(new_mem: Tensor, edge_feat: Tensor) -> Tensor:
-    """Mails of the roots `[src (B), dst (B)]`: `[mem'_src || mem'_dst || e]` and `[mem'_dst || mem'_src || e]`."""
+def endpoint_mails(new_mem: Tensor, edge_feat: Tensor, partner: Tensor | None = None) -> Tensor:
+    """Mails of the roots `[src (B), dst (B)]`: `[mem'_src || p_dst || e]` and `[mem'_dst || p_src || e]`.
+
+    `p` describes the event's other endpoint: its new memory by default, its embedding for DyRep.
+    """
     mem_src, mem_dst = new_mem.chunk(2)
+    partner_src, partner_dst = (new_mem if partner is None else partner).chunk(2)
     return torch.cat([
-        torch.cat([mem_src, mem_dst, edge_feat], dim=1),
-        torch.cat([mem_dst, mem_src, edge_feat], dim=1),
+        torch.cat([mem_src, partner_dst, edge_feat], dim=1),
+        torch.cat([mem_dst, partner_src, edge_feat], dim=1),
     ])
 
 
@@ -32,16 +36,17 @@ def neighbour_deliveries(block: dgl.DGLBlock, num_targets: int) -> tuple[Tensor,
 
 
 def memory_update(new_mem: Tensor, roots: Tensor, root_ts: Tensor, edge_feat: Tensor,
-                  deliveries: tuple[Tensor, Tensor] | None = None) -> MemoryUpdate:
+                  deliveries: tuple[Tensor, Tensor] | None = None, partner: Tensor | None = None) -> MemoryUpdate:
     """The detached write-back of the positive roots `[src (B), dst (B)]` at their event times.
 
     Each root gets its new memory and its own mail; with `deliveries` (APAN), each listed neighbour also
     gets the mail of its root. Mails are ordered by time (stable, a root's own mail after deliveries of
-    the same time), so under the store's "last occurrence wins" a node keeps its latest mail.
+    the same time), so under the store's "last occurrence wins" a node keeps its latest mail. `partner`
+    (the roots' embeddings, for DyRep) replaces the new memory as the mail's other-endpoint part.
     """
     new_mem = new_mem.detach()
     order = event_order(len(roots) // 2, roots.device)
-    mails = endpoint_mails(new_mem, edge_feat.detach())
+    mails = endpoint_mails(new_mem, edge_feat.detach(), None if partner is None else partner.detach())
     nodes, mem_ts, own_mail = roots[order], root_ts[order], mails[order]
     mail_nodes, mail, mail_ts = nodes, own_mail, mem_ts
     if deliveries is not None:

@@ -2,6 +2,9 @@
 host tensors are copied over (non-blocking from pinned memory, so copies overlap compute on a GPU)."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from graph.errors import UserError
@@ -38,3 +41,39 @@ def to_device(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor
     if pins_host_memory(device) and not tensor.is_pinned():
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
+
+
+class CopyStream:
+    """Host-to-device copies on a side CUDA stream, so that they overlap training on the default stream.
+
+    A fetch stage copies inside `copying()` and keeps the returned event; the train stage calls
+    `wait(event)` before it reads the copied tensors. The train stage synchronises anyway (`loss.item()`),
+    so a batch's device tensors are freed only after the kernels that read them have finished. On the
+    CPU every method is a no-op.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    @contextlib.contextmanager
+    def copying(self) -> Iterator[None]:
+        """Run the enclosed copies on the side stream."""
+        if self.stream is None:
+            yield
+            return
+        with torch.cuda.stream(self.stream):
+            yield
+
+    def done(self) -> torch.cuda.Event | None:
+        """An event that completes when the copies issued so far have landed."""
+        if self.stream is None:
+            return None
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        return event
+
+    @staticmethod
+    def wait(event: torch.cuda.Event | None) -> None:
+        """Make the calling thread's current stream wait for `event` (without blocking the host)."""
+        if event is not None:
+            torch.cuda.current_stream().wait_event(event)

@@ -19,7 +19,7 @@ from graph.errors import UserError
 from memory.store import MemoryBatch, MemoryStore
 from models.interface import MemoryUpdate, ModelInputs
 from models.tgnn import TemporalModel
-from pipeline.device import to_device
+from pipeline.device import CopyStream, to_device
 from pipeline.mitigation import SimilarityTable, mitigate
 from sampler.temporal import TemporalSampler
 
@@ -43,6 +43,8 @@ class BatchContext:
     memory: MemoryBatch | None = None
     staleness: int = 0
     mitigated: int = 0
+    features_ready: object = None
+    memory_ready: object = None
     update: MemoryUpdate | None = None
 
 
@@ -106,6 +108,7 @@ class LinkPredictionStages:
         self.version_offset = version_offset
         self.sample_seed = sample_seed
         self.mitigation = mitigation
+        self.copies = CopyStream(device)
         self.losses: list[float] = []
         self.pos_scores: list[np.ndarray] = []
         self.neg_scores: list[np.ndarray] = []
@@ -123,14 +126,18 @@ class LinkPredictionStages:
     def fetch_features(self, i: int, ctx: BatchContext) -> None:
         """Stage 2: gather the sub-graph's edge and node features and move them with the blocks."""
         edge_feat, node_feat = self.stream.edge_feat, self.stream.node_feat
-        if edge_feat is not None:
-            ctx.edge_feat = [to_device(edge_feat[b.edata["ID"]], self.device) for b in ctx.blocks]
-            ctx.root_edge_feat = to_device(edge_feat[torch.from_numpy(ctx.events)], self.device)
-        else:
-            ctx.edge_feat = [None] * len(ctx.blocks)
-        if node_feat is not None:
-            ctx.node_feat = to_device(node_feat[ctx.blocks[0].srcdata["ID"]], self.device)
-        ctx.blocks = [b.to(self.device) for b in ctx.blocks]
+        with self.copies.copying():
+            if edge_feat is not None:
+                ctx.edge_feat = [to_device(edge_feat[b.edata["ID"]], self.device) for b in ctx.blocks]
+                ctx.root_edge_feat = to_device(edge_feat[torch.from_numpy(ctx.events)], self.device)
+            else:
+                ctx.edge_feat = [None] * len(ctx.blocks)
+            if node_feat is not None:
+                ctx.node_feat = to_device(node_feat[ctx.blocks[0].srcdata["ID"]], self.device)
+            ctx.blocks = [b.to(self.device, non_blocking=True) for b in ctx.blocks]
+            for block in ctx.blocks:
+                block.materialize_data()
+        ctx.features_ready = self.copies.done()
 
     def fetch_memory(self, i: int, ctx: BatchContext, staleness: int) -> None:
         """Stage 3: read the input nodes' memory and mails (optionally mitigating stale roots)."""
@@ -147,7 +154,9 @@ class LinkPredictionStages:
                 memory, positions, torch.from_numpy(ctx.root_ts), self.mitigation.table, self.store,
                 quantile=self.mitigation.quantile, gamma=self.mitigation.gamma,
             )
-        ctx.memory = memory.to(self.device, non_blocking=True)
+        with self.copies.copying():
+            ctx.memory = memory.to(self.device, non_blocking=True)
+        ctx.memory_ready = self.copies.done()
 
     def _refresh_similarity(self, i: int) -> None:
         """Rebuild the similarity table from the current memory (cosine) or the events so far (coneighbour)."""
@@ -169,6 +178,8 @@ class LinkPredictionStages:
 
         Batches reach this stage in batch order, so `losses` and the score lists stay in batch order.
         """
+        self.copies.wait(ctx.features_ready)
+        self.copies.wait(ctx.memory_ready)
         if self.optimizer is None:
             self.model.eval()
             with torch.no_grad():

@@ -1,17 +1,54 @@
-"""Shared entry point of the scripts: user errors become one `error: ...` line and exit code 2, Ctrl-C exits
-130, neither with a traceback. Scripts import it as `from _cli import run_cli` (scripts/ is on sys.path)."""
+"""Shared entry point of the scripts: every failure ends in one `error: ...` line on stderr, without a
+traceback, and an exit code that says what kind of failure it was. Scripts import it as
+`from _cli import run_cli` (scripts/ is on sys.path).
+
+- a user error (`UserError`: bad file, key or checkpoint): exit 2;
+- a failure inside a pipeline stage (a bug, annotated by the runner with `pipeline_stage` and
+  `pipeline_batch`) or an operating-system error (disk full, no permission): exit 1;
+- Ctrl-C, or SIGINT/SIGTERM turned into a stop request by the script: `interrupted`, exit 130.
+
+With the environment variable MSPIPE_DEBUG=1 the full traceback is printed before the error line.
+Any other exception is a bug and propagates with Python's own traceback (exit 1).
+"""
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 from collections.abc import Callable
+from typing import NoReturn
 
 os.environ.setdefault("DGLBACKEND", "pytorch")
 
 from graph.errors import UserError, one_line  # noqa: E402  (after DGLBACKEND, before anything imports dgl)
 
+FAILURE_EXIT = 1
 USER_ERROR_EXIT = 2
 INTERRUPT_EXIT = 130
+DEBUG_ENV = "MSPIPE_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """Whether the user asked for full tracebacks (MSPIPE_DEBUG=1)."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def describe_failure(err: BaseException) -> str:
+    """One line naming the stage and batch that raised `err` (when the pipeline annotated it), the
+    exception type and its message."""
+    message = one_line(err)
+    what = f"{type(err).__name__}: {message}" if message else type(err).__name__
+    stage = getattr(err, "pipeline_stage", None)
+    if stage is not None:
+        what = f"stage {stage} failed at batch {getattr(err, 'pipeline_batch', '?')}: {what}"
+    return what
+
+
+def _exit_with(err: BaseException, message: str, code: int) -> NoReturn:
+    if debug_enabled():
+        traceback.print_exception(err)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 def run_cli(main: Callable[[list[str] | None], int]) -> None:
@@ -19,9 +56,13 @@ def run_cli(main: Callable[[list[str] | None], int]) -> None:
     try:
         code = main(None)
     except UserError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        sys.exit(USER_ERROR_EXIT)
+        _exit_with(err, one_line(err), USER_ERROR_EXIT)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(INTERRUPT_EXIT)
+    except Exception as err:
+        if not (hasattr(err, "pipeline_stage") or isinstance(err, OSError)):
+            raise
+        hint = "" if debug_enabled() else f" (set {DEBUG_ENV}=1 for the traceback)"
+        _exit_with(err, describe_failure(err) + hint, FAILURE_EXIT)
     sys.exit(code)

@@ -1,7 +1,10 @@
 """End-to-end training through the public trainer: every mode against the sequential reference, logs,
 checkpoints and resumption, and the failure paths a user meets."""
 import json
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from pipeline.config import validate_config
 from pipeline.stages import NonFiniteLossError
 from pipeline.trainer import train
 
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SMALL = {
     "memory": {"dim": 16, "dim_time": 8},
     "embedding": {"dim_out": 16, "dim_time": 8, "heads": 2},
@@ -53,6 +57,12 @@ def test_sequential_training_learns_and_writes_everything(events, tmp_path):
     assert saved["epochs"] == 3 and len(saved["epoch_time_s"]) == 3
     assert (tmp_path / "timeline.png").stat().st_size > 0
     assert (tmp_path / "pipeline_events.csv").read_text().startswith("batch,stage,start_s,end_s,k,staleness")
+
+    redrawn = tmp_path / "first10.png"
+    plot = subprocess.run([sys.executable, str(SCRIPTS / "plot_timeline.py"), str(tmp_path), "--last", "9",
+                           "--out", str(redrawn)], capture_output=True, text=True, timeout=120)
+    assert plot.returncode == 0, plot.stderr
+    assert redrawn.read_bytes().startswith(b"\x89PNG")
 
     tags = EventAccumulator(str(tmp_path)).Reload().Tags()["scalars"]
     for tag in ("train/loss", "train/events_per_s", "eval/val_ap", "eval/test_auc", "pipeline/k",
