@@ -15,6 +15,7 @@ import gzip
 import lzma
 import pickle
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -32,6 +33,10 @@ COMPRESSION_OPENERS = {".xz": lzma.open, ".gz": gzip.open}
 TGL_EDGES = "edges.csv"
 TGL_EDGES_STEM = "edges"
 EXT_ROLLS = (0, 1, 2)
+READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)  # unreadable file or broken compression
+ID_LIMIT = 2**63  # ids are int64
+FLOAT_ID_LIMIT = 2**53  # from here on, an id read as a float may have been rounded to another id
+MAX_FLOAT32 = float(np.finfo(np.float32).max)  # features are stored as float32
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ def _first_line(path: Path) -> str:
     try:
         with opener(path, "rt", encoding="utf-8-sig", errors="replace") as handle:
             line = handle.readline()
-    except (OSError, EOFError, lzma.LZMAError) as err:
+    except READ_ERRORS as err:
         raise DataError(f"{path}: cannot read: {one_line(err)}") from err
     if not line.strip():
         raise DataError(f"{path}: file is empty (no header and no events)")
@@ -140,7 +145,7 @@ def _read_table(path: Path, sep: str, header: int | None) -> pd.DataFrame:
         frame = pd.read_csv(path, sep=sep, header=header, compression="infer", float_precision="round_trip")
     except pd.errors.EmptyDataError as err:
         raise DataError(f"{path}: file is empty (no header and no events)") from err
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError, lzma.LZMAError) as err:
+    except (pd.errors.ParserError, UnicodeDecodeError, *READ_ERRORS) as err:
         raise DataError(f"{path}: cannot parse: {one_line(err)}") from err
     if frame.empty:
         raise DataError(f"{path}: no events (the file has a header but no data rows)")
@@ -179,13 +184,17 @@ def _finite_numbers(frame: pd.DataFrame, columns: Sequence, path: Path, what: st
 
 
 def _node_id_column(frame: pd.DataFrame, column: object, path: Path) -> np.ndarray:
-    """A column of non-negative integer node ids as int64."""
+    """A column of non-negative integer node ids as int64; ids that int64 (or, in a column pandas read as
+    floats, float64) cannot hold exactly are errors, since they would silently become other ids."""
     series = frame[column]
-    if pd.api.types.is_integer_dtype(series.dtype):
+    if pd.api.types.is_signed_integer_dtype(series.dtype):
         ids = series.to_numpy(np.int64)
     else:
         values = _finite_numbers(frame, [column], path, "node id")[:, 0]
         _raise_at_first(values != np.round(values), frame, [column], path, "node id is not an integer")
+        limit = FLOAT_ID_LIMIT if pd.api.types.is_float_dtype(series.dtype) else ID_LIMIT
+        _raise_at_first(np.abs(values) >= limit, frame, [column], path, "node id is out of range "
+                        "(ids are integers from 0 to 2**63-1, and below 2**53 in a column with decimals)")
         ids = values.astype(np.int64)
     _raise_at_first(ids < 0, frame, [column], path, "node id is negative")
     return ids
@@ -214,7 +223,13 @@ def _read_matrix(path: Path) -> np.ndarray | None:
         raise DataError(f"{path}: cannot read feature matrix: {one_line(err)}") from err
     if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.number):
         raise DataError(f"{path}: expected a 2-D numeric matrix, found shape {matrix.shape} of {matrix.dtype}")
-    return matrix
+    with np.errstate(over="ignore", invalid="ignore"):
+        features = matrix.astype(np.float32, copy=False)
+    bad = np.argwhere(~np.isfinite(features))
+    if len(bad):
+        row, col = bad[0]
+        raise DataError(f"{path}: row {row}, column {col}: feature is not a finite float32 (found {matrix[row, col]!r})")
+    return features
 
 
 def _edge_rows(matrix: np.ndarray | None, num_events: int, feat_path: Path, events_path: Path,
@@ -271,6 +286,13 @@ def _read_dyglib(path: Path) -> _RawEvents:
     return _with_features(raw, path, path.with_name(f"{stem}.npy"), path.with_name(f"{stem}_node.npy"), padded=True)
 
 
+def _edge_feature_columns(frame: pd.DataFrame, columns: Sequence, path: Path) -> np.ndarray:
+    """The feature columns as a float64 matrix whose values all fit float32 (the stream's feature type)."""
+    block = _finite_numbers(frame, columns, path, "edge feature")
+    _raise_at_first(np.abs(block) > MAX_FLOAT32, frame, columns, path, "edge feature does not fit a float32")
+    return block
+
+
 def _read_positional(path: Path, sep: str) -> _RawEvents:
     """`src, dst, t, feat...` by position, with or without a header line."""
     frame = _read_table(path, sep=sep, header=0 if _has_header(path, sep) else None)
@@ -280,7 +302,7 @@ def _read_positional(path: Path, sep: str) -> _RawEvents:
     return _RawEvents(
         src=_node_id_column(frame, src_column, path), dst=_node_id_column(frame, dst_column, path),
         t=_finite_numbers(frame, [time_column], path, "timestamp")[:, 0],
-        edge_feat=_finite_numbers(frame, feature_columns, path, "edge feature") if feature_columns else None,
+        edge_feat=_edge_feature_columns(frame, feature_columns, path) if feature_columns else None,
     )
 
 

@@ -47,10 +47,14 @@ def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path:
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON so that a reader never sees a half-written file."""
+    """Write JSON so that a reader never sees a half-written file (nor a stray temporary one on failure)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_pipeline_log(path: Path, stats: RunStats) -> None:

@@ -1,5 +1,10 @@
 """Builds everything a run needs from a validated config and an event stream: the split, the samplers,
-the model, the optimizer, the memory store, the negatives and the stage functions for each split."""
+the model, the optimizer, the memory store, the negatives and the stage functions for each split.
+
+The world (`LocalWorld` or `DistributedWorld`, pipeline/distributed.py) decides what differs when several
+processes train together: each process's share of every batch, the memory store, the module the train
+stage calls and the learning rate. A single process (`LocalWorld`, the default) trains on whole batches
+with a plain store and model."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +18,9 @@ from graph.split import Split, chronological_split
 from memory.store import MemoryStore
 from models.tgnn import TemporalModel, build_model
 from pipeline.device import host_tensor, pins_host_memory
+from pipeline.distributed import LocalWorld
 from pipeline.mitigation import SimilarityTable
-from pipeline.stages import LinkPredictionStages, Mitigation, StreamTensors, chronological_batches
+from pipeline.stages import LinkPredictionStages, Mitigation, StreamTensors
 from sampler.tcsr import TCSR
 from sampler.temporal import TemporalSampler
 
@@ -32,18 +38,22 @@ class RunSetup:
     train_sampler: TemporalSampler
     eval_sampler: TemporalSampler
     model: TemporalModel
+    train_module: torch.nn.Module  # what the train stage calls: `model`, or `model` in DDP
     optimizer: torch.optim.Optimizer
     store: MemoryStore | None
     train_candidates: np.ndarray
     eval_candidates: np.ndarray
     mitigation: Mitigation | None
+    world: LocalWorld
 
     @property
     def train_batches(self) -> list[np.ndarray]:
-        return chronological_batches(self.split.train, self.cfg["train"]["batch_size"])
+        """The training events of this process's share of every global batch."""
+        return self.world.shard.local_batches(self.split.train, self.cfg["train"]["batch_size"])
 
-    def eval_batches(self, indices: np.ndarray) -> list[np.ndarray]:
-        return chronological_batches(indices, self.cfg["eval"]["batch_size"])
+    def eval_positions(self, num_events: int) -> list[np.ndarray]:
+        """Positions in an evaluation split of `num_events` of this process's share of every batch."""
+        return self.world.shard.local_batches(np.arange(num_events), self.cfg["eval"]["batch_size"])
 
 
 def _sampler(events: EventStream, indices: np.ndarray, cfg: dict, seed: int) -> TemporalSampler:
@@ -54,8 +64,13 @@ def _sampler(events: EventStream, indices: np.ndarray, cfg: dict, seed: int) -> 
     return TemporalSampler(tcsr, list(cfg["sampler"]["fanouts"]), cfg["sampler"]["strategy"], seed=seed)
 
 
-def build_setup(cfg: dict, events: EventStream, device: torch.device, seed: int) -> RunSetup:
-    """Create the run's objects; training sees only training events, evaluation sees the whole stream."""
+def build_setup(cfg: dict, events: EventStream, device: torch.device, seed: int,
+                world: LocalWorld | None = None) -> RunSetup:
+    """Create the run's objects; training sees only training events, evaluation sees the whole stream.
+
+    `world` (default: a single process) says how this process takes part in a data-parallel run.
+    """
+    world = world if world is not None else LocalWorld()
     torch.manual_seed(seed)
     split = chronological_split(
         events, val_ratio=cfg["eval"]["val_ratio"], test_ratio=cfg["eval"]["test_ratio"],
@@ -67,11 +82,12 @@ def build_setup(cfg: dict, events: EventStream, device: torch.device, seed: int)
         node_feat=None if events.node_feat is None else host_tensor(events.node_feat, device),
     )
     model = build_model(cfg, events.num_nodes, events.dim_node_feat, events.dim_edge_feat).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["train"]["lr"], weight_decay=cfg["train"]["weight_decay"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=world.learning_rate(cfg["train"]["lr"]),
+                                 weight_decay=cfg["train"]["weight_decay"])
     store = None
     if model.uses_memory:
-        store = MemoryStore(events.num_nodes, model.dim_memory, model.dim_mail, model.mailbox_size,
-                            pin_memory=pins_host_memory(device))
+        store = world.memory_store(events.num_nodes, model.dim_memory, model.dim_mail, model.mailbox_size,
+                                   pin_memory=pins_host_memory(device))
     mitigation = None
     mit_cfg = cfg["pipeline"]["mitigation"]
     if mit_cfg["enabled"] and store is not None:
@@ -83,24 +99,29 @@ def build_setup(cfg: dict, events: EventStream, device: torch.device, seed: int)
         cfg=cfg, events=events, split=split, device=device, seed=seed, stream=stream,
         train_sampler=_sampler(events, split.train, cfg, seed),
         eval_sampler=_sampler(events, np.arange(events.num_events), cfg, seed),
-        model=model, optimizer=optimizer, store=store,
+        model=model, train_module=world.train_module(model), optimizer=optimizer, store=store,
         train_candidates=np.unique(events.dst[split.train]),
         eval_candidates=np.unique(events.dst),
-        mitigation=mitigation,
+        mitigation=mitigation, world=world,
     )
 
 
 def training_stages(setup: RunSetup, epoch: int) -> LinkPredictionStages:
-    """Stage functions for one training epoch; negatives and uniform draws are seeded per batch."""
-    batches = setup.train_batches
+    """Stage functions for one training epoch; negatives and uniform draws are seeded per global batch,
+    and a process takes the negatives of its share, so they do not depend on the number of processes."""
+    shard = setup.world.shard
+    global_batches = shard.global_batches(setup.split.train, setup.cfg["train"]["batch_size"])
+    batches = [batch[shard.share(len(batch))] for batch in global_batches]
     num_neg = setup.cfg["train"]["num_neg"]
 
     def negatives(i: int, events: np.ndarray) -> np.ndarray:
-        return sample_negatives(setup.train_candidates, len(events) * num_neg, negative_seed(setup.seed, epoch, i))
+        size = len(global_batches[i])
+        drawn = sample_negatives(setup.train_candidates, (num_neg, size), negative_seed(setup.seed, epoch, i))
+        return drawn[:, shard.share(size)].reshape(-1)
 
     return LinkPredictionStages(
         batches=batches, stream=setup.stream, sampler=setup.train_sampler, negatives=negatives,
-        num_neg=num_neg, model=setup.model, store=setup.store, device=setup.device,
+        num_neg=num_neg, model=setup.train_module, store=setup.store, device=setup.device,
         optimizer=setup.optimizer, sample_seed=lambda i: negative_seed(setup.seed + 1, epoch, i),
         mitigation=setup.mitigation,
     )
@@ -110,11 +131,11 @@ def evaluation_stages(setup: RunSetup, split_name: str, indices: np.ndarray, ver
     """Stage functions that score a split with negatives fixed by seed, so runs are comparable."""
     num_neg = max(1, setup.cfg["eval"]["mrr_negatives"])
     fixed = eval_negatives(setup.eval_candidates, len(indices), num_neg, split_name, setup.seed)
-    batches = setup.eval_batches(indices)
-    starts = np.cumsum([0] + [len(b) for b in batches])
+    positions = setup.eval_positions(len(indices))
+    batches = [indices[p] for p in positions]
 
     def negatives(i: int, events: np.ndarray) -> np.ndarray:
-        return fixed[starts[i]:starts[i + 1]].T.reshape(-1)
+        return fixed[positions[i]].T.reshape(-1)
 
     return LinkPredictionStages(
         batches=batches, stream=setup.stream, sampler=setup.eval_sampler, negatives=negatives,

@@ -20,6 +20,7 @@ from pipeline.checkpoint import (
     CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint, save_checkpoint,
 )
 from pipeline.config import validate_config
+from pipeline.distributed import LocalWorld
 from pipeline.evaluation import ranking_metrics
 from pipeline.policies import Policy, make_policy
 from pipeline.profiler import StageProfiler
@@ -52,10 +53,12 @@ def run_stages(stages: LinkPredictionStages, policy: Policy, profiler: StageProf
 
 def evaluate(setup: RunSetup, name: str, indices: np.ndarray, inductive: np.ndarray, version_offset: int,
              stop: threading.Event | None, show_progress: bool) -> tuple[dict[str, float], int]:
-    """Score a split in time order, continuing the memory; return its metrics and the next version."""
+    """Score a split in time order, continuing the memory; return its metrics (over the whole split, from
+    every process's scores) and the next version."""
     stages = evaluation_stages(setup, name, indices, version_offset)
     run_stages(stages, make_policy("sequential"), None, stop, f"eval {name}", show_progress)
-    pos, neg = np.concatenate(stages.pos_scores), np.concatenate(stages.neg_scores)
+    pos, neg = setup.world.split_scores(np.concatenate(setup.eval_positions(len(indices))),
+                                        np.concatenate(stages.pos_scores), np.concatenate(stages.neg_scores))
     metrics = {f"{name}_{key}": value for key, value in ranking_metrics(pos, neg).items()}
     is_inductive = np.isin(indices, inductive)
     metrics.update({f"{name}_inductive_{key}": value
@@ -95,9 +98,13 @@ def _restore(setup: RunSetup, path: Path) -> TrainingState:
 
 
 def train(cfg: dict, events: EventStream, out_dir: Path, device: torch.device, seed: int, *,
-          resume: bool = False, stop: threading.Event | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Train `cfg` on `events`, writing logs, checkpoints and results into `out_dir`; return the results."""
-    setup = build_setup(cfg, events, device, seed)
+          resume: bool = False, stop: threading.Event | None = None, show_progress: bool = True,
+          world: LocalWorld | None = None) -> dict[str, Any]:
+    """Train `cfg` on `events`, writing logs, checkpoints and results into `out_dir`; return the results.
+
+    `world` makes this process one rank of a data-parallel run (pipeline/distributed.py); default: alone.
+    """
+    setup = build_setup(cfg, events, device, seed, world)
     ckpt_path = out_dir / CHECKPOINT_NAME
     state = _restore(setup, ckpt_path) if resume else TrainingState()
     batches_per_epoch = len(setup.train_batches)
@@ -108,8 +115,8 @@ def train(cfg: dict, events: EventStream, out_dir: Path, device: torch.device, s
         for epoch in range(state.next_epoch, cfg["train"]["epochs"]):
             if state.stopped_early:
                 break
-            _train_one_epoch(setup, state, epoch, make_policy(mode, cfg["pipeline"]), profiler, log, stop,
-                             show_progress)
+            policy = setup.world.agreed_policy(make_policy(mode, cfg["pipeline"]), profiler)
+            _train_one_epoch(setup, state, epoch, policy, profiler, log, stop, show_progress)
             save_checkpoint(ckpt_path, _checkpoint_state(setup, state))
             patience = cfg["train"]["patience"]
             state.stopped_early = bool(patience) and epoch - state.best_epoch >= patience

@@ -15,15 +15,26 @@ staleness seen, and the ideal pipeline speedup `min(sum(tau) / max(tau), cores)`
 stage times. Variants beyond the four modes make the ablation: `mspipe-no-delay` (memory fetched as soon
 as allowed), `mspipe-mitigation` / `mspipe-mitigation-coneighbour` (staleness mitigation on), and
 `fixed-k` expanded over `--k`.
+
+    python scripts/benchmark.py soak --data wikipedia --mode mspipe --epochs 10 --out runs/bench_soak.json
+
+`soak`: one long training run, with this process's resident memory (RSS) sampled in the background and
+closed off at every epoch's checkpoint: RSS at the epoch's end and the highest RSS seen during it. The
+memory counts as stable (`memory_stable`) when the last epoch's RSS is within 5% or 50 MB of epoch 2's
+(epoch 1 still grows caches and allocator pools).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import gc
+import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,7 +48,8 @@ from graph.synthetic import with_random_edge_features
 from graph.errors import UserError
 from graph.events import EventStream
 from graph.negatives import negative_seed, sample_negatives
-from pipeline.config import apply_overrides, load_config
+from pipeline.checkpoint import CHECKPOINT_NAME
+from pipeline.config import MODES, apply_overrides, load_config
 from pipeline.policies import available_cores, configure_threads
 from pipeline.runner import STAGES
 from pipeline.trainer import train
@@ -67,6 +79,9 @@ TRAIN_VARIANTS: dict[str, dict] = {  # variant name -> config overrides
 }
 TRAIN_TABLE = ["variant", "events_per_s", "speedup", "ideal_speedup", "test_ap", "k", "staleness_mean",
                "staleness_max", "train_busy", *(f"{stage}_ms" for stage in STAGES)]
+SOAK_TABLE = ["epoch", "rss_mb", "peak_rss_mb", "epoch_s", "test_ap"]
+SOAK_GROWTH_FRACTION = 0.05  # the last epoch's RSS may exceed epoch 2's by this share ...
+SOAK_GROWTH_MB = 50.0  # ... or by this many MB, whichever is larger
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,6 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     add_sampler_command(commands)
     add_train_command(commands)
+    add_soak_command(commands)
     return parser.parse_args(argv)
 
 
@@ -109,6 +125,21 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU cores torch may use (default: all)")
     parser.add_argument("--out", required=True, help="JSON file for the results")
     parser.set_defaults(run=benchmark_train, table=TRAIN_TABLE)
+
+
+def add_soak_command(commands: argparse._SubParsersAction) -> None:
+    """The `soak` subcommand and its options."""
+    parser = commands.add_parser("soak", help="memory growth of one long training run (RSS after every epoch)")
+    parser.add_argument("--data", default="wikipedia", help="built-in dataset name or a file path")
+    parser.add_argument("--format", default=None, help="format when --data is a file (tgl, dyglib, jodie, csv)")
+    parser.add_argument("--config", default=str(REPO / "configs" / "tgn.yml"), help="YAML model/run config")
+    parser.add_argument("--mode", choices=MODES, default="mspipe", help="pipeline mode")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of the run (at least 2)")
+    parser.add_argument("--batch-size", type=int, default=None, help="override train/eval batch size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="CPU cores torch may use (default: all)")
+    parser.add_argument("--out", required=True, help="JSON file for the results")
+    parser.set_defaults(run=benchmark_soak, table=SOAK_TABLE)
 
 
 def train_variants(modes: str, ks: str) -> dict[str, dict]:
@@ -270,6 +301,98 @@ def benchmark_sampler(args: argparse.Namespace) -> dict:
         "torch_threads": torch.get_num_threads(), "tcsr_nnz": len(tcsr.nbr), "tcsr_build_s": build_s,
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
                      "dgl": dgl.__version__},
+        "machine": platform.processor() or platform.machine(),
+        "results": rows,
+    }
+
+
+def resident_mb() -> float:
+    """This process's current resident set size in MB (Linux /proc)."""
+    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_resident_mb() -> float:
+    """The highest resident set size this process has had so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def file_version(path: Path) -> tuple[int, int] | None:
+    """Identity of the file now at `path` (inode, mtime), which an atomic replace changes; None if absent."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+class EpochMemoryMonitor(threading.Thread):
+    """Samples this process's RSS every `interval_s` while a run trains; the trainer replacing `checkpoint`
+    (once per epoch) closes an epoch's record: RSS at its end and the highest RSS sampled during it."""
+
+    def __init__(self, checkpoint: Path, interval_s: float = 0.1) -> None:
+        super().__init__(name="soak-memory-monitor", daemon=True)
+        self.checkpoint = checkpoint
+        self.interval_s = interval_s
+        self.epochs: list[dict[str, float]] = []
+        self.finished = threading.Event()
+        self._last_version: tuple[int, int] | None = None
+        self._peak = 0.0
+
+    def run(self) -> None:
+        while True:
+            finishing = self.finished.wait(self.interval_s)
+            self._sample()
+            if finishing:
+                return
+
+    def _sample(self) -> None:
+        rss = resident_mb()
+        self._peak = max(self._peak, rss)
+        version = file_version(self.checkpoint)
+        if version is not None and version != self._last_version:
+            self.epochs.append({"epoch": len(self.epochs) + 1, "rss_mb": rss, "peak_rss_mb": self._peak})
+            self._last_version, self._peak = version, rss
+
+
+def memory_verdict(epochs: list[dict[str, float]]) -> dict:
+    """Did memory stop growing? The last epoch's RSS against epoch 2's, with the soak tolerance."""
+    reference, last = epochs[1]["rss_mb"], epochs[-1]["rss_mb"]
+    limit = max(SOAK_GROWTH_FRACTION * reference, SOAK_GROWTH_MB)
+    return {"rss_epoch2_mb": reference, "rss_last_mb": last, "rss_growth_mb": last - reference,
+            "rss_growth_limit_mb": limit, "memory_stable": last - reference <= limit}
+
+
+def benchmark_soak(args: argparse.Namespace) -> dict:
+    """Train one `--epochs` run as a user would and report the RSS of every epoch and whether it grew."""
+    if args.epochs < 2:
+        raise UserError(f"--epochs must be at least 2 (epoch 2 is the reference), got {args.epochs}")
+    cfg = apply_overrides(load_config(args.config), {
+        "train.epochs": args.epochs, "train.patience": 0, "pipeline.mode": args.mode,
+        "train.batch_size": args.batch_size, "eval.batch_size": args.batch_size})
+    events = load_dataset(args.data, fmt=args.format)
+    plan = configure_threads(args.threads)
+    gc.collect()
+    start_mb = resident_mb()
+    with tempfile.TemporaryDirectory(prefix="bench-soak-") as scratch:
+        monitor = EpochMemoryMonitor(Path(scratch) / CHECKPOINT_NAME)
+        monitor.start()
+        try:
+            results = train(cfg, events, Path(scratch), torch.device("cpu"), args.seed, show_progress=False)
+        finally:
+            monitor.finished.set()
+            monitor.join()
+    rows = [{**epoch, "epoch_s": history["epoch_time_s"], "test_ap": history["test_ap"]}
+            for epoch, history in zip(monitor.epochs, results["history"])]
+    verdict = memory_verdict(rows)
+    print(f"RSS epoch 2 {verdict['rss_epoch2_mb']:.0f} MB, last {verdict['rss_last_mb']:.0f} MB "
+          f"(limit +{verdict['rss_growth_limit_mb']:.0f} MB): {'stable' if verdict['memory_stable'] else 'GROWING'}",
+          flush=True)
+    return {
+        "benchmark": "soak", "dataset": events.name, "model": cfg["model"], "mode": args.mode,
+        "num_events": events.num_events, "epochs": args.epochs, "seed": args.seed,
+        "batch_size": cfg["train"]["batch_size"], "torch_threads": plan.intra_op,
+        "rss_before_training_mb": start_mb, "peak_rss_mb": peak_resident_mb(), **verdict,
         "machine": platform.processor() or platform.machine(),
         "results": rows,
     }

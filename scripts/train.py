@@ -4,6 +4,10 @@
 
 Writes TensorBoard logs, `checkpoint.pt` (every epoch, atomically), `pipeline_events.csv`,
 `timeline.png` and `results.json` into --out. `--resume` continues a killed run from its last checkpoint.
+
+Data-parallel on N processes (docs/distributed.md); rank 0 writes --out, rank r > 0 writes --out/rank<r>:
+
+    torchrun --nproc_per_node=2 scripts/train.py --config configs/tgn.yml --out runs/tgn_ddp --distributed
 """
 from __future__ import annotations
 
@@ -15,10 +19,14 @@ from pathlib import Path
 
 from _cli import run_cli
 
+import torch
+
 from graph.datasets import DEFAULT_DATASET, load_dataset
 from graph.errors import UserError
+from graph.events import EventStream
 from pipeline.config import MODES, apply_overrides, load_config
 from pipeline.device import resolve_device
+from pipeline.distributed import DEFAULT_TIMEOUT_S, LocalWorld, init_world
 from pipeline.policies import configure_threads
 from pipeline.reporting import prepare_run_dir
 from pipeline.trainer import train
@@ -47,6 +55,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--distributed", action="store_true",
+                        help="data-parallel training as one rank of a torchrun launch (train.batch_size is global)")
+    parser.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help="seconds a collective may wait for the other ranks before the run fails")
     return parser.parse_args(argv)
 
 
@@ -83,14 +95,26 @@ def main(argv: list[str] | None = None) -> int:
     cfg = build_config(args)
     device = resolve_device(args.device)
     events = load_dataset(args.data, fmt=args.format)
-    out_dir = prepare_run_dir(Path(args.out), resume=args.resume, overwrite=args.overwrite)
-    configure_threads(args.threads)
-    results = train(cfg, events, out_dir, device, args.seed, resume=args.resume, stop=stop_on_signals(),
-                    show_progress=not args.no_progress)
-    print(f"{results['model']} on {results['dataset']} ({results['mode']}): test AP {results['test_ap']:.4f}  "
-          f"AUC {results['test_auc']:.4f}  inductive AP {results['test_inductive_ap']:.4f}  "
-          f"{results['train_events_per_s']:.0f} events/s  -> {out_dir / 'results.json'}")
+    world = init_world(device, args.dist_timeout) if args.distributed else LocalWorld()
+    try:
+        results = train_as(world, args, cfg, events, world.place(device))
+    finally:
+        world.close()
+    if world.rank == 0:
+        print(f"{results['model']} on {results['dataset']} ({results['mode']}): test AP {results['test_ap']:.4f}  "
+              f"AUC {results['test_auc']:.4f}  inductive AP {results['test_inductive_ap']:.4f}  "
+              f"{results['train_events_per_s']:.0f} events/s  -> {Path(args.out) / 'results.json'}")
     return 0
+
+
+def train_as(world: LocalWorld, args: argparse.Namespace, cfg: dict, events: EventStream,
+             device: torch.device) -> dict:
+    """Train as this process's part of `world`: rank 0 writes --out, rank r > 0 its own copy in rank<r>/."""
+    out = Path(args.out) if world.rank == 0 else Path(args.out) / f"rank{world.rank}"
+    out_dir = prepare_run_dir(out, resume=args.resume, overwrite=args.overwrite)
+    configure_threads(args.threads)
+    return train(cfg, events, out_dir, device, args.seed, resume=args.resume, stop=stop_on_signals(),
+                 show_progress=not args.no_progress and world.rank == 0, world=world)
 
 
 if __name__ == "__main__":

@@ -169,9 +169,12 @@ def test_kill_9_mid_epoch_then_resume_finishes_like_an_uninterrupted_run(
     process.communicate(timeout=30)
     assert process.returncode == -signal.SIGKILL
     assert not (out / RESULTS).exists(), "the kill must land before the run finished"
+    killed_at = torch.load(out / CHECKPOINT_NAME, weights_only=False)["training"]["next_epoch"]
+    assert 1 <= killed_at < 3
 
     code, stdout, _ = train_cli(*args, "--resume")
     assert code == 0
+    assert f"epoch {killed_at}:" in stdout, "the resumed run trains the epoch the kill interrupted"
     resumed = json.loads((out / RESULTS).read_text())
     assert resumed["epochs"] == 3 and [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
     if mode == "sequential":

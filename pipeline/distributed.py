@@ -1,0 +1,293 @@
+"""Data-parallel training across processes (DESIGN 3.8): `torch.distributed` + DDP, launched by `torchrun`.
+
+A world says how one process takes part in a run. `LocalWorld` is the single process: it trains on
+whole batches and every method is the identity, so the single-process path is unchanged.
+`DistributedWorld` is one rank of `torchrun --nproc_per_node=N ... --distributed`:
+
+- batches: `train.batch_size` is the *global* batch; rank r takes events `r::N` of every global batch,
+  in chronological order (`Shard`). A last global batch with fewer than N events is folded into the
+  one before, so no rank ever gets an empty share;
+- model: wrapped in DDP (gloo on CPU, NCCL on GPU; rank r uses `cuda:LOCAL_RANK`), the learning rate
+  scaled by sqrt(N);
+- memory: each rank keeps a full replica of the store (`ReplicatedMemoryStore`). Every update of batch
+  i is all-gathered and merged (`merge_updates`: per node the latest timestamp wins, ties go to the
+  higher rank, then to the later row of that rank's update) before version i is committed, so the
+  staleness bound covers every rank's updates and all replicas stay identical. The merges run on a
+  gloo group of their own ("host group"), because the update stage calls them from its thread while
+  the train stage's DDP all-reduce runs on the default group;
+- scheduler: before each epoch the ranks' stage times are combined (max per stage, min observation
+  count) and the epoch's policy sees only those, so every rank uses the same staleness bound k and
+  warm-up length (`AgreedPolicy`);
+- evaluation: every rank scores its share of each evaluation batch and the scores are all-gathered
+  in split order, so AP/AUC/MRR are computed over the whole split, identically on every rank.
+
+Collectives outside the pipeline (stage times, scores) run in the calling thread between runs of the
+pipeline, on the host group, in the same order on every rank. Every group has a timeout, so a rank
+whose peer died fails with an error instead of hanging.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from graph.errors import UserError
+from memory.store import MemoryStore, as_host_nodes, as_host_rows
+from models.interface import MemoryUpdate
+from pipeline.policies import Policy
+from pipeline.profiler import STAGES, StageProfiler, minimal_staleness
+from pipeline.stages import chronological_batches
+
+DEFAULT_TIMEOUT_S = 60.0
+LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class LaunchError(UserError):
+    """`--distributed` without the environment `torchrun` sets up."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which interleaved share of every global batch this process trains on: events `rank::world`."""
+
+    rank: int = 0
+    world: int = 1
+
+    def global_batches(self, indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
+        """Consecutive batches of `batch_size`; a last one shorter than `world` joins the one before."""
+        batches = chronological_batches(indices, batch_size)
+        if len(batches) > 1 and len(batches[-1]) < self.world:
+            batches[-2:] = [np.concatenate(batches[-2:])]
+        return batches
+
+    def share(self, batch_len: int) -> np.ndarray:
+        """Positions inside a global batch of `batch_len` events that this rank takes, in order."""
+        return np.arange(self.rank, batch_len, self.world)
+
+    def local_batches(self, indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
+        """This rank's share of each global batch of `indices`."""
+        return [batch[self.share(len(batch))] for batch in self.global_batches(indices, batch_size)]
+
+
+def scatter_scores(positions: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores put back in split order: row `positions[j]` gets `pos[j]` and `neg[j]`."""
+    ordered_pos = np.empty_like(pos)
+    ordered_neg = np.empty_like(neg)
+    ordered_pos[positions] = pos
+    ordered_neg[positions] = neg
+    return ordered_pos, ordered_neg
+
+
+def merge_updates(updates: list[MemoryUpdate]) -> MemoryUpdate:
+    """One update holding every node written by any of `updates` (given in rank order), laid out so that
+    `MemoryStore.update`'s last-occurrence rule keeps, per node, the row with the latest timestamp
+    (ties: the later update in the list, then the later row). Memory rows and mails are merged apart."""
+    nodes, mem, mem_ts = _by_time([u.nodes for u in updates], [u.mem for u in updates], [u.mem_ts for u in updates])
+    mail_nodes, mail, mail_ts = _by_time([u.mail_nodes for u in updates], [u.mail for u in updates],
+                                         [u.mail_ts for u in updates])
+    return MemoryUpdate(nodes=nodes, mem=mem, mem_ts=mem_ts, mail_nodes=mail_nodes, mail=mail, mail_ts=mail_ts)
+
+
+def _by_time(nodes: list[torch.Tensor], rows: list[torch.Tensor],
+             times: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Concatenate the parts and stably sort them by time (equal times keep list and row order)."""
+    all_times = torch.cat(times)
+    order = torch.sort(all_times, stable=True).indices
+    return torch.cat(nodes)[order], torch.cat(rows)[order], all_times[order]
+
+
+def host_update(update: MemoryUpdate) -> MemoryUpdate:
+    """A detached CPU copy of an update in the store's dtypes, to send to the other ranks."""
+    return MemoryUpdate(
+        nodes=as_host_nodes(update.nodes), mem=as_host_rows(update.mem, torch.float32),
+        mem_ts=as_host_rows(update.mem_ts, torch.float64), mail_nodes=as_host_nodes(update.mail_nodes),
+        mail=as_host_rows(update.mail, torch.float32), mail_ts=as_host_rows(update.mail_ts, torch.float64),
+    )
+
+
+class ReplicatedMemoryStore(MemoryStore):
+    """A full replica of the memory store on each rank, kept identical: `update` all-gathers the batch's
+    update from every rank, merges them (`merge_updates`) and only then writes and commits the version.
+
+    Every rank must call `update` for the same batches in the same order (the update stage does).
+    """
+
+    def __init__(self, num_nodes: int, dim_memory: int, dim_mail: int, mailbox_size: int, pin_memory: bool,
+                 group: dist.ProcessGroup) -> None:
+        super().__init__(num_nodes, dim_memory, dim_mail, mailbox_size, pin_memory)
+        self.group = group
+
+    def update(self, batch_index: int, nodes: torch.Tensor, mem: torch.Tensor, mem_ts: torch.Tensor,
+               mail_nodes: torch.Tensor, mail: torch.Tensor, mail_ts: torch.Tensor) -> None:
+        """Merge batch `batch_index`'s updates of all ranks, then write and commit them."""
+        local = host_update(MemoryUpdate(nodes, mem, mem_ts, mail_nodes, mail, mail_ts))
+        gathered: list[MemoryUpdate | None] = [None] * dist.get_world_size(self.group)
+        dist.all_gather_object(gathered, local, group=self.group)
+        merged = merge_updates(gathered)
+        super().update(batch_index, merged.nodes, merged.mem, merged.mem_ts, merged.mail_nodes, merged.mail,
+                       merged.mail_ts)
+
+
+class AgreedStageTimes:
+    """Stage times all ranks agreed on, frozen for one epoch; read by a policy in place of its profiler."""
+
+    def __init__(self, taus: dict[str, float], observations: int) -> None:
+        self._taus = dict(taus)
+        self._observations = observations
+
+    def tau(self, stage: str) -> float:
+        """The agreed average duration of `stage`."""
+        return self._taus[stage]
+
+    def means(self) -> dict[str, float]:
+        """The agreed average duration of every stage."""
+        return dict(self._taus)
+
+    def observations(self) -> int:
+        """How many times the least-observed stage was measured on the least-measured rank."""
+        return self._observations
+
+    def k_min(self, k_max: int) -> int:
+        """The minimal staleness bound for the agreed stage times."""
+        return minimal_staleness(self._taus, k_max)
+
+
+class AgreedPolicy(Policy):
+    """`inner` deciding warm-up and staleness bound from agreed stage times, so all ranks decide alike;
+    when a memory fetch starts (a matter of local timing only) it still decides from the live profiler."""
+
+    def __init__(self, inner: Policy, agreed: AgreedStageTimes) -> None:
+        self.inner = inner
+        self.agreed = agreed
+
+    def sequential_batches(self, num_batches: int, profiler: StageProfiler) -> int:
+        return self.inner.sequential_batches(num_batches, self.agreed)
+
+    def staleness_bound(self, batch: int, profiler: StageProfiler) -> int:
+        return self.inner.staleness_bound(batch, self.agreed)
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.inner.max_in_flight
+
+    def memory_fetch_start(self, now: float, prev_train_start: float | None, prev_train_end: float | None,
+                           profiler: StageProfiler) -> float:
+        return self.inner.memory_fetch_start(now, prev_train_start, prev_train_end, profiler)
+
+
+class LocalWorld:
+    """A run in a single process: whole batches, one store, the plain model, local metrics."""
+
+    def __init__(self) -> None:
+        self.shard = Shard()
+
+    @property
+    def rank(self) -> int:
+        """This process's rank (0 for a single process)."""
+        return self.shard.rank
+
+    @property
+    def size(self) -> int:
+        """How many processes train together."""
+        return self.shard.world
+
+    def place(self, device: torch.device) -> torch.device:
+        """The device this process trains on, given the one the user asked for."""
+        return device
+
+    def learning_rate(self, lr: float) -> float:
+        """The configured learning rate scaled for the number of processes (by sqrt of it)."""
+        return lr * math.sqrt(self.size)
+
+    def memory_store(self, num_nodes: int, dim_memory: int, dim_mail: int, mailbox_size: int,
+                     pin_memory: bool) -> MemoryStore:
+        """The memory store the run's stages read and write."""
+        return MemoryStore(num_nodes, dim_memory, dim_mail, mailbox_size, pin_memory=pin_memory)
+
+    def train_module(self, model: nn.Module) -> nn.Module:
+        """The module the train stage calls (it steps the parameters of `model`)."""
+        return model
+
+    def split_scores(self, positions: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The scores of a whole evaluation split in split order, from this process's scored rows."""
+        return scatter_scores(positions, pos, neg)
+
+    def agreed_policy(self, policy: Policy, profiler: StageProfiler) -> Policy:
+        """The policy of the next epoch, deciding from stage times every process agrees on."""
+        return policy
+
+    def close(self) -> None:
+        """Release what the run set up (nothing for a single process)."""
+
+
+class DistributedWorld(LocalWorld):
+    """One rank of a data-parallel run (see the module docstring); made by `init_world`."""
+
+    def __init__(self, rank: int, size: int, local_rank: int, host_group: dist.ProcessGroup) -> None:
+        super().__init__()
+        self.shard = Shard(rank, size)
+        self.local_rank = local_rank
+        self.host_group = host_group
+
+    def place(self, device: torch.device) -> torch.device:
+        return torch.device("cuda", self.local_rank) if device.type == "cuda" else device
+
+    def memory_store(self, num_nodes: int, dim_memory: int, dim_mail: int, mailbox_size: int,
+                     pin_memory: bool) -> MemoryStore:
+        return ReplicatedMemoryStore(num_nodes, dim_memory, dim_mail, mailbox_size, pin_memory, self.host_group)
+
+    def train_module(self, model: nn.Module) -> nn.Module:
+        """`model` in DDP (parameters broadcast from rank 0 now; gradients averaged at every step).
+
+        Parameters that a batch leaves without gradient (e.g. used only by the detached write-back) are
+        allowed, since models and plugins differ in which parts each loss reaches.
+        """
+        device = next(model.parameters()).device
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       broadcast_buffers=False, find_unused_parameters=True)
+
+    def split_scores(self, positions: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All ranks' scored rows gathered and put in split order (the same arrays on every rank)."""
+        gathered: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * self.size
+        dist.all_gather_object(gathered, (positions, pos, neg), group=self.host_group)
+        return scatter_scores(*(np.concatenate(part) for part in zip(*gathered)))
+
+    def agreed_policy(self, policy: Policy, profiler: StageProfiler) -> Policy:
+        """`policy` reading each stage's longest time over the ranks and the fewest observations."""
+        gathered: list[tuple[dict[str, float], int] | None] = [None] * self.size
+        dist.all_gather_object(gathered, (profiler.means(), profiler.observations()), group=self.host_group)
+        taus = {stage: max(means[stage] for means, _ in gathered) for stage in STAGES}
+        return AgreedPolicy(policy, AgreedStageTimes(taus, min(count for _, count in gathered)))
+
+    def close(self) -> None:
+        """Leave the process groups."""
+        dist.destroy_process_group()
+
+
+def launch_environment() -> dict[str, str]:
+    """The variables `torchrun` sets for each rank; raises LaunchError naming the first one missing."""
+    missing = [name for name in LAUNCH_VARIABLES if name not in os.environ]
+    if missing:
+        raise LaunchError(f"--distributed: environment variable {missing[0]} is not set; "
+                          "launch with torchrun --nproc_per_node=N scripts/train.py ... --distributed")
+    return {name: os.environ[name] for name in LAUNCH_VARIABLES}
+
+
+def init_world(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedWorld:
+    """Join the run `torchrun` launched: NCCL for a CUDA `device` (this rank on cuda:LOCAL_RANK), gloo on
+    the CPU, plus the gloo host group; every collective fails after `timeout_s` instead of hanging."""
+    env = launch_environment()
+    local_rank = int(env["LOCAL_RANK"])
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+    timeout = timedelta(seconds=timeout_s)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    host_group = dist.new_group(backend="gloo", timeout=timeout)
+    return DistributedWorld(dist.get_rank(), dist.get_world_size(), local_rank, host_group)

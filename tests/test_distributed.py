@@ -1,0 +1,211 @@
+"""Data-parallel training (pipeline/distributed.py): batch sharding and update merging as pure functions,
+two gloo processes training TGN together (merged memory against a single-process replay of every rank's
+updates, identical stores and metrics on both ranks), and a rank that crashes under torchrun."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from graph.split import chronological_split
+from graph.synthetic import synthetic_events
+from memory.store import TABLE_NAMES, MemoryStore
+from models.interface import MemoryUpdate
+from pipeline.config import validate_config
+from pipeline.distributed import ReplicatedMemoryStore, Shard, host_update, init_world, merge_updates
+from pipeline.trainer import train
+
+WORLD_SIZE = 2
+NUM_EVENTS = 1200
+SMALL_TGN = {
+    "memory": {"dim": 8, "dim_time": 4},
+    "embedding": {"dim_out": 8, "dim_time": 4, "heads": 1},
+    "train": {"batch_size": 100, "epochs": 2, "lr": 0.005},
+    "eval": {"batch_size": 100},
+    "pipeline": {"mode": "mspipe", "warmup_batches": 2},
+}
+
+
+def update(nodes, mem_ts, mem_value, mail_nodes=None, mail_ts=None) -> MemoryUpdate:
+    """A write-back whose memory rows are all `mem_value` and whose mails are `mem_value + 100`."""
+    nodes = torch.tensor(nodes)
+    mail_nodes = nodes if mail_nodes is None else torch.tensor(mail_nodes)
+    mem_ts = torch.tensor(mem_ts, dtype=torch.float64)
+    mail_ts = mem_ts if mail_ts is None else torch.tensor(mail_ts, dtype=torch.float64)
+    return MemoryUpdate(nodes=nodes, mem=torch.full((len(nodes), 2), float(mem_value)), mem_ts=mem_ts,
+                        mail_nodes=mail_nodes, mail=torch.full((len(mail_nodes), 3), mem_value + 100.0),
+                        mail_ts=mail_ts)
+
+
+def apply(store: MemoryStore, batch: int, u: MemoryUpdate) -> None:
+    """Write `u` as batch `batch`'s update."""
+    store.update(batch, u.nodes, u.mem, u.mem_ts, u.mail_nodes, u.mail, u.mail_ts)
+
+
+def test_shards_interleave_every_global_batch_and_fold_a_tail_shorter_than_the_world():
+    indices = np.arange(10, 32)
+    shards = [Shard(rank, 3) for rank in range(3)]
+    global_batches = shards[0].global_batches(indices, 10)
+    assert [len(b) for b in global_batches] == [10, 12], "a tail of 2 events joins the batch before"
+    local = [shard.local_batches(indices, 10) for shard in shards]
+    for i, batch in enumerate(global_batches):
+        assert np.array_equal(np.sort(np.concatenate([rank_batches[i] for rank_batches in local])), batch)
+        assert all(np.all(np.diff(rank_batches[i]) > 0) for rank_batches in local), "shares stay chronological"
+    assert np.array_equal(local[1][0], [11, 14, 17])
+    single = Shard().local_batches(indices, 10)
+    assert [b.tolist() for b in single] == [indices[:10].tolist(), indices[10:20].tolist(), indices[20:].tolist()]
+
+
+def test_merge_keeps_the_latest_write_per_node_and_drops_none():
+    rank0 = update([1, 2, 3], [5.0, 7.0, 4.0], 0)
+    rank1 = update([2, 3, 4], [6.0, 4.0, 1.0], 1, mail_nodes=[1], mail_ts=[9.0])
+    store = MemoryStore(6, 2, 3)
+    apply(store, 0, merge_updates([rank0, rank1]))
+    batch = store.fetch(torch.arange(6))
+    assert batch.mem[:, 0].tolist() == [0, 0, 0, 1, 1, 0], "node 2: rank 0 is later; node 3: tie -> rank 1"
+    assert batch.mem_ts.tolist() == [0, 5, 7, 4, 1, 0]
+    assert batch.version.tolist() == [-1, 0, 0, 0, 0, -1]
+    assert batch.mail[:, 0, 0].tolist() == [0, 101, 100, 100, 0, 0], "node 1's later mail comes from rank 1"
+    assert batch.mail_count.tolist() == [0, 1, 1, 1, 0, 0], "one mail per node per merged batch"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for the ranks' rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def small_events():
+    """The stream both ranks and the reference replay use."""
+    return synthetic_events(num_nodes=50, num_events=NUM_EVENTS, seed=7)
+
+
+def run_rank(rank: int, port: int, out_dir: Path) -> None:
+    """One spawned rank: train with every local update recorded, then save updates, store and results."""
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    world = init_world(torch.device("cpu"), timeout_s=30)
+    recorded, stores = [], []
+    merge_and_write = ReplicatedMemoryStore.update
+
+    def recording_update(store, batch_index, *tensors):
+        recorded.append((batch_index, host_update(MemoryUpdate(*tensors))))
+        stores.append(store)
+        merge_and_write(store, batch_index, *tensors)
+
+    ReplicatedMemoryStore.update = recording_update
+    try:
+        results = train(validate_config(SMALL_TGN), small_events(), out_dir / f"rank{rank}", torch.device("cpu"),
+                        seed=0, show_progress=False, world=world)
+    finally:
+        world.close()
+    torch.save({"updates": recorded, "store": stores[-1].state_dict(), "results": results},
+               out_dir / f"rank{rank}.pt")
+
+
+def replay(per_rank_updates: list[list[MemoryUpdate]], store: MemoryStore) -> None:
+    """The reference merge, one row at a time: per node the latest timestamp, ties to the higher rank and
+    then the later row, batch after batch into `store`."""
+    for batch, updates in enumerate(zip(*per_rank_updates)):
+        latest_mem, latest_mail = {}, {}
+        for rank, u in enumerate(updates):
+            for row, node in enumerate(u.nodes.tolist()):
+                key = (u.mem_ts[row].item(), rank, row)
+                if node not in latest_mem or key > latest_mem[node][0]:
+                    latest_mem[node] = (key, u.mem[row], u.mem_ts[row])
+            for row, node in enumerate(u.mail_nodes.tolist()):
+                key = (u.mail_ts[row].item(), rank, row)
+                if node not in latest_mail or key > latest_mail[node][0]:
+                    latest_mail[node] = (key, u.mail[row], u.mail_ts[row])
+        store.update(batch, torch.tensor(list(latest_mem)), torch.stack([v[1] for v in latest_mem.values()]),
+                     torch.stack([v[2] for v in latest_mem.values()]), torch.tensor(list(latest_mail)),
+                     torch.stack([v[1] for v in latest_mail.values()]),
+                     torch.stack([v[2] for v in latest_mail.values()]))
+
+
+def last_epoch_training_updates(updates: list[tuple[int, MemoryUpdate]], num_batches: int) -> list[MemoryUpdate]:
+    """The updates of the last epoch's training batches (each epoch's training restarts at version 0;
+    evaluation then continues the versions and is undone afterwards)."""
+    start = max(i for i, (batch, _) in enumerate(updates) if batch == 0)
+    last = updates[start:start + num_batches]
+    assert [batch for batch, _ in last] == list(range(num_batches))
+    return [u for _, u in last]
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("ddp")
+    mp.spawn(run_rank, args=(free_port(), out_dir), nprocs=WORLD_SIZE, join=True)
+    return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+
+
+def test_two_ranks_merge_every_update_and_agree_on_memory_and_metrics(two_rank_run):
+    cfg = validate_config(SMALL_TGN)
+    events = small_events()
+    split = chronological_split(events, val_ratio=cfg["eval"]["val_ratio"], test_ratio=cfg["eval"]["test_ratio"],
+                                inductive_ratio=cfg["eval"]["inductive_ratio"], seed=0)
+    num_batches = len(Shard(0, WORLD_SIZE).global_batches(split.train, cfg["train"]["batch_size"]))
+    per_rank = [last_epoch_training_updates(run["updates"], num_batches) for run in two_rank_run]
+
+    reference = MemoryStore(events.num_nodes, cfg["memory"]["dim"], per_rank[0][0].mail.shape[1])
+    replay(per_rank, reference)
+    expected = reference.state_dict()
+    for run in two_rank_run:
+        for name in TABLE_NAMES:
+            assert torch.equal(run["store"][name], expected[name]), f"table {name} differs from the replay"
+    written = torch.unique(torch.cat([u.nodes for updates in per_rank for u in updates]))
+    assert torch.equal(torch.nonzero(expected["version"] >= 0).flatten(), written), "no node's update dropped"
+
+    first, second = (run["results"] for run in two_rank_run)
+    for key in ("val_ap", "val_auc", "test_ap", "test_auc", "test_inductive_ap", "best_epoch"):
+        assert first[key] == second[key], key
+    assert first["epochs"] == second["epochs"] == 2
+    assert [h["k_mean"] for h in first["history"]] == [h["k_mean"] for h in second["history"]]
+
+
+CRASH_PLUGIN = '''
+import os
+from sampler.temporal import STRATEGIES
+
+calls = 0
+
+
+@STRATEGIES.register("recent-then-crash")
+def recent_then_crash(tcsr, nodes, times, fanout, rng):
+    """The recent strategy, except that rank 1 fails when it samples its third batch (batch 2)."""
+    global calls
+    calls += 1
+    if os.environ["RANK"] == "1" and calls == 3:
+        raise RuntimeError("injected failure on rank 1")
+    return STRATEGIES.get("recent")(tcsr, nodes, times, fanout, rng)
+'''
+
+
+def test_a_crashing_rank_ends_the_whole_run_with_its_error(tmp_path, scripts_dir):
+    (tmp_path / "crash_plugin.py").write_text(CRASH_PLUGIN)
+    (tmp_path / "crash.yml").write_text(
+        "plugins: [crash_plugin.py]\nsampler: {strategy: recent-then-crash}\n"
+        "memory: {dim: 8, dim_time: 4}\nembedding: {dim_out: 8, dim_time: 4, heads: 1}\n"
+        "train: {batch_size: 200, epochs: 1}\npipeline: {mode: sequential}\n")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    started = time.monotonic()
+    run = subprocess.run(
+        [str(torchrun), f"--nproc_per_node={WORLD_SIZE}", f"--master_port={free_port()}",
+         str(scripts_dir / "train.py"), "--config", str(tmp_path / "crash.yml"), "--out", str(tmp_path / "run"),
+         "--threads", "1", "--no-progress", "--distributed", "--dist-timeout", "20"],
+        capture_output=True, text=True, timeout=90, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    elapsed = time.monotonic() - started
+    assert run.returncode != 0
+    assert "error: stage sample failed at batch 2: RuntimeError: injected failure on rank 1" in run.stderr
+    assert elapsed < 60, f"the surviving rank took {elapsed:.0f} s to stop"
