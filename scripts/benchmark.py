@@ -400,7 +400,9 @@ def benchmark_soak(args: argparse.Namespace) -> dict:
 
 def format_number(value: float) -> str:
     """Large numbers with thousands separators, small ones (speedups, AP, milliseconds) with decimals."""
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3f}"
+    if isinstance(value, int) or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3f}"
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -138,9 +138,21 @@ def train_cli(scripts_dir, monkeypatch, capsys) -> Callable[..., tuple[int, str,
     return run
 
 
-def start_training(scripts_dir: Path, args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(scripts_dir / "train.py"), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def start_training(scripts_dir) -> Iterator[Callable[[list[str]], subprocess.Popen]]:
+    """Start scripts/train.py as a process; any still running when the test ends (it failed) is killed."""
+    started: list[subprocess.Popen] = []
+
+    def start(args: list[str]) -> subprocess.Popen:
+        started.append(subprocess.Popen([sys.executable, str(scripts_dir / "train.py"), *args],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def wait_for_file(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -160,10 +172,10 @@ def model_tensors(out: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("mode", ["sequential", "mspipe"])
 def test_kill_9_mid_epoch_then_resume_finishes_like_an_uninterrupted_run(
-        scripts_dir, config_file, data_file, train_cli, tmp_path, mode):
+        start_training, config_file, data_file, train_cli, tmp_path, mode):
     out = tmp_path / "run"
     args = cli_args(config_file, data_file, out, "--mode", mode, "--epochs", "3")
-    process = start_training(scripts_dir, args)
+    process = start_training(args)
     wait_for_file(out / CHECKPOINT_NAME, process)
     process.kill()
     process.communicate(timeout=30)
@@ -281,9 +293,9 @@ def test_mspipe_debug_shows_the_traceback(config_file, data_file, train_cli, tmp
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_the_run_quickly_and_keeps_the_last_checkpoint(
-        scripts_dir, config_file, data_file, events, tmp_path, signum):
+        start_training, config_file, data_file, events, tmp_path, signum):
     out = tmp_path / "run"
-    process = start_training(scripts_dir, cli_args(config_file, data_file, out, "--mode", "mspipe", "--epochs", "3"))
+    process = start_training(cli_args(config_file, data_file, out, "--mode", "mspipe", "--epochs", "3"))
     wait_for_file(out / CHECKPOINT_NAME, process)
     process.send_signal(signum)
     signalled = time.monotonic()
