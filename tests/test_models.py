@@ -119,7 +119,18 @@ def test_time_encoding_starts_at_tgl_frequencies_and_is_trainable() -> None:
     expected = np.cos(dt.numpy()[:, None] * frequency)
     np.testing.assert_allclose(encoding(dt).detach().numpy(), expected, atol=1e-6)
     encoding(dt).sum().backward()
-    assert encoding.frequency.grad is not None and encoding.phase.grad is not None
+    assert encoding.log_frequency.grad is not None and encoding.phase.grad is not None
+
+
+def test_time_encoding_training_step_changes_every_frequency_by_the_same_relative_amount() -> None:
+    encoding = TimeEncoding(10)
+    before = encoding.frequency.detach().clone()
+    optimizer = torch.optim.Adam(encoding.parameters(), lr=1e-3)
+    encoding(torch.tensor([10.0, 1e4, 1e7])).sum().backward()
+    optimizer.step()
+    ratio = encoding.frequency.detach() / before
+    assert torch.all((ratio - 1).abs() <= 1.1e-3)
+    assert encoding.frequency.min() < 1e-8
 
 
 def test_elapsed_subtracts_unix_times_in_float64() -> None:
