@@ -72,6 +72,7 @@ class Mitigation:
 NegativeFn = Callable[[int, np.ndarray], np.ndarray]
 
 
+@dataclass(kw_only=True)
 class LinkPredictionStages:
     """The five stage functions for self-supervised link prediction over a list of event batches.
 
@@ -80,38 +81,24 @@ class LinkPredictionStages:
     of the training epoch it follows.
     """
 
-    def __init__(
-        self,
-        *,
-        batches: list[np.ndarray],
-        stream: StreamTensors,
-        sampler: TemporalSampler,
-        negatives: NegativeFn,
-        num_neg: int,
-        model: TemporalModel,
-        store: MemoryStore | None,
-        device: torch.device,
-        optimizer: torch.optim.Optimizer | None = None,
-        version_offset: int = 0,
-        sample_seed: Callable[[int], int] = lambda i: i,
-        mitigation: Mitigation | None = None,
-    ) -> None:
-        self.batches = batches
-        self.stream = stream
-        self.sampler = sampler
-        self.negatives = negatives
-        self.num_neg = num_neg
-        self.model = model
-        self.store = store
-        self.device = device
-        self.optimizer = optimizer
-        self.version_offset = version_offset
-        self.sample_seed = sample_seed
-        self.mitigation = mitigation
-        self.copies = CopyStream(device)
-        self.losses: list[float] = []
-        self.pos_scores: list[np.ndarray] = []
-        self.neg_scores: list[np.ndarray] = []
+    batches: list[np.ndarray]
+    stream: StreamTensors
+    sampler: TemporalSampler
+    negatives: NegativeFn
+    num_neg: int
+    model: TemporalModel
+    store: MemoryStore | None
+    device: torch.device
+    optimizer: torch.optim.Optimizer | None = None
+    version_offset: int = 0
+    sample_seed: Callable[[int], int] = lambda i: i
+    mitigation: Mitigation | None = None
+    losses: list[float] = field(default_factory=list, init=False)
+    pos_scores: list[np.ndarray] = field(default_factory=list, init=False)
+    neg_scores: list[np.ndarray] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        self.copies = CopyStream(self.device)
 
     def sample(self, i: int) -> BatchContext:
         """Stage 1: negatives and temporal neighbours of the batch's roots, as DGL blocks."""

@@ -95,11 +95,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data and --format, shared by every subcommand."""
+    parser.add_argument("--data", default="wikipedia", help="built-in dataset name or a file path")
+    parser.add_argument("--format", default=None, help="format when --data is a file (tgl, dyglib, jodie, csv)")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, default_epochs: int) -> None:
+    """Options of the subcommands that train: epochs, batch size, seed, threads and the output file."""
+    parser.add_argument("--epochs", type=int, default=default_epochs, help="epochs of each run")
+    parser.add_argument("--batch-size", type=int, default=None, help="override train/eval batch size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="CPU cores torch may use (default: all)")
+    parser.add_argument("--out", required=True, help="JSON file for the results")
+
+
 def add_sampler_command(commands: argparse._SubParsersAction) -> None:
     """The `sampler` subcommand and its options."""
     parser = commands.add_parser("sampler", help="temporal neighbour sampling throughput (roots/s)")
-    parser.add_argument("--data", default="wikipedia", help="built-in dataset name or a file path")
-    parser.add_argument("--format", default=None, help="format when --data is a file (tgl, dyglib, jodie, csv)")
+    add_data_arguments(parser)
     parser.add_argument("--batch", type=int, default=600, help="events per batch (3 roots per event)")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes over the whole stream per case")
     parser.add_argument("--seed", type=int, default=0, help="seed of the negatives and the uniform draws")
@@ -110,35 +124,25 @@ def add_sampler_command(commands: argparse._SubParsersAction) -> None:
 def add_train_command(commands: argparse._SubParsersAction) -> None:
     """The `train` subcommand and its options."""
     parser = commands.add_parser("train", help="training throughput and accuracy of pipeline modes side by side")
-    parser.add_argument("--data", default="wikipedia", help="built-in dataset name or a file path")
-    parser.add_argument("--format", default=None, help="format when --data is a file (tgl, dyglib, jodie, csv)")
+    add_data_arguments(parser)
     parser.add_argument("--model", default="tgn", help="a config in configs/ (tgn, jodie, apan) or a YAML path")
     parser.add_argument("--modes", default="sequential,presample,mspipe",
                         help=f"comma-separated variants: {', '.join(TRAIN_VARIANTS)}, fixed-k")
     parser.add_argument("--k", default="1,2,4,8", help="staleness bounds for the fixed-k variant")
     parser.add_argument("--edge-feat-dim", type=int, default=0,
                         help="add random edge features of this width (172 = TGL's Wikipedia features)")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=None, help="override train/eval batch size")
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant; the table shows the mean")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="CPU cores torch may use (default: all)")
-    parser.add_argument("--out", required=True, help="JSON file for the results")
+    add_training_arguments(parser, default_epochs=2)
     parser.set_defaults(run=benchmark_train, table=TRAIN_TABLE)
 
 
 def add_soak_command(commands: argparse._SubParsersAction) -> None:
     """The `soak` subcommand and its options."""
     parser = commands.add_parser("soak", help="memory growth of one long training run (RSS after every epoch)")
-    parser.add_argument("--data", default="wikipedia", help="built-in dataset name or a file path")
-    parser.add_argument("--format", default=None, help="format when --data is a file (tgl, dyglib, jodie, csv)")
+    add_data_arguments(parser)
     parser.add_argument("--config", default=str(REPO / "configs" / "tgn.yml"), help="YAML model/run config")
     parser.add_argument("--mode", choices=MODES, default="mspipe", help="pipeline mode")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs of the run (at least 2)")
-    parser.add_argument("--batch-size", type=int, default=None, help="override train/eval batch size")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="CPU cores torch may use (default: all)")
-    parser.add_argument("--out", required=True, help="JSON file for the results")
+    add_training_arguments(parser, default_epochs=5)
     parser.set_defaults(run=benchmark_soak, table=SOAK_TABLE)
 
 
