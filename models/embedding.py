@@ -52,13 +52,12 @@ class IdentityEmbedding(nn.Module):
 
 
 class JodieProjection(nn.Module):
-    """JODIE's projection of a root's state to its query time: `norm(h) * (1 + linear(log1p(dt / scale)))`.
+    """JODIE's projection of a root's state to its query time: `norm(h) * (1 + linear(dt / scale))`.
 
     `dt = t_root - mem_ts`, and 0 for nodes whose memory was never written. TGL divides by `t_root + 1`,
     which vanishes for unix timestamps; we divide by `scale`, a running mean of `dt` tracked in training
     (like batch norm's statistics; saved with the model, frozen in eval), so the projection behaves the same
-    whatever the clock's unit or origin. Gaps between a node's events span seconds to months, so the
-    projection reads their logarithm: a linear term in `dt` would be dominated by the few longest gaps.
+    whatever the clock's unit or origin.
     """
 
     uses_neighbours = False
@@ -82,7 +81,7 @@ class JodieProjection(nn.Module):
         if self.training:
             self._track_scale(dt, written)
         scale = torch.where(self.dt_scale > 0, self.dt_scale, torch.ones_like(self.dt_scale))
-        return self.norm(h[:roots]) * (1 + self.time_linear(torch.log1p(dt / scale).unsqueeze(1)))
+        return self.norm(h[:roots]) * (1 + self.time_linear((dt / scale).unsqueeze(1)))
 
     @torch.no_grad()
     def _track_scale(self, dt: Tensor, written: Tensor) -> None:
