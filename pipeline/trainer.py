@@ -120,7 +120,7 @@ def train(cfg: dict, events: EventStream, out_dir: Path, device: torch.device, s
             save_checkpoint(ckpt_path, _checkpoint_state(setup, state))
             patience = cfg["train"]["patience"]
             state.stopped_early = bool(patience) and epoch - state.best_epoch >= patience
-        results = _results(setup, state, mode, profiler)
+        results = _results(setup, state, mode)
         log.results(results)
         return results
     finally:
@@ -181,9 +181,9 @@ def evaluate_checkpoint(ckpt: dict[str, Any], events: EventStream, device: torch
     return evaluate_after_training(setup, version, None, show_progress)
 
 
-def _results(setup: RunSetup, state: TrainingState, mode: str, profiler: StageProfiler) -> dict[str, Any]:
+def _results(setup: RunSetup, state: TrainingState, mode: str) -> dict[str, Any]:
     history = state.history
-    total_events = sum(len(setup.split.train) for _ in history)
+    total_events = len(setup.split.train) * len(history)
     total_seconds = sum(h["epoch_time_s"] for h in history)
     stage_time = {stage: float(np.mean([h["stage_time_s"].get(stage, 0.0) for h in history])) for stage in STAGES}
     best = state.best_metrics
