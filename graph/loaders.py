@@ -264,24 +264,26 @@ def _with_features(raw: _RawEvents, path: Path, edge_path: Path, node_path: Path
     )
 
 
-def _read_tgl(path: Path) -> _RawEvents:
+def _read_event_columns(path: Path, src: str, dst: str, time: str) -> tuple[pd.DataFrame, _RawEvents]:
+    """A headed CSV's table and its source, destination and time columns, validated."""
     frame = _read_table(path, sep=",", header=0)
-    _require_columns(frame, ("src", "dst", "time"), path)
+    _require_columns(frame, (src, dst, time), path)
     raw = _RawEvents(
-        src=_node_id_column(frame, "src", path), dst=_node_id_column(frame, "dst", path),
-        t=_finite_numbers(frame, ["time"], path, "timestamp")[:, 0],
-        ext_roll=_ext_roll_column(frame, path) if "ext_roll" in frame.columns else None,
+        src=_node_id_column(frame, src, path), dst=_node_id_column(frame, dst, path),
+        t=_finite_numbers(frame, [time], path, "timestamp")[:, 0],
     )
+    return frame, raw
+
+
+def _read_tgl(path: Path) -> _RawEvents:
+    frame, raw = _read_event_columns(path, "src", "dst", "time")
+    if "ext_roll" in frame.columns:
+        raw = replace(raw, ext_roll=_ext_roll_column(frame, path))
     return _with_features(raw, path, path.parent / "edge_features.pt", path.parent / "node_features.pt", padded=False)
 
 
 def _read_dyglib(path: Path) -> _RawEvents:
-    frame = _read_table(path, sep=",", header=0)
-    _require_columns(frame, ("u", "i", "ts"), path)
-    raw = _RawEvents(
-        src=_node_id_column(frame, "u", path), dst=_node_id_column(frame, "i", path),
-        t=_finite_numbers(frame, ["ts"], path, "timestamp")[:, 0],
-    )
+    _, raw = _read_event_columns(path, "u", "i", "ts")
     stem = _bare_name(path)
     return _with_features(raw, path, path.with_name(f"{stem}.npy"), path.with_name(f"{stem}_node.npy"), padded=True)
 

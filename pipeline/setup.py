@@ -111,7 +111,7 @@ def training_stages(setup: RunSetup, epoch: int) -> LinkPredictionStages:
     and a process takes the negatives of its share, so they do not depend on the number of processes."""
     shard = setup.world.shard
     global_batches = shard.global_batches(setup.split.train, setup.cfg["train"]["batch_size"])
-    batches = [batch[shard.share(len(batch))] for batch in global_batches]
+    batches = setup.train_batches
     num_neg = setup.cfg["train"]["num_neg"]
 
     def negatives(i: int, events: np.ndarray) -> np.ndarray:
