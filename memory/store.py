@@ -81,18 +81,30 @@ class MemoryStore:
         self.dim_mail = dim_mail
         self.mailbox_size = mailbox_size
         self.pinned = pin_memory and torch.cuda.is_available()
-        self.mem = self._allocate((num_nodes, dim_memory), torch.float32)
-        self.mem_ts = self._allocate((num_nodes,), torch.float64)
-        self.mail = self._allocate((num_nodes, mailbox_size, dim_mail), torch.float32)
-        self.mail_ts = self._allocate((num_nodes, mailbox_size), torch.float64)
-        self.mail_count = self._allocate((num_nodes,), torch.int64)
-        self.version = self._allocate((num_nodes,), torch.int64).fill_(-1)
-        self.committed_version = -1
+        self.mem = self._allocate("mem", (num_nodes, dim_memory), torch.float32)
+        self.mem_ts = self._allocate("mem_ts", (num_nodes,), torch.float64)
+        self.mail = self._allocate("mail", (num_nodes, mailbox_size, dim_mail), torch.float32)
+        self.mail_ts = self._allocate("mail_ts", (num_nodes, mailbox_size), torch.float64)
+        self.mail_count = self._allocate("mail_count", (num_nodes,), torch.int64)
+        self.version = self._allocate("version", (num_nodes,), torch.int64)
+        self._committed = self._allocate(COMMITTED_KEY, (1,), torch.int64)
         self._lock = ReadWriteLock()
         self._commit = threading.Condition()
+        self._initialise()
 
-    def _allocate(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    def _allocate(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A zeroed table `name`; a subclass may place it elsewhere (e.g. in shared memory)."""
         return torch.zeros(shape, dtype=dtype, pin_memory=self.pinned)
+
+    def _initialise(self) -> None:
+        """Mark every row never written and nothing committed (a new store's state)."""
+        self.version.fill_(-1)
+        self._committed.fill_(-1)
+
+    @property
+    def committed_version(self) -> int:
+        """The highest batch index whose update is written; -1 when none is."""
+        return int(self._committed[0])
 
     def fetch(self, nodes: torch.Tensor | np.ndarray, min_version: int | None = None,
               timeout: float | None = None) -> MemoryBatch:
@@ -102,7 +114,7 @@ class MemoryStore:
         within `timeout` seconds.
         """
         if min_version is not None:
-            self._wait_for_commit(min_version, timeout)
+            self.wait_for_commit(min_version, timeout)
         unique, inverse = torch.unique(as_host_nodes(nodes), return_inverse=True)
         with self._lock.read():
             rows = {name: getattr(self, name).index_select(0, unique) for name in TABLE_NAMES}
@@ -110,7 +122,8 @@ class MemoryStore:
         expanded = {name: self._expand(row, inverse) for name, row in rows.items()}
         return MemoryBatch(nodes=self._expand(unique, inverse), committed=committed, **expanded)
 
-    def _wait_for_commit(self, min_version: int, timeout: float | None) -> None:
+    def wait_for_commit(self, min_version: int, timeout: float | None) -> None:
+        """Block until batch `min_version` is committed; TimeoutError after `timeout` seconds."""
         with self._commit:
             if not self._commit.wait_for(lambda: self.committed_version >= min_version, timeout):
                 raise TimeoutError(
@@ -156,7 +169,7 @@ class MemoryStore:
 
     def _set_committed(self, version: int) -> None:
         with self._commit:
-            self.committed_version = version
+            self._committed[0] = version
             self._commit.notify_all()
 
     def snapshot(self) -> dict:

@@ -9,12 +9,13 @@ whole batches and every method is the identity, so the single-process path is un
   one before, so no rank ever gets an empty share;
 - model: wrapped in DDP (gloo on CPU, NCCL on GPU; rank r uses `cuda:LOCAL_RANK`), the learning rate
   scaled by sqrt(N);
-- memory: each rank keeps a full replica of the store (`ReplicatedMemoryStore`). Every update of batch
-  i is all-gathered and merged (`merge_updates`: per node the latest timestamp wins, ties go to the
-  higher rank, then to the later row of that rank's update) before version i is committed, so the
-  staleness bound covers every rank's updates and all replicas stay identical. The merges run on a
-  gloo group of their own ("host group"), because the update stage calls them from its thread while
-  the train stage's DDP all-reduce runs on the default group;
+- memory: one store per machine in shared memory (`MachineMemoryStore`), written by local rank 0 and
+  read by every local rank. Every update of batch i is all-gathered from all ranks and merged
+  (`merge_updates`: per node the latest timestamp wins, ties go to the higher rank, then to the later
+  row of that rank's update) before version i is committed, so the staleness bound covers every
+  rank's updates and the stores of all machines stay identical. The gathers run on a gloo group of
+  their own ("host group"), because the update stage calls them from its thread while the train
+  stage's DDP all-reduce runs on the default group;
 - scheduler: before each epoch the ranks' stage times are combined (max per stage, min observation
   count) and the epoch's policy sees only those, so every rank uses the same staleness bound k and
   warm-up length (`AgreedPolicy`);
@@ -29,8 +30,10 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +42,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from graph.errors import UserError
+from memory.shared import SharedMemoryStore, shared_memory_root
 from memory.store import MemoryStore, as_host_nodes, as_host_rows
 from models.interface import MemoryUpdate
 from pipeline.policies import Policy
@@ -112,27 +116,52 @@ def host_update(update: MemoryUpdate) -> MemoryUpdate:
     )
 
 
-class ReplicatedMemoryStore(MemoryStore):
-    """A full replica of the memory store on each rank, kept identical: `update` all-gathers the batch's
-    update from every rank, merges them (`merge_updates`) and only then writes and commits the version.
+class MachineMemoryStore(SharedMemoryStore):
+    """This machine's one memory store, shared by its ranks (memory/shared.py) and written by local rank 0.
 
-    Every rank must call `update` for the same batches in the same order (the update stage does).
+    `update` all-gathers the batch's update from every rank of every machine; the writer merges them
+    (`merge_updates`), writes and commits the version, while the other local ranks wait until it is
+    committed. `reset` and `load_state_dict` (hence `restore`) are done by the writer alone between two
+    barriers, so no rank reads a half-reset store; only the writer keeps a `snapshot`. Every rank must
+    make these calls for the same batches in the same order (the trainer and the update stage do).
     """
 
-    def __init__(self, num_nodes: int, dim_memory: int, dim_mail: int, mailbox_size: int, pin_memory: bool,
-                 group: dist.ProcessGroup) -> None:
-        super().__init__(num_nodes, dim_memory, dim_mail, mailbox_size, pin_memory)
+    def __init__(self, path: Path, writer: bool, num_nodes: int, dim_memory: int, dim_mail: int,
+                 mailbox_size: int, pin_memory: bool, group: dist.ProcessGroup, timeout_s: float) -> None:
+        super().__init__(path, writer, num_nodes, dim_memory, dim_mail, mailbox_size, pin_memory)
         self.group = group
+        self.timeout_s = timeout_s
 
     def update(self, batch_index: int, nodes: torch.Tensor, mem: torch.Tensor, mem_ts: torch.Tensor,
                mail_nodes: torch.Tensor, mail: torch.Tensor, mail_ts: torch.Tensor) -> None:
-        """Merge batch `batch_index`'s updates of all ranks, then write and commit them."""
+        """Gather batch `batch_index`'s updates of all ranks; the writer merges, writes and commits them."""
         local = host_update(MemoryUpdate(nodes, mem, mem_ts, mail_nodes, mail, mail_ts))
         gathered: list[MemoryUpdate | None] = [None] * dist.get_world_size(self.group)
         dist.all_gather_object(gathered, local, group=self.group)
+        if not self.creator:
+            self.wait_for_commit(batch_index, self.timeout_s)
+            return
         merged = merge_updates(gathered)
         super().update(batch_index, merged.nodes, merged.mem, merged.mem_ts, merged.mail_nodes, merged.mail,
                        merged.mail_ts)
+
+    def reset(self) -> None:
+        """Zero the store for a new epoch (writer), with all ranks waiting on both sides."""
+        dist.barrier(group=self.group)
+        if self.creator:
+            super().reset()
+        dist.barrier(group=self.group)
+
+    def snapshot(self) -> dict:
+        """The writer's copy of the store; other ranks keep nothing, since `restore` is the writer's job."""
+        return super().snapshot() if self.creator else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Put back a saved state (writer), with all ranks waiting on both sides."""
+        dist.barrier(group=self.group)
+        if self.creator:
+            super().load_state_dict(state)
+        dist.barrier(group=self.group)
 
 
 class AgreedStageTimes:
@@ -230,18 +259,40 @@ class LocalWorld:
 class DistributedWorld(LocalWorld):
     """One rank of a data-parallel run (see the module docstring); made by `init_world`."""
 
-    def __init__(self, rank: int, size: int, local_rank: int, host_group: dist.ProcessGroup) -> None:
+    def __init__(self, rank: int, size: int, local_rank: int, node_rank: int, host_group: dist.ProcessGroup,
+                 timeout_s: float) -> None:
         super().__init__()
         self.shard = Shard(rank, size)
         self.local_rank = local_rank
+        self.node_rank = node_rank
         self.host_group = host_group
+        self.timeout_s = timeout_s
+        self._stores: list[MachineMemoryStore] = []
 
     def place(self, device: torch.device) -> torch.device:
         return torch.device("cuda", self.local_rank) if device.type == "cuda" else device
 
     def memory_store(self, num_nodes: int, dim_memory: int, dim_mail: int, mailbox_size: int,
                      pin_memory: bool) -> MemoryStore:
-        return ReplicatedMemoryStore(num_nodes, dim_memory, dim_mail, mailbox_size, pin_memory, self.host_group)
+        """This machine's shared store: local rank 0 creates it, then the other local ranks attach and the
+        table files are unlinked (the memory stays mapped; a crash leaves nothing in /dev/shm)."""
+        token: list[str | None] = [uuid.uuid4().hex if self.rank == 0 else None]
+        dist.broadcast_object_list(token, src=0, group=self.host_group)
+        path = shared_memory_root() / f"mspipe-{token[0]}-node{self.node_rank}"
+        writer = self.local_rank == 0
+
+        def open_store() -> MachineMemoryStore:
+            return MachineMemoryStore(path, writer, num_nodes, dim_memory, dim_mail, mailbox_size, pin_memory,
+                                      self.host_group, self.timeout_s)
+
+        store = open_store() if writer else None
+        dist.barrier(group=self.host_group)
+        store = store or open_store()
+        dist.barrier(group=self.host_group)
+        if writer:
+            store.unlink_tables()
+        self._stores.append(store)
+        return store
 
     def train_module(self, model: nn.Module) -> nn.Module:
         """`model` in DDP (parameters broadcast from rank 0 now; gradients averaged at every step).
@@ -267,7 +318,9 @@ class DistributedWorld(LocalWorld):
         return AgreedPolicy(policy, AgreedStageTimes(taus, min(count for _, count in gathered)))
 
     def close(self) -> None:
-        """Leave the process groups."""
+        """Remove this machine's shared stores (local rank 0) and leave the process groups."""
+        for store in self._stores:
+            store.close()
         dist.destroy_process_group()
 
 
@@ -290,4 +343,5 @@ def init_world(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> Di
     timeout = timedelta(seconds=timeout_s)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     host_group = dist.new_group(backend="gloo", timeout=timeout)
-    return DistributedWorld(dist.get_rank(), dist.get_world_size(), local_rank, host_group)
+    node_rank = int(os.environ.get("GROUP_RANK", "0"))
+    return DistributedWorld(dist.get_rank(), dist.get_world_size(), local_rank, node_rank, host_group, timeout_s)

@@ -1,6 +1,7 @@
 """Data-parallel training (pipeline/distributed.py): batch sharding and update merging as pure functions,
-two gloo processes training TGN together (merged memory against a single-process replay of every rank's
-updates, identical stores and metrics on both ranks), and a rank that crashes under torchrun."""
+two gloo processes training TGN together on one shared memory store (merged memory against a
+single-process replay of every rank's updates, identical metrics on both ranks), and a rank that crashes
+under torchrun."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from graph.split import chronological_split
@@ -20,7 +22,7 @@ from graph.synthetic import synthetic_events
 from memory.store import TABLE_NAMES, MemoryStore
 from models.interface import MemoryUpdate
 from pipeline.config import validate_config
-from pipeline.distributed import ReplicatedMemoryStore, Shard, host_update, init_world, merge_updates
+from pipeline.distributed import MachineMemoryStore, Shard, host_update, init_world, merge_updates
 from pipeline.trainer import train
 
 WORLD_SIZE = 2
@@ -96,20 +98,25 @@ def run_rank(rank: int, port: int, out_dir: Path) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     world = init_world(torch.device("cpu"), timeout_s=30)
     recorded, stores = [], []
-    merge_and_write = ReplicatedMemoryStore.update
+    gather_and_write = MachineMemoryStore.update
 
     def recording_update(store, batch_index, *tensors):
         recorded.append((batch_index, host_update(MemoryUpdate(*tensors))))
         stores.append(store)
-        merge_and_write(store, batch_index, *tensors)
+        gather_and_write(store, batch_index, *tensors)
 
-    ReplicatedMemoryStore.update = recording_update
+    MachineMemoryStore.update = recording_update
     try:
         results = train(validate_config(SMALL_TGN), small_events(), out_dir / f"rank{rank}", torch.device("cpu"),
                         seed=0, show_progress=False, world=world)
+        store = stores[-1]
+        state = store.state_dict()
+        files_left = sorted(p.name for p in store.path.iterdir())
+        dist.barrier(group=world.host_group)
     finally:
         world.close()
-    torch.save({"updates": recorded, "store": stores[-1].state_dict(), "results": results},
+    torch.save({"updates": recorded, "store": state, "results": results, "writer": store.creator,
+                "path": store.path, "files_left": files_left, "removed": not store.path.exists()},
                out_dir / f"rank{rank}.pt")
 
 
@@ -167,6 +174,10 @@ def test_two_ranks_merge_every_update_and_agree_on_memory_and_metrics(two_rank_r
     assert torch.equal(torch.nonzero(expected["version"] >= 0).flatten(), written), "no node's update dropped"
 
     first, second = (run["results"] for run in two_rank_run)
+    assert [run["writer"] for run in two_rank_run] == [True, False], "local rank 0 writes, rank 1 attaches"
+    assert two_rank_run[0]["path"] == two_rank_run[1]["path"], "both ranks use the machine's one store"
+    assert two_rank_run[0]["files_left"] == ["lock"], "table files are unlinked once every rank mapped them"
+    assert two_rank_run[0]["removed"], "the writer removes the store's directory at the end"
     for key in ("val_ap", "val_auc", "test_ap", "test_auc", "test_inductive_ap", "best_epoch"):
         assert first[key] == second[key], key
     assert first["epochs"] == second["epochs"] == 2
