@@ -4,6 +4,7 @@ single-process replay of every rank's updates, identical metrics on both ranks),
 under torchrun."""
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -18,22 +19,20 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from graph.split import chronological_split
-from graph.synthetic import synthetic_events
+from graph.datasets import load_dataset
 from memory.store import TABLE_NAMES, MemoryStore
 from models.interface import MemoryUpdate
-from pipeline.config import validate_config
+from pipeline.config import apply_overrides, load_config
 from pipeline.distributed import MachineMemoryStore, Shard, host_update, init_world, merge_updates
 from pipeline.trainer import train
 
 WORLD_SIZE = 2
-NUM_EVENTS = 1200
-SMALL_TGN = {
-    "memory": {"dim": 8, "dim_time": 4},
-    "embedding": {"dim_out": 8, "dim_time": 4, "heads": 1},
-    "train": {"batch_size": 100, "epochs": 2, "lr": 0.005},
-    "eval": {"batch_size": 100},
-    "pipeline": {"mode": "mspipe", "warmup_batches": 2},
-}
+TGN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tgn.yml"
+
+
+def tgn_two_epochs() -> dict:
+    """TGN as `configs/tgn.yml` (global batch 600, mspipe), trained for 2 epochs."""
+    return apply_overrides(load_config(TGN_CONFIG), {"train.epochs": 2})
 
 
 def update(nodes, mem_ts, mem_value, mail_nodes=None, mail_ts=None) -> MemoryUpdate:
@@ -86,13 +85,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def small_events():
-    """The stream both ranks and the reference replay use."""
-    return synthetic_events(num_nodes=50, num_events=NUM_EVENTS, seed=7)
-
-
 def run_rank(rank: int, port: int, out_dir: Path) -> None:
-    """One spawned rank: train with every local update recorded, then save updates, store and results."""
+    """One spawned rank: train TGN on UCI with every local update recorded (from the last epoch's first
+    batch on), then save those updates, the store and the results."""
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -101,13 +96,15 @@ def run_rank(rank: int, port: int, out_dir: Path) -> None:
     gather_and_write = MachineMemoryStore.update
 
     def recording_update(store, batch_index, *tensors):
+        if batch_index == 0:
+            recorded.clear()
         recorded.append((batch_index, host_update(MemoryUpdate(*tensors))))
         stores.append(store)
         gather_and_write(store, batch_index, *tensors)
 
     MachineMemoryStore.update = recording_update
     try:
-        results = train(validate_config(SMALL_TGN), small_events(), out_dir / f"rank{rank}", torch.device("cpu"),
+        results = train(tgn_two_epochs(), load_dataset("uci"), out_dir / f"rank{rank}", torch.device("cpu"),
                         seed=0, show_progress=False, world=world)
         store = stores[-1]
         state = store.state_dict()
@@ -143,8 +140,7 @@ def replay(per_rank_updates: list[list[MemoryUpdate]], store: MemoryStore) -> No
 def last_epoch_training_updates(updates: list[tuple[int, MemoryUpdate]], num_batches: int) -> list[MemoryUpdate]:
     """The updates of the last epoch's training batches (each epoch's training restarts at version 0;
     evaluation then continues the versions and is undone afterwards)."""
-    start = max(i for i, (batch, _) in enumerate(updates) if batch == 0)
-    last = updates[start:start + num_batches]
+    last = updates[:num_batches]
     assert [batch for batch, _ in last] == list(range(num_batches))
     return [u for _, u in last]
 
@@ -156,9 +152,19 @@ def two_rank_run(tmp_path_factory):
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
 
 
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory):
+    """The same training in one process, at the same global batch and the 2-rank run's optimizer lr."""
+    torch.set_num_threads(1)
+    cfg = tgn_two_epochs()
+    cfg = apply_overrides(cfg, {"train.lr": cfg["train"]["lr"] * math.sqrt(WORLD_SIZE)})
+    return train(cfg, load_dataset("uci"), tmp_path_factory.mktemp("single"), torch.device("cpu"), seed=0,
+                 show_progress=False)
+
+
 def test_two_ranks_merge_every_update_and_agree_on_memory_and_metrics(two_rank_run):
-    cfg = validate_config(SMALL_TGN)
-    events = small_events()
+    cfg = tgn_two_epochs()
+    events = load_dataset("uci")
     split = chronological_split(events, val_ratio=cfg["eval"]["val_ratio"], test_ratio=cfg["eval"]["test_ratio"],
                                 inductive_ratio=cfg["eval"]["inductive_ratio"], seed=0)
     num_batches = len(Shard(0, WORLD_SIZE).global_batches(split.train, cfg["train"]["batch_size"]))
@@ -182,6 +188,14 @@ def test_two_ranks_merge_every_update_and_agree_on_memory_and_metrics(two_rank_r
         assert first[key] == second[key], key
     assert first["epochs"] == second["epochs"] == 2
     assert [h["k_mean"] for h in first["history"]] == [h["k_mean"] for h in second["history"]]
+
+
+def test_two_ranks_score_within_a_point_of_one_process(two_rank_run, single_process_run):
+    distributed = two_rank_run[0]["results"]
+    assert distributed["dataset"] == single_process_run["dataset"] == "uci"
+    assert distributed["epochs"] == single_process_run["epochs"] == 2
+    assert distributed["test_ap"] > 0.7, "TGN learns on UCI in 2 epochs"
+    assert abs(distributed["test_ap"] - single_process_run["test_ap"]) <= 0.01
 
 
 CRASH_PLUGIN = '''
