@@ -3,6 +3,7 @@ TGN / JODIE / APAN write-back semantics, on tiny synthetic or hand-made graphs."
 from __future__ import annotations
 
 import copy
+import math
 
 import dgl
 import numpy as np
@@ -359,6 +360,20 @@ def test_jodie_projection_does_not_depend_on_the_clock_unit() -> None:
     torch.testing.assert_close(outputs[0], outputs[1])
     never_written = projection.norm(h[3]) * (1 + projection.time_linear.bias)
     torch.testing.assert_close(outputs[0][3], never_written)
+
+
+def test_jodie_projection_grows_only_logarithmically_with_gaps_beyond_training() -> None:
+    torch.manual_seed(0)
+    projection = JodieProjection(DIM_MEM).eval()
+    projection.dt_scale.fill_(100.0)
+    h = torch.randn(1, DIM_MEM).expand(3, DIM_MEM)
+    gaps = torch.tensor([100.0, 1e4, 1e6], dtype=torch.float64)
+    root_ts = torch.full((3,), UNIX_EPOCH_2020, dtype=torch.float64)
+    out = projection(h, projection_inputs(root_ts, root_ts - gaps, torch.zeros(3, dtype=torch.int64)))
+    growth = out[2].norm() / out[1].norm()
+    assert growth < 4, f"a gap 100x longer grew the embedding {growth:.1f}x (a linear projection: ~100x)"
+    at_scale = 1 + projection.time_linear(torch.tensor([math.log(2)]))
+    torch.testing.assert_close(out[0], projection.norm(h[0]) * at_scale, msg="a gap of one scale reads log1p(1)")
 
 
 def test_memoryless_attention_model_returns_no_update() -> None:
