@@ -116,9 +116,6 @@ class SharedMemoryStore(MemoryStore):
         pause = POLL_MIN_S
         while self.committed_version < min_version:
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"memory version {min_version} not committed within {timeout} s "
-                    f"(committed: {self.committed_version})"
-                )
+                raise self._commit_timeout(min_version, timeout)
             time.sleep(pause)
             pause = min(2 * pause, POLL_MAX_S)

@@ -126,10 +126,12 @@ class MemoryStore:
         """Block until batch `min_version` is committed; TimeoutError after `timeout` seconds."""
         with self._commit:
             if not self._commit.wait_for(lambda: self.committed_version >= min_version, timeout):
-                raise TimeoutError(
-                    f"memory version {min_version} not committed within {timeout} s "
-                    f"(committed: {self.committed_version})"
-                )
+                raise self._commit_timeout(min_version, timeout)
+
+    def _commit_timeout(self, min_version: int, timeout: float | None) -> TimeoutError:
+        """The error of a wait for `min_version` that ran out of time."""
+        return TimeoutError(f"memory version {min_version} not committed within {timeout} s "
+                            f"(committed: {self.committed_version})")
 
     def _expand(self, rows: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
         out = torch.empty((len(inverse), *rows.shape[1:]), dtype=rows.dtype, pin_memory=self.pinned)
