@@ -21,7 +21,7 @@ from pipeline.checkpoint import (
 )
 from pipeline.config import validate_config
 from pipeline.distributed import LocalWorld
-from pipeline.evaluation import ranking_metrics
+from pipeline.evaluation import batch_mean_metrics, ranking_metrics
 from pipeline.policies import Policy, make_policy
 from pipeline.profiler import StageProfiler
 from pipeline.reporting import RunLog
@@ -54,12 +54,14 @@ def run_stages(stages: LinkPredictionStages, policy: Policy, profiler: StageProf
 def evaluate(setup: RunSetup, name: str, indices: np.ndarray, inductive: np.ndarray, version_offset: int,
              stop: threading.Event | None, show_progress: bool) -> tuple[dict[str, float], int]:
     """Score a split in time order, continuing the memory; return its metrics (over the whole split, from
-    every process's scores) and the next version."""
+    every process's scores, plus DyGLib's batch means as `{name}_batch_ap/auc`) and the next version."""
     stages = evaluation_stages(setup, name, indices, version_offset)
     run_stages(stages, make_policy("sequential"), None, stop, f"eval {name}", show_progress)
     pos, neg = setup.world.split_scores(np.concatenate(setup.eval_positions(len(indices))),
                                         np.concatenate(stages.pos_scores), np.concatenate(stages.neg_scores))
     metrics = {f"{name}_{key}": value for key, value in ranking_metrics(pos, neg).items()}
+    metrics.update({f"{name}_batch_{key}": value
+                    for key, value in batch_mean_metrics(pos, neg, setup.cfg["eval"]["batch_size"]).items()})
     is_inductive = np.isin(indices, inductive)
     metrics.update({f"{name}_inductive_{key}": value
                     for key, value in ranking_metrics(pos[is_inductive], neg[is_inductive]).items()})
@@ -198,7 +200,8 @@ def _results(setup: RunSetup, state: TrainingState, mode: str) -> dict[str, Any]
         "epoch_time_s": [h["epoch_time_s"] for h in history],
         **{key: best.get(key, math.nan) for key in (
             "val_ap", "val_auc", "test_ap", "test_auc", "val_inductive_ap", "val_inductive_auc",
-            "test_inductive_ap", "test_inductive_auc")},
+            "test_inductive_ap", "test_inductive_auc", "val_batch_ap", "val_batch_auc", "test_batch_ap",
+            "test_batch_auc")},
         **{key: value for key, value in best.items() if key.endswith("_mrr")},
         "stage_time_s": stage_time,
         "staleness": {

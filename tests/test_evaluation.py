@@ -1,9 +1,9 @@
-"""Ranking metrics over a whole split."""
+"""Ranking metrics over a whole split and DyGLib's per-batch means."""
 import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from pipeline.evaluation import ranking_metrics
+from pipeline.evaluation import batch_mean_metrics, ranking_metrics
 
 
 def test_perfect_and_inverted_scores():
@@ -28,3 +28,18 @@ def test_mrr_counts_negatives_scoring_at_least_the_positive():
 
 def test_empty_split_gives_nan():
     assert np.isnan(ranking_metrics(np.array([]), np.zeros((0, 1)))["ap"])
+
+
+def test_batch_means_average_each_batch_ranking():
+    rng = np.random.default_rng(1)
+    pos, neg = rng.normal(1, 1, 250), rng.normal(0, 1, (250, 3))
+    batches = [slice(0, 100), slice(100, 200), slice(200, 250)]
+    expected = np.mean([ranking_metrics(pos[b], neg[b, :1])["ap"] for b in batches])
+    assert batch_mean_metrics(pos, neg, 100)["ap"] == pytest.approx(expected)
+
+
+def test_batch_means_ignore_score_drift_between_batches():
+    pos = np.array([1.0, 2.0, 11.0, 12.0])
+    neg = np.array([[0.0], [0.5], [10.0], [10.5]])
+    assert batch_mean_metrics(pos, neg, 2) == {"ap": 1.0, "auc": 1.0}
+    assert ranking_metrics(pos, neg)["auc"] < 1.0
