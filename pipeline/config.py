@@ -93,6 +93,7 @@ POSITIVE = {
     "eval.batch_size", "pipeline.k", "pipeline.k_max", "pipeline.mitigation.top_k",
     "pipeline.mitigation.refresh_every",
 }
+NON_NEGATIVE = {"train.weight_decay"}
 FRACTIONS = {
     "embedding.dropout", "eval.val_ratio", "eval.test_ratio", "eval.inductive_ratio",
     "pipeline.mitigation.quantile", "pipeline.mitigation.gamma",
@@ -164,6 +165,10 @@ def _check_values(cfg: dict, source: str) -> None:
         value = _lookup(cfg, key)
         if value is not None and value <= 0:
             raise ConfigError(f"{source}: key '{key}' must be > 0, got {value!r}")
+    for key in NON_NEGATIVE:
+        value = _lookup(cfg, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{source}: key '{key}' must be >= 0, got {value!r}")
     for key in FRACTIONS:
         value = _lookup(cfg, key)
         if value is not None and not 0 <= value <= 1:

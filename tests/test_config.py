@@ -46,6 +46,7 @@ def test_unknown_key_names_file_and_key(tmp_path, text, key):
     ("train: {batch_size: 0}\n", "train.batch_size"),
     ("train: {batch_size: 2.5}\n", "train.batch_size"),
     ("train: {lr: fast}\n", "train.lr"),
+    ("train: {weight_decay: -0.1}\n", "train.weight_decay"),
     ("pipeline: {mode: turbo}\n", "pipeline.mode"),
     ("embedding: {dropout: 1.5}\n", "embedding.dropout"),
     ("sampler: {fanouts: [-1]}\n", "sampler.fanouts"),
