@@ -52,7 +52,8 @@ class IdentityEmbedding(nn.Module):
 
 
 class JodieProjection(nn.Module):
-    """JODIE's projection of a root's state to its query time: `norm(h) * (1 + linear(log1p(dt / scale)))`.
+    """JODIE's projection of a root's state to its query time: `norm(h) * (1 + linear(log1p(dt / scale)))`,
+    followed by dropout (the config's `embedding.dropout`, as in DyGLib).
 
     `dt = t_root - mem_ts`, and 0 for nodes whose memory was never written. TGL divides by `t_root + 1`,
     which vanishes for unix timestamps; we divide by `scale`, a running mean of `dt` tracked in training
@@ -64,11 +65,12 @@ class JodieProjection(nn.Module):
 
     uses_neighbours = False
 
-    def __init__(self, dim: int, momentum: float = 0.1) -> None:
+    def __init__(self, dim: int, dropout: float = 0.0, momentum: float = 0.1) -> None:
         super().__init__()
         self.dim_out = dim
         self.momentum = momentum
         self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
         self.time_linear = nn.Linear(1, dim)
         nn.init.normal_(self.time_linear.weight, 0.0, 1.0)
         nn.init.normal_(self.time_linear.bias, 0.0, 1.0)
@@ -83,7 +85,8 @@ class JodieProjection(nn.Module):
         if self.training:
             self._track_scale(dt, written)
         scale = torch.where(self.dt_scale > 0, self.dt_scale, torch.ones_like(self.dt_scale))
-        return self.norm(h[:roots]) * (1 + self.time_linear(torch.log1p(dt.clamp(min=0) / scale).unsqueeze(1)))
+        projected = self.norm(h[:roots]) * (1 + self.time_linear(torch.log1p(dt.clamp(min=0) / scale).unsqueeze(1)))
+        return self.dropout(projected)
 
     @torch.no_grad()
     def _track_scale(self, dt: Tensor, written: Tensor) -> None:
@@ -103,7 +106,7 @@ def attention_embedding(spec: EmbeddingSpec) -> nn.Module:
 @EMBEDDINGS.register("jodie")
 def jodie_embedding(spec: EmbeddingSpec) -> nn.Module:
     """JODIE's time projection; keeps `dim_in` as its output size."""
-    return JodieProjection(spec.dim_in)
+    return JodieProjection(spec.dim_in, spec.dropout)
 
 
 @EMBEDDINGS.register("identity")

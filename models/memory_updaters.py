@@ -61,14 +61,21 @@ class MemoryUpdater(nn.Module, ABC):
 
     `mails_carry_embedding` says what the mails it reads hold of an event's other endpoint: its new memory
     (False: TGN, JODIE, APAN) or its embedding (True: DyRep); the model builds the mails accordingly.
+    `normalize_output` (config `memory.normalize`) L2-normalises every updated memory, as JODIE does: a
+    plain RNN cell applied hundreds of times per node and epoch otherwise lets the memory's end state
+    depend on the whole trajectory, and evaluation AP jumps from epoch to epoch.
     """
 
     mails_carry_embedding: bool = False
+    normalize_output: bool = False
 
     def forward(self, rows: MemoryRows) -> Tensor:
         """New memory `(n, d_m)`; differentiable in the updater's parameters, never in the stored rows."""
         mailed = torch.nonzero(rows.mail_count > 0).squeeze(1)
-        return rows.mem.index_copy(0, mailed, self.update(rows.select(mailed)))
+        updated = self.update(rows.select(mailed))
+        if self.normalize_output:
+            updated = F.normalize(updated, dim=1)
+        return rows.mem.index_copy(0, mailed, updated)
 
     @abstractmethod
     def update(self, rows: MemoryRows) -> Tensor:
@@ -150,6 +157,9 @@ def transformer_updater(spec: UpdaterSpec) -> MemoryUpdater:
 
 
 def build_updater(kind: str, dim_memory: int, dim_mail: int, dim_time: int, heads: int,
-                  dropout: float) -> MemoryUpdater:
-    """The updater registered as `kind` for memories of `dim_memory` and mails of `dim_mail`."""
-    return UPDATERS.get(kind)(UpdaterSpec(dim_memory, dim_mail, dim_time, heads, dropout))
+                  dropout: float, normalize: bool = False) -> MemoryUpdater:
+    """The updater registered as `kind` for memories of `dim_memory` and mails of `dim_mail`; with
+    `normalize`, its updated memories are L2-normalised."""
+    updater = UPDATERS.get(kind)(UpdaterSpec(dim_memory, dim_mail, dim_time, heads, dropout))
+    updater.normalize_output = normalize
+    return updater

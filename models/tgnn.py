@@ -19,7 +19,8 @@ from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater
 from models.predictor import PREDICTORS
 from models.write_back import memory_update, neighbour_deliveries
 
-MEMORY_DEFAULTS = {"dim": 100, "dim_time": 100, "mailbox_size": 1, "updater": "gru", "deliver_to": "self"}
+MEMORY_DEFAULTS = {"dim": 100, "dim_time": 100, "mailbox_size": 1, "updater": "gru", "deliver_to": "self",
+                   "normalize": False}
 EMBEDDING_DEFAULTS = {"module": "attention", "layers": 1, "heads": 2, "dim_out": 100, "dim_time": 100,
                       "dropout": 0.1}
 PREDICTOR_DEFAULTS = {"module": "mlp"}
@@ -103,7 +104,7 @@ def build_model(cfg: dict, num_nodes: int, dim_node_feat: int, dim_edge_feat: in
         layout = MemoryLayout(mem_cfg["dim"], 2 * mem_cfg["dim"] + dim_edge_feat, mem_cfg["mailbox_size"],
                               mem_cfg["deliver_to"] == "neighbours")
         updater = build_updater(mem_cfg["updater"], layout.dim_memory, layout.dim_mail, mem_cfg["dim_time"],
-                                emb_cfg["heads"], emb_cfg["dropout"])
+                                emb_cfg["heads"], emb_cfg["dropout"], mem_cfg["normalize"])
         node_feat_map = nn.Linear(dim_node_feat, layout.dim_memory) if dim_node_feat > 0 else None
         dim_state = layout.dim_memory
     embedding = build_embedding(emb_cfg["module"], dim_state, dim_edge_feat, emb_cfg)

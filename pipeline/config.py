@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
         "mailbox_size": 1,
         "updater": "gru",
         "deliver_to": "self",
+        "normalize": False,  # L2-normalise each updated memory (JODIE)
     },
     "embedding": {
         "module": "attention",

@@ -219,6 +219,25 @@ def test_nodes_without_mail_keep_their_memory(kind: str) -> None:
     assert not torch.allclose(new_mem[[1, 3]], rows.mem[[1, 3]])
 
 
+@pytest.mark.parametrize("kind", ["gru", "rnn", "transformer"])
+def test_normalize_puts_updated_memories_on_the_unit_sphere_and_leaves_the_rest(kind: str) -> None:
+    torch.manual_seed(0)
+    plain = build_updater(kind, DIM_MEM, 2 * DIM_MEM, DIM_TIME, heads=2, dropout=0.0)
+    normalized = build_updater(kind, DIM_MEM, 2 * DIM_MEM, DIM_TIME, heads=2, dropout=0.0, normalize=True)
+    normalized.load_state_dict(plain.state_dict())
+    rows = updater_rows([0, 2, 0, 1], slots=3)
+    new_mem, unnormalized = normalized(rows), plain(rows)
+    torch.testing.assert_close(new_mem[[1, 3]], unnormalized[[1, 3]] / unnormalized[[1, 3]].norm(dim=1, keepdim=True))
+    torch.testing.assert_close(new_mem[[0, 2]], rows.mem[[0, 2]], rtol=0, atol=0)
+
+
+def test_jodie_config_normalizes_its_memory() -> None:
+    cfg = tiny_config("jodie")
+    cfg["memory"]["normalize"] = True
+    assert build_model(cfg, 12, 0, 0).updater.normalize_output
+    assert not build_model(tiny_config("tgn"), 12, 0, 0).updater.normalize_output
+
+
 def test_mailbox_attention_ignores_empty_slots() -> None:
     updater = build_updater("transformer", DIM_MEM, 2 * DIM_MEM, DIM_TIME, heads=2, dropout=0.0)
     rows = updater_rows([2, 6], slots=4)
@@ -374,6 +393,18 @@ def test_jodie_projection_grows_only_logarithmically_with_gaps_beyond_training()
     assert growth < 4, f"a gap 100x longer grew the embedding {growth:.1f}x (a linear projection: ~100x)"
     at_scale = 1 + projection.time_linear(torch.tensor([math.log(2)]))
     torch.testing.assert_close(out[0], projection.norm(h[0]) * at_scale, msg="a gap of one scale reads log1p(1)")
+
+
+def test_jodie_projection_drops_out_in_training_only() -> None:
+    torch.manual_seed(0)
+    projection = JodieProjection(DIM_MEM, dropout=0.5)
+    h = torch.randn(64, DIM_MEM)
+    root_ts = torch.full((64,), UNIX_EPOCH_2020, dtype=torch.float64)
+    inputs = projection_inputs(root_ts, root_ts - 60.0, torch.zeros(64, dtype=torch.int64))
+    assert (projection.train()(h, inputs) == 0).float().mean() > 0.3
+    evaluated = projection.eval()(h, inputs)
+    assert (evaluated == 0).sum() == 0
+    torch.testing.assert_close(projection(h, inputs), evaluated)
 
 
 def test_memoryless_attention_model_returns_no_update() -> None:
