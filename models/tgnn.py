@@ -19,6 +19,8 @@ from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater
 from models.predictor import PREDICTORS
 from models.write_back import memory_update, neighbour_deliveries
 
+# The defaults of the config's model sections (TGL's); pipeline/config.py validates configs against them.
+# `memory.normalize` L2-normalises each updated memory (JODIE).
 MEMORY_DEFAULTS = {"dim": 100, "dim_time": 100, "mailbox_size": 1, "updater": "gru", "deliver_to": "self",
                    "normalize": False}
 EMBEDDING_DEFAULTS = {"module": "attention", "layers": 1, "heads": 2, "dim_out": 100, "dim_time": 100,

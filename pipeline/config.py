@@ -11,6 +11,7 @@ part a plugin registers is as valid as a built-in one.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from graph.registry import Registry
 from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS
 from models.predictor import PREDICTORS
+from models.tgnn import EMBEDDING_DEFAULTS, MEMORY_DEFAULTS, PREDICTOR_DEFAULTS
 from pipeline.plugins import load_plugins
 from pipeline.policies import SCHEDULERS
 from sampler.temporal import STRATEGIES
@@ -31,23 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "model": "tgn",  # a label for logs and results; the parts below compose the model
     "plugins": [],
     "sampler": {"strategy": "recent", "fanouts": [10], "add_reverse": True},
-    "memory": {
-        "dim": 100,
-        "dim_time": 100,
-        "mailbox_size": 1,
-        "updater": "gru",
-        "deliver_to": "self",
-        "normalize": False,  # L2-normalise each updated memory (JODIE)
-    },
-    "embedding": {
-        "module": "attention",
-        "layers": 1,
-        "heads": 2,
-        "dim_out": 100,
-        "dim_time": 100,
-        "dropout": 0.1,
-    },
-    "predictor": {"module": "mlp"},
+    "memory": MEMORY_DEFAULTS,
+    "embedding": EMBEDDING_DEFAULTS,
+    "predictor": PREDICTOR_DEFAULTS,
     "train": {
         "batch_size": 600,
         "epochs": 10,
@@ -99,6 +87,11 @@ FRACTIONS = {
     "embedding.dropout", "eval.val_ratio", "eval.test_ratio", "eval.inductive_ratio",
     "pipeline.mitigation.quantile", "pipeline.mitigation.gamma",
 }
+RANGES: tuple[tuple[set[str], Callable[[float], bool], str], ...] = (
+    (POSITIVE, lambda value: value > 0, "> 0"),
+    (NON_NEGATIVE, lambda value: value >= 0, ">= 0"),
+    (FRACTIONS, lambda value: 0 <= value <= 1, "within [0, 1]"),
+)
 
 
 class ConfigError(UserError):
@@ -162,18 +155,11 @@ def _check_values(cfg: dict, source: str) -> None:
         value = _lookup(cfg, key)
         if value is not None and value not in allowed:
             raise ConfigError(f"{source}: key '{key}' is {value!r}, expected one of {', '.join(allowed)}")
-    for key in POSITIVE:
-        value = _lookup(cfg, key)
-        if value is not None and value <= 0:
-            raise ConfigError(f"{source}: key '{key}' must be > 0, got {value!r}")
-    for key in NON_NEGATIVE:
-        value = _lookup(cfg, key)
-        if value is not None and value < 0:
-            raise ConfigError(f"{source}: key '{key}' must be >= 0, got {value!r}")
-    for key in FRACTIONS:
-        value = _lookup(cfg, key)
-        if value is not None and not 0 <= value <= 1:
-            raise ConfigError(f"{source}: key '{key}' must be within [0, 1], got {value!r}")
+    for keys, in_range, expected in RANGES:
+        for key in keys:
+            value = _lookup(cfg, key)
+            if value is not None and not in_range(value):
+                raise ConfigError(f"{source}: key '{key}' must be {expected}, got {value!r}")
     fanouts = cfg["sampler"]["fanouts"]
     if not fanouts or any(f < 0 for f in fanouts):
         raise ConfigError(f"{source}: key 'sampler.fanouts' must be a non-empty list of counts >= 0, got {fanouts!r}")
