@@ -26,9 +26,14 @@ class CheckpointError(UserError):
 
 @dataclass
 class MemoryBatch:
-    """Memory rows of the requested nodes, in request order (duplicates kept), as one consistent read."""
+    """Memory rows of the requested nodes, in request order (duplicates kept), as one consistent read.
+
+    `row` numbers the distinct rows: requests with equal `row` hold equal memory, mails and version, so a
+    model may compute what depends on them once per distinct row.
+    """
 
     nodes: torch.Tensor
+    row: torch.Tensor
     mem: torch.Tensor
     mem_ts: torch.Tensor
     mail: torch.Tensor
@@ -120,7 +125,7 @@ class MemoryStore:
             rows = {name: getattr(self, name).index_select(0, unique) for name in TABLE_NAMES}
             committed = self.committed_version
         expanded = {name: self._expand(row, inverse) for name, row in rows.items()}
-        return MemoryBatch(nodes=self._expand(unique, inverse), committed=committed, **expanded)
+        return MemoryBatch(nodes=self._expand(unique, inverse), row=inverse, committed=committed, **expanded)
 
     def wait_for_commit(self, min_version: int, timeout: float | None) -> None:
         """Block until batch `min_version` is committed; TimeoutError after `timeout` seconds."""

@@ -9,6 +9,8 @@ import dgl
 import torch
 from torch import Tensor
 
+from models.distinct import Groups
+
 if TYPE_CHECKING:
     from memory.store import MemoryBatch
 
@@ -19,6 +21,8 @@ class ModelInputs:
 
     `blocks[-1]`'s destination nodes are the roots `[src (B), dst (B), negative dst (B * num_neg)]`, where
     negative `k * B + j` is scored against source `j`; `memory` holds the rows of `blocks[0].srcdata["ID"]`.
+    `input_states` groups the input slots whose node state is equal by construction (same memory row,
+    same time); the model sets it for its embedding, which may compute per group instead of per slot.
     """
 
     blocks: list[dgl.DGLBlock]
@@ -28,6 +32,7 @@ class ModelInputs:
     root_edge_feat: Tensor | None
     num_pos: int
     num_neg: int = 1
+    input_states: Groups | None = None
 
     @property
     def num_roots(self) -> int:

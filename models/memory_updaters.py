@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from graph.registry import Registry
+from models.distinct import Groups, group
 from models.time_encoding import TimeEncoding, elapsed
 
 if TYPE_CHECKING:
@@ -36,7 +37,11 @@ UPDATERS: Registry[Callable[[UpdaterSpec], MemoryUpdater]] = Registry("memory up
 
 @dataclass(frozen=True)
 class MemoryRows:
-    """Stored memory and mailbox of some input nodes, plus the time `ts` (float64) each node is used at."""
+    """Stored memory and mailbox of some input nodes, plus the time `ts` (float64) each node is used at.
+
+    `row` numbers the distinct stored rows (`MemoryBatch.row`): rows with equal `row` hold equal memory and
+    mails, so an updater may compute what depends on them alone once per distinct row. None: all distinct.
+    """
 
     mem: Tensor
     mem_ts: Tensor
@@ -44,16 +49,23 @@ class MemoryRows:
     mail_ts: Tensor
     mail_count: Tensor
     ts: Tensor
+    row: Tensor | None = None
 
     @classmethod
     def first(cls, memory: MemoryBatch, ts: Tensor, count: int) -> MemoryRows:
         """The first `count` rows of a memory read, used at times `ts[:count]`."""
         return cls(memory.mem[:count], memory.mem_ts[:count], memory.mail[:count], memory.mail_ts[:count],
-                   memory.mail_count[:count], ts[:count])
+                   memory.mail_count[:count], ts[:count], memory.row[:count])
 
     def select(self, index: Tensor) -> MemoryRows:
         """The rows at `index`."""
-        return MemoryRows(*(getattr(self, f.name)[index] for f in fields(self)))
+        return MemoryRows(*(None if value is None else value[index]
+                            for value in (getattr(self, f.name) for f in fields(self))))
+
+    def distinct_rows(self) -> Groups:
+        """The rows grouped by the stored row they hold."""
+        keys = self.row if self.row is not None else torch.arange(len(self.mem), device=self.mem.device)
+        return group(keys)
 
 
 class MemoryUpdater(nn.Module, ABC):
@@ -83,20 +95,33 @@ class MemoryUpdater(nn.Module, ABC):
 
 
 class RecurrentUpdater(MemoryUpdater):
-    """TGN's GRU or JODIE's RNN cell fed `[latest mail || time_enc(ts - mem_ts)]` (TGL)."""
+    """TGN's GRU or JODIE's RNN cell fed `[latest mail || time_enc(ts - mem_ts)]` (TGL).
+
+    The cell's input map is split by columns: the mail part and the hidden-state map depend only on the
+    stored row, so they are computed once per distinct row; only the time part is computed per row. The
+    gates are then combined exactly as `nn.GRUCell` / `nn.RNNCell` (tanh) do, with the same parameters.
+    """
 
     def __init__(self, cell: str, dim_memory: int, dim_mail: int, dim_time: int) -> None:
         super().__init__()
         cell_class = {"gru": nn.GRUCell, "rnn": nn.RNNCell}[cell]
+        self.dim_mail = dim_mail
         self.time_encoding = TimeEncoding(dim_time)
         self.cell = cell_class(dim_mail + dim_time, dim_memory)
 
     def update(self, rows: MemoryRows) -> Tensor:
         """One recurrent step per node on its most recent mail."""
-        latest = rows.mail[torch.arange(len(rows.mail), device=rows.mail.device),
-                           (rows.mail_count - 1) % rows.mail.shape[1]]
-        time_feat = self.time_encoding(elapsed(rows.ts, rows.mem_ts))
-        return self.cell(torch.cat([latest, time_feat], dim=1), rows.mem)
+        distinct = rows.distinct_rows()
+        stored = rows.select(distinct.first)
+        latest = stored.mail[torch.arange(len(stored.mail), device=stored.mail.device),
+                             (stored.mail_count - 1) % stored.mail.shape[1]]
+        weight_mail, weight_time = self.cell.weight_ih.split([self.dim_mail, self.time_encoding.dim], dim=1)
+        input_gates = torch.addmm(F.linear(latest, weight_mail, self.cell.bias_ih).index_select(0, distinct.index),
+                                  self.time_encoding(elapsed(rows.ts, rows.mem_ts)), weight_time.t())
+        hidden_gates = F.linear(stored.mem, self.cell.weight_hh, self.cell.bias_hh).index_select(0, distinct.index)
+        if isinstance(self.cell, nn.RNNCell):
+            return torch.tanh(input_gates + hidden_gates)
+        return gru_step(input_gates, hidden_gates, rows.mem)
 
 
 class MailboxTransformerUpdater(MemoryUpdater):
@@ -131,6 +156,16 @@ class MailboxTransformerUpdater(MemoryUpdater):
         attended = (attention.unsqueeze(3) * value).sum(dim=1).flatten(1)
         out = self.mlp(self.layer_norm(attended + rows.mem))
         return F.relu(self.dropout(out))
+
+
+def gru_step(input_gates: Tensor, hidden_gates: Tensor, hidden: Tensor) -> Tensor:
+    """`nn.GRUCell`'s update from its pre-computed input and hidden maps (gate order r, z, n)."""
+    input_r, input_z, input_n = input_gates.chunk(3, dim=1)
+    hidden_r, hidden_z, hidden_n = hidden_gates.chunk(3, dim=1)
+    reset = torch.sigmoid(input_r + hidden_r)
+    update = torch.sigmoid(input_z + hidden_z)
+    candidate = torch.tanh(input_n + reset * hidden_n)
+    return candidate + update * (hidden - candidate)
 
 
 def filled_slots(mail_count: Tensor, slots: int) -> Tensor:

@@ -7,12 +7,13 @@ The model knows nothing of threads or stores: it reads a `MemoryBatch` and retur
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from graph.errors import UserError
+from models.distinct import group_pairs
 from models.embedding import build_embedding
 from models.interface import MemoryUpdate, ModelInputs
 from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater
@@ -42,7 +43,9 @@ class TemporalModel(nn.Module):
     """A memory-based temporal GNN: `forward(inputs) -> (pos_logits, neg_logits, MemoryUpdate | None)`.
 
     The updater runs on the input nodes with mail (only the roots when the embedding ignores neighbours);
-    its result, plus a projection of node features if any, is the node state the embedding reads.
+    its result, plus a projection of node features if any, is the node state the embedding reads. Input
+    slots that read the same memory row at the same time share one state (TGL's blocks repeat a node in
+    every neighbourhood it is sampled into), so the updater runs once per distinct state.
     Without memory (`updater=None`) the node state is the node features (zero columns if none).
     """
 
@@ -62,10 +65,15 @@ class TemporalModel(nn.Module):
     def forward(self, inputs: ModelInputs) -> tuple[Tensor, Tensor, MemoryUpdate | None]:
         """Logits `(B,)` of the positive events, `(B * num_neg,)` of the negatives, and the batch's write-back."""
         count = inputs.num_input_nodes if self.embedding.uses_neighbours else inputs.num_roots
+        slot_ts = inputs.blocks[0].srcdata["ts"][:count]
+        stored = inputs.blocks[0].srcdata["ID"] if self.updater is None else inputs.memory.row
+        states = group_pairs(stored[:count], slot_ts)
         new_mem = None
         if self.updater is not None:
-            new_mem = self.updater(MemoryRows.first(inputs.memory, inputs.blocks[0].srcdata["ts"], count))
-        embeddings = self.embedding(self._node_state(new_mem, inputs, count), inputs)
+            rows = MemoryRows.first(inputs.memory, slot_ts, count).select(states.first)
+            new_mem = self.updater(rows).index_select(0, states.index)
+        state = self._node_state(new_mem, inputs, count)
+        embeddings = self.embedding(state, replace(inputs, input_states=states))
         pos, neg = self.predictor(embeddings, inputs.num_pos, inputs.num_neg)
         return pos, neg, None if new_mem is None else self._write_back(new_mem, embeddings, inputs)
 

@@ -140,7 +140,7 @@ def mitigate(batch: MemoryBatch, root_positions: torch.Tensor, root_ts: torch.Te
 
     `root_positions` are the roots' rows in `batch`, `root_ts` their event times. Returns a batch whose
     other rows (and the input batch) are untouched, and how many roots were blended; a stale root with
-    no similar node newer than itself keeps its memory.
+    no similar node newer than itself keeps its memory. A blended root gets a `row` of its own.
     """
     device = batch.mem.device
     positions = torch.as_tensor(root_positions, dtype=torch.int64, device=device)
@@ -156,6 +156,8 @@ def mitigate(batch: MemoryBatch, root_positions: torch.Tensor, root_ts: torch.Te
     mean = (candidate_mem * newer.unsqueeze(-1)).sum(dim=1) / count.clamp(min=1).unsqueeze(-1)
     blended = gamma * batch.mem[stale] + (1 - gamma) * mean
     mitigated = count > 0
-    mem = batch.mem.clone()
-    mem[stale[mitigated]] = blended[mitigated]
-    return replace(batch, mem=mem), int(mitigated.sum())
+    changed = stale[mitigated]
+    mem, row = batch.mem.clone(), batch.row.clone()
+    mem[changed] = blended[mitigated]
+    row[changed] = int(row.max()) + 1 + torch.arange(len(changed), device=device)
+    return replace(batch, mem=mem, row=row), len(changed)

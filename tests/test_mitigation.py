@@ -134,3 +134,13 @@ def test_refresh_by_the_other_measure_is_refused():
         SimilarityTable(4, 2, measure="coneighbour").refresh_from_memory(torch.ones(4, 2))
     with pytest.raises(ValueError, match="measure must be one of"):
         SimilarityTable(4, 2, measure="euclid")
+
+
+def test_a_blended_root_no_longer_shares_its_row_with_other_reads_of_its_node():
+    store = store_with(VECTORS, [0.0, 5.0, 5.0, 5.0])
+    table = cosine_table(store, top_k=2)
+    batch, result, count = mitigate_roots(store, table, [0, 1, 2, 3, 0], [10.0, 10.0, 10.0, 10.0, 1.0],
+                                          quantile=0.7)
+    assert count == 1 and batch.row[0] == batch.row[4]
+    assert result.row[0] != result.row[4] and result.row[0] not in batch.row
+    assert torch.equal(result.row[1:], batch.row[1:])

@@ -358,7 +358,7 @@ def projection_inputs(root_ts: torch.Tensor, mem_ts: torch.Tensor, version: torc
     block = dgl.create_block((torch.tensor([], dtype=torch.int64), torch.tensor([], dtype=torch.int64)),
                              num_src_nodes=n, num_dst_nodes=n)
     block.dstdata["ts"] = root_ts
-    memory = MemoryBatch(nodes=torch.arange(n), mem=torch.zeros(n, DIM_MEM), mem_ts=mem_ts,
+    memory = MemoryBatch(nodes=torch.arange(n), row=torch.arange(n), mem=torch.zeros(n, DIM_MEM), mem_ts=mem_ts,
                          mail=torch.zeros(n, 1, 2 * DIM_MEM), mail_ts=torch.zeros(n, 1, dtype=torch.float64),
                          mail_count=torch.ones(n, dtype=torch.int64), version=version, committed=0)
     return ModelInputs(blocks=[block], memory=memory, edge_feat=[None], node_feat=None, root_edge_feat=None,
