@@ -83,7 +83,8 @@ def build_setup(cfg: dict, events: EventStream, device: torch.device, seed: int,
     )
     model = build_model(cfg, events.num_nodes, events.dim_node_feat, events.dim_edge_feat).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=world.learning_rate(cfg["train"]["lr"]),
-                                 weight_decay=cfg["train"]["weight_decay"])
+                                 weight_decay=cfg["train"]["weight_decay"],
+                                 foreach=True)  # one multi-tensor update; torch picks it by default on CUDA only
     store = None
     if model.uses_memory:
         store = world.memory_store(events.num_nodes, model.dim_memory, model.dim_mail, model.mailbox_size,
