@@ -1,0 +1,101 @@
+"""`scripts/benchmark.py compare`: this project's TGN against the PyTorch Geometric reference
+(scripts/pyg_reference.py). torch_geometric is optional, so only the reference's own test needs it."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from graph.errors import UserError
+from graph.split import chronological_split
+
+
+@pytest.fixture
+def benchmark(scripts_dir, monkeypatch):
+    """scripts/benchmark.py as a module (it imports scripts/pyg_reference.py as a sibling)."""
+    monkeypatch.syspath_prepend(str(scripts_dir))
+    import benchmark
+    return benchmark
+
+
+@pytest.fixture
+def without_pyg(benchmark, monkeypatch):
+    """torch_geometric behaves as if it were not installed."""
+    def missing():
+        raise ModuleNotFoundError("No module named 'torch_geometric'")
+
+    monkeypatch.setattr(benchmark.pyg_reference, "import_pyg", missing)
+
+
+def test_compare_without_pyg_fails_up_front_with_the_install_command(benchmark, without_pyg, monkeypatch,
+                                                                     tmp_path, capsys):
+    monkeypatch.setattr(benchmark, "launch_compare_run", lambda *args: pytest.fail("a run was launched"))
+    out = tmp_path / "compare.json"
+    assert benchmark.main(["compare", "--cases", "uci", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert "pip install torch_geometric==" in err and "pip install -e .[bench]" in err
+    assert not out.exists()
+
+
+def test_the_reference_without_pyg_raises_the_same_user_error(benchmark, without_pyg, uci_events):
+    with pytest.raises(UserError, match=r"pip install torch_geometric==\S+"):
+        benchmark.pyg_reference.train_pyg_tgn(uci_events, chronological_split(uci_events), batch_size=200, epochs=1)
+
+
+def test_compare_alternates_systems_and_reports_ratios_of_the_means(benchmark, monkeypatch, tmp_path):
+    monkeypatch.setattr(benchmark.pyg_reference, "require_pyg", lambda: type("pyg", (), {"__version__": "x"}))
+    launched = []
+
+    def fake_run(system, case, args):
+        launched.append(system)
+        speed, rss = (3000.0, 600.0) if system == "ours" else (2000.0, 500.0)
+        return {"dataset": case, "num_events": 100, "train_events_per_s": speed + len(launched),
+                "peak_rss_mb": rss, "train_rss_mb": rss / 10, "test_ap": 0.9, "val_ap": 0.8,
+                "other_cpu_load": 0.0}
+
+    monkeypatch.setattr(benchmark, "launch_compare_run", fake_run)
+    out = tmp_path / "compare.json"
+    assert benchmark.main(["compare", "--cases", "uci", "--repeat", "2", "--out", str(out)]) == 0
+    assert launched == ["ours", "pyg", "ours", "pyg"]
+    results = json.loads(out.read_text())
+    ours, pyg = results["results"]
+    assert ours["events_per_s_runs"] == [3001.0, 3003.0] and pyg["events_per_s_runs"] == [2002.0, 2004.0]
+    assert ours["events_per_s_vs_pyg"] == pytest.approx(3002.0 / 2003.0)
+    assert ours["peak_rss_vs_pyg"] == pytest.approx(1.2) and pyg["peak_rss_vs_pyg"] == 1.0
+    assert results["torch_threads"] == 2 and results["versions"]["torch_geometric"] == "x"
+    assert results["command"] == " ".join(sys.argv)
+
+
+def test_first_events_renumbers_the_nodes_that_occur(benchmark, uci_events):
+    head = benchmark.first_events(uci_events, 500)
+    assert head.num_events == 500 and head.num_nodes == len(np.unique(np.r_[head.src, head.dst]))
+    np.testing.assert_array_equal(head.node_ids[head.src], uci_events.node_ids[uci_events.src[:500]])
+    np.testing.assert_array_equal(head.t, uci_events.t[:500])
+
+
+def test_compare_run_of_ours_prints_one_json_line(scripts_dir):
+    command = [sys.executable, str(scripts_dir / "benchmark.py"), "compare-run", "--system", "ours", "--case", "uci",
+               "--epochs", "1", "--max-events", "3000", "--threads", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1
+    run = json.loads(lines[0])
+    assert run["system"] == "ours" and run["num_events"] == 3000
+    assert run["train_events_per_s"] > 0 and run["peak_rss_mb"] > 0 and len(run["epoch_time_s"]) == 1
+    assert math.isfinite(run["test_ap"]) and math.isfinite(run["val_ap"])
+
+
+def test_the_pyg_reference_learns_on_a_uci_slice(benchmark, uci_events):
+    pytest.importorskip("torch_geometric")
+    events = benchmark.first_events(uci_events, 5000)
+    # lr 1e-3 (PyG's example uses 1e-4) so that a few epochs on 2,300 training events learn something.
+    results = benchmark.pyg_reference.train_pyg_tgn(events, chronological_split(events), batch_size=200, epochs=5,
+                                                    lr=1e-3)
+    assert 0.5 < results["val_ap"] <= 1 and 0.5 < results["test_ap"] <= 1
+    assert results["train_events_per_s"] > 0 and len(results["epoch_time_s"]) == 5
