@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from graph.errors import UserError
 from memory.store import MemoryBatch, MemoryStore
@@ -22,6 +23,10 @@ from models.tgnn import TemporalModel
 from pipeline.device import CopyStream, to_device
 from pipeline.mitigation import SimilarityTable, mitigate
 from sampler.temporal import TemporalSampler
+
+
+# torch.profiler labels of the train stage's parts (scripts/benchmark.py breakdown reads them)
+TRAIN_STEP_PARTS = ("train/forward", "train/backward", "train/optimizer")
 
 
 class NonFiniteLossError(UserError):
@@ -176,12 +181,15 @@ class LinkPredictionStages:
         else:
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)
-            pos, neg, ctx.update = self.model(self._inputs(ctx))
-            loss = link_prediction_loss(pos, neg)
+            with record_function(TRAIN_STEP_PARTS[0]):
+                pos, neg, ctx.update = self.model(self._inputs(ctx))
+                loss = link_prediction_loss(pos, neg)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"training loss became {loss.item()} at batch {i}; lower train.lr")
-            loss.backward()
-            self.optimizer.step()
+            with record_function(TRAIN_STEP_PARTS[1]):
+                loss.backward()
+            with record_function(TRAIN_STEP_PARTS[2]):
+                self.optimizer.step()
             self.losses.append(loss.item())
         ctx.blocks, ctx.edge_feat, ctx.node_feat, ctx.memory = [], [], None, None
 

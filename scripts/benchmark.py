@@ -33,6 +33,12 @@ training events/s, peak RSS, the RSS training added, test AP (ours: of the best 
 the trainer reports it; PyG: after the last epoch), and the ratios ours/PyG of the means. `other_cpu_load`
 is how many cores other processes kept busy during a run: well above 0 on a 2-core machine, the run was
 slowed by them and its events/s should not be trusted.
+
+    python scripts/benchmark.py breakdown --cases uci,wikipedia172 --batches 50 --out runs/bench_breakdown.json
+
+`breakdown`: where a sequential training step's time goes on the `compare` cases: milliseconds per batch
+of each stage (an unprofiled pass), and the train stage split into forward, backward and optimizer step in
+the proportions torch.profiler measures on the following batches. The JSON names the commit it measured.
 """
 from __future__ import annotations
 
@@ -68,6 +74,8 @@ from pipeline.checkpoint import CHECKPOINT_NAME
 from pipeline.config import MODES, apply_overrides, load_config
 from pipeline.policies import available_cores, configure_threads
 from pipeline.runner import STAGES
+from pipeline.setup import build_setup, training_stages
+from pipeline.stages import TRAIN_STEP_PARTS, LinkPredictionStages
 from pipeline.trainer import train
 from sampler import TCSR, TemporalSampler
 
@@ -104,6 +112,8 @@ COMPARE_CASES: dict[str, dict] = {  # case -> data, random edge feature width, b
     "uci": {"data": "uci", "edge_feat_dim": 0, "batch_size": 200, "config": "configs/dyglib/tgn.yml"},
     "wikipedia172": {"data": "wikipedia", "edge_feat_dim": 172, "batch_size": 600, "config": "configs/tgn.yml"},
 }
+BREAKDOWN_TABLE = ["case", "events_per_s", *(f"{stage}_ms" for stage in STAGES), "forward_ms", "backward_ms",
+                   "optimizer_ms"]
 COMPARE_DIM = 100  # memory, time encoding and embedding width on both sides
 COMPARE_NEIGHBOURS = 10  # most recent neighbours attended to, on both sides
 COMPARE_TABLE = ["case", "system", "events_per_s", "events_per_s_vs_pyg", "peak_rss_mb", "peak_rss_vs_pyg",
@@ -114,11 +124,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line with one subcommand per benchmark; each sets `run` (the function that performs it,
     returning a JSON-able dict with a "results" list of rows) and `table` (the row keys to print)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{sampler,train,soak,compare}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{sampler,train,soak,compare,breakdown}")
     add_sampler_command(commands)
     add_train_command(commands)
     add_soak_command(commands)
     add_compare_command(commands)
+    add_breakdown_command(commands)
     return parser.parse_args(argv)
 
 
@@ -196,6 +207,19 @@ def add_compare_command(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--case", choices=list(COMPARE_CASES), required=True)
     add_compare_arguments(run)
     run.set_defaults(run=compare_run, table=None, out=None)
+
+
+def add_breakdown_command(commands: argparse._SubParsersAction) -> None:
+    """The `breakdown` subcommand and its options."""
+    parser = commands.add_parser("breakdown", help="where a sequential training step's time goes, stage by stage")
+    parser.add_argument("--cases", default=",".join(COMPARE_CASES),
+                        help=f"comma-separated cases: {', '.join(COMPARE_CASES)}")
+    parser.add_argument("--batches", type=int, default=50, help="timed batches per case (twice: plain, profiled)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed batches first")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="JSON file for the results")
+    parser.set_defaults(run=benchmark_breakdown, table=BREAKDOWN_TABLE)
 
 
 def train_variants(modes: str, ks: str) -> dict[str, dict]:
@@ -487,13 +511,18 @@ def compare_events(case: dict, max_events: int | None, seed: int) -> EventStream
     return events
 
 
-def train_ours(case: dict, events: EventStream, args: argparse.Namespace) -> dict:
-    """One run of this project's TGN in sequential mode, every epoch (no early stopping)."""
-    cfg = apply_overrides(load_config(REPO / case["config"]), {
-        "pipeline.mode": "sequential", "train.epochs": args.epochs, "train.patience": 0,
+def our_config(case: dict, epochs: int) -> dict:
+    """This project's TGN config of a `compare` case: sequential mode, every epoch (no early stopping)."""
+    return apply_overrides(load_config(REPO / case["config"]), {
+        "pipeline.mode": "sequential", "train.epochs": epochs, "train.patience": 0,
         "train.batch_size": case["batch_size"], "eval.batch_size": case["batch_size"],
         "memory.dim": COMPARE_DIM, "memory.dim_time": COMPARE_DIM, "embedding.dim_out": COMPARE_DIM,
         "embedding.dim_time": COMPARE_DIM, "sampler.fanouts": [COMPARE_NEIGHBOURS]})
+
+
+def train_ours(case: dict, events: EventStream, args: argparse.Namespace) -> dict:
+    """One run of this project's TGN in sequential mode, every epoch (no early stopping)."""
+    cfg = our_config(case, args.epochs)
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as scratch:
         results = train(cfg, events, Path(scratch), torch.device("cpu"), args.seed, show_progress=False)
     return {key: results[key] for key in ("train_events_per_s", "epoch_time_s", "val_ap", "test_ap")}
@@ -599,6 +628,75 @@ def benchmark_compare(args: argparse.Namespace) -> dict:
         "command": " ".join(sys.argv),
         "results": rows,
     }
+
+
+def timed_stages(stages: LinkPredictionStages, batch: int) -> list[float]:
+    """Run the five stages of one batch in order, as the sequential mode does; seconds of each."""
+    stamps = [time.perf_counter()]
+    ctx = stages.sample(batch)
+    stamps.append(time.perf_counter())
+    stages.fetch_features(batch, ctx)
+    stamps.append(time.perf_counter())
+    stages.fetch_memory(batch, ctx, 0)
+    stamps.append(time.perf_counter())
+    stages.train(batch, ctx)
+    stamps.append(time.perf_counter())
+    stages.update_memory(batch, ctx)
+    stamps.append(time.perf_counter())
+    return list(np.diff(stamps))
+
+
+def breakdown_case(name: str, args: argparse.Namespace) -> dict:
+    """Per-stage milliseconds per batch of sequential training on one `compare` case, and the train stage
+    split into forward, backward and optimizer step."""
+    case = COMPARE_CASES[name]
+    setup = build_setup(our_config(case, epochs=1), compare_events(case, None, args.seed), torch.device("cpu"),
+                        args.seed)
+    stages = training_stages(setup, epoch=0)
+    if args.warmup + 2 * args.batches > len(stages.batches):
+        raise UserError(f"{name}: --warmup + 2 * --batches must be at most {len(stages.batches)} batches")
+    setup.store.reset()
+    for batch in range(args.warmup):
+        timed_stages(stages, batch)
+    clean = np.array([timed_stages(stages, args.warmup + b) for b in range(args.batches)]).mean(axis=0)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for batch in range(args.warmup + args.batches, args.warmup + 2 * args.batches):
+            timed_stages(stages, batch)
+    part_us = {event.key: event.cpu_time_total for event in profiler.key_averages() if event.key in TRAIN_STEP_PARTS}
+    train_ms = 1000 * clean[STAGES.index("train")]
+    share = {part: part_us.get(part, 0.0) / sum(part_us.values()) for part in TRAIN_STEP_PARTS}
+    return {"case": name, "batch_size": case["batch_size"], "events_per_s": case["batch_size"] / clean.sum(),
+            **{f"{stage}_ms": 1000 * seconds for stage, seconds in zip(STAGES, clean)},
+            **{f"{part.split('/')[1]}_ms": train_ms * share[part] for part in TRAIN_STEP_PARTS}}
+
+
+def benchmark_breakdown(args: argparse.Namespace) -> dict:
+    """Where the time of a sequential training step goes, for each requested case."""
+    if args.batches < 1 or args.warmup < 0:
+        raise UserError(f"--batches must be positive and --warmup non-negative, got {args.batches}, {args.warmup}")
+    names = [name.strip() for name in args.cases.split(",") if name.strip()]
+    unknown = [name for name in names if name not in COMPARE_CASES]
+    if unknown or not names:
+        raise UserError(f"--cases: unknown case '{','.join(unknown)}' (known: {', '.join(COMPARE_CASES)})")
+    plan = configure_threads(args.threads)
+    return {
+        "benchmark": "breakdown", "dataset": ",".join(names), "command": " ".join(sys.argv),
+        "commit": git_commit(), "torch_threads": plan.intra_op, "batches": args.batches, "warmup": args.warmup,
+        "note": "stage times from an unprofiled pass; forward/backward/optimizer split the train time in the "
+                "proportions torch.profiler measured on the following batches",
+        "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+                     "dgl": dgl.__version__},
+        "machine": platform.processor() or platform.machine(),
+        "results": [breakdown_case(name, args) for name in names],
+    }
+
+
+def git_commit() -> str:
+    """The checked-out commit of this repository, with "+dirty" when it has uncommitted changes."""
+    def git(*command: str) -> str:
+        return subprocess.run(["git", *command], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def format_number(value: float) -> str:
