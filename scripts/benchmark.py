@@ -625,7 +625,7 @@ def benchmark_compare(args: argparse.Namespace) -> dict:
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
                      "dgl": dgl.__version__, "torch_geometric": pyg.__version__},
         "machine": platform.processor() or platform.machine(),
-        "command": " ".join(sys.argv),
+        "command": " ".join(sys.argv), "commit": git_commit(),
         "results": rows,
     }
 

@@ -19,6 +19,7 @@ from graph.errors import UserError, one_line
 from graph.events import EventStream
 from graph.negatives import eval_negatives, negative_seed, sample_negatives
 from graph.split import Split
+from pipeline.stages import chronological_batches
 
 PYG_VERSION = "2.8.1"  # the version the comparison was written and measured with (pyproject's `bench` extra)
 INSTALL_HINT = f"pip install torch_geometric=={PYG_VERSION} (or pip install -e .[bench])"
@@ -122,11 +123,6 @@ class PygTGN:
         return pos_out, neg_out
 
 
-def batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Consecutive slices of `indices` (time order) of at most `batch_size` events."""
-    return [indices[begin:begin + batch_size] for begin in range(0, len(indices), batch_size)]
-
-
 def train_epoch(tgn: PygTGN, optimizer: torch.optim.Optimizer, train: np.ndarray, candidates: np.ndarray,
                 batch_size: int, epoch: int, seed: int) -> float:
     """One epoch over the training events from empty memory; returns its training seconds."""
@@ -134,7 +130,7 @@ def train_epoch(tgn: PygTGN, optimizer: torch.optim.Optimizer, train: np.ndarray
     tgn.model.train()
     tgn.reset_state()
     started = time.perf_counter()
-    for i, batch in enumerate(batches(train, batch_size)):
+    for i, batch in enumerate(chronological_batches(train, batch_size)):
         optimizer.zero_grad()
         pos_out, neg_out = tgn.step(batch, sample_negatives(candidates, len(batch), negative_seed(seed, epoch, i)))
         loss = criterion(pos_out, torch.ones_like(pos_out)) + criterion(neg_out, torch.zeros_like(neg_out))
@@ -151,7 +147,7 @@ def evaluate(tgn: PygTGN, name: str, indices: np.ndarray, candidates: np.ndarray
     tgn.model.eval()
     negatives = eval_negatives(candidates, len(indices), 1, name, seed)[:, 0]
     pos, neg = [], []
-    for batch, neg_dst in zip(batches(indices, batch_size), batches(negatives, batch_size)):
+    for batch, neg_dst in zip(chronological_batches(indices, batch_size), chronological_batches(negatives, batch_size)):
         pos_out, neg_out = tgn.step(batch, neg_dst)
         pos.append(pos_out.sigmoid().view(-1).numpy())
         neg.append(neg_out.sigmoid().view(-1).numpy())
