@@ -17,6 +17,8 @@ from graph.events import EventStream
 from memory.store import CheckpointError
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# how torch.load(weights_only=True) refuses a class or global that is not plain data (torch 2.2 wording)
+UNSAFE_CONTENT_MESSAGES = ("Unsupported class", "Unsupported global")
 
 
 def config_fingerprint(cfg: dict) -> str:
@@ -50,12 +52,21 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, config_fp: str | None, data_fp: str) -> dict[str, Any]:
-    """Read a checkpoint and check that it belongs to this dataset and (unless None) this config."""
+    """Read a checkpoint and check that it belongs to this dataset and (unless None) this config.
+
+    Only tensors and plain data are unpickled (`weights_only`), so a checkpoint or run directory from
+    elsewhere (`--resume`, `evaluate.py --run`) cannot run code when it is loaded.
+    """
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint to resume from")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if any(message in str(err) for message in UNSAFE_CONTENT_MESSAGES):
+            raise CheckpointError(f"{path}: refused: it holds Python objects besides tensors and plain data, which "
+                                  "loading could run as code (only checkpoints scripts/train.py writes load)") from None
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(err).__name__})") from None
     if not isinstance(state, dict) or "config_fingerprint" not in state:
         raise CheckpointError(f"{path}: not a checkpoint written by scripts/train.py")

@@ -1,4 +1,7 @@
-"""Checkpoints are written atomically and refused when corrupt or from another config or dataset."""
+"""Checkpoints are written atomically and refused when corrupt, from another config or dataset, or when
+loading them would run code."""
+import os
+
 import pytest
 import torch
 
@@ -69,3 +72,19 @@ def test_epoch_count_and_mode_do_not_change_the_fingerprint():
     longer = validate_config({"train": {"epochs": 99}, "pipeline": {"mode": "sequential"}})
     assert config_fingerprint(base) == config_fingerprint(longer)
     assert config_fingerprint(base) != config_fingerprint(validate_config({"train": {"lr": 0.01}}))
+
+
+def test_checkpoint_carrying_a_callable_is_refused_without_running_it(tmp_path, fingerprints):
+    marker = tmp_path / "code-ran"
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"config_fingerprint": fingerprints[0], "dataset_fingerprint": fingerprints[1],
+                "payload": RunsCode()}, path)
+    with pytest.raises(CheckpointError, match="refused: it holds Python objects") as refused:
+        load_checkpoint(path, *fingerprints)
+    assert "\n" not in str(refused.value) and str(path) in str(refused.value)
+    assert not marker.exists()
