@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from graph.errors import DataError
 from graph.events import EventStream
 from graph.negatives import eval_negatives, negative_seed, sample_negatives
 from graph.split import Split, chronological_split
@@ -76,6 +77,7 @@ def build_setup(cfg: dict, events: EventStream, device: torch.device, seed: int,
         events, val_ratio=cfg["eval"]["val_ratio"], test_ratio=cfg["eval"]["test_ratio"],
         inductive_ratio=cfg["eval"]["inductive_ratio"], seed=seed,
     )
+    require_every_part(events, split)
     stream = StreamTensors(
         src=events.src, dst=events.dst, t=events.t,
         edge_feat=None if events.edge_feat is None else host_tensor(events.edge_feat, device),
@@ -105,6 +107,16 @@ def build_setup(cfg: dict, events: EventStream, device: torch.device, seed: int,
         eval_candidates=np.unique(events.dst),
         mitigation=mitigation, world=world,
     )
+
+
+def require_every_part(events: EventStream, split: Split) -> None:
+    """Training, validation and test each need at least one event; a stream too short for that is a data error."""
+    sizes = {"training": len(split.train), "validation": len(split.val), "test": len(split.test)}
+    if min(sizes.values()) == 0:
+        parts = ", ".join(f"{count} {name}" for name, count in sizes.items())
+        raise DataError(f"{events.name}: its {events.num_events} events split by time into {parts} events; training, "
+                        "validation and test each need at least one event (more events, or other eval.val_ratio, "
+                        "eval.test_ratio, eval.inductive_ratio)")
 
 
 def training_stages(setup: RunSetup, epoch: int) -> LinkPredictionStages:

@@ -173,3 +173,14 @@ def test_prepare_data_reports_bad_input_in_one_line(tmp_path, scripts_dir, case,
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stream_too_short_for_the_split_stops_train_with_one_line(tmp_path, scripts_dir):
+    data = _write(tmp_path / "tiny.csv", "1,2,5\n2,3,6\n3,1,7\n")
+    command = [sys.executable, str(scripts_dir / "train.py"), "--data", str(data), "--epochs", "1",
+               "--out", str(tmp_path / "run")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "3 events" in result.stderr and "at least one event" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
