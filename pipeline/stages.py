@@ -41,6 +41,7 @@ class BatchContext:
     events: np.ndarray
     roots: np.ndarray
     root_ts: np.ndarray
+    input_nodes: torch.Tensor  # host ids of the input layer's nodes: the memory fetch reads them, not the blocks
     blocks: list = field(default_factory=list)
     edge_feat: list = field(default_factory=list)
     node_feat: torch.Tensor | None = None
@@ -113,7 +114,8 @@ class LinkPredictionStages:
         roots = np.concatenate([src, dst, neg])
         root_ts = np.concatenate([t, t, np.tile(t, self.num_neg)])
         blocks = self.sampler.sample(roots, root_ts, seed=self.sample_seed(i))
-        return BatchContext(index=i, events=events, roots=roots, root_ts=root_ts, blocks=blocks)
+        return BatchContext(index=i, events=events, roots=roots, root_ts=root_ts, input_nodes=blocks[0].srcdata["ID"],
+                            blocks=blocks)
 
     def fetch_features(self, i: int, ctx: BatchContext) -> None:
         """Stage 2: gather the sub-graph's edge and node features and move them with the blocks."""
@@ -136,8 +138,7 @@ class LinkPredictionStages:
         ctx.staleness = staleness
         if self.store is None:
             return
-        nodes = ctx.blocks[0].srcdata["ID"].cpu()
-        memory = self.store.fetch(nodes)
+        memory = self.store.fetch(ctx.input_nodes)
         if self.mitigation is not None:
             if i % self.mitigation.refresh_every == 0:
                 self._refresh_similarity(i)

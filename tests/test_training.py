@@ -15,6 +15,7 @@ import pipeline.stages as stages_module
 from graph.synthetic import synthetic_events
 from pipeline.checkpoint import CHECKPOINT_NAME
 from pipeline.config import validate_config
+from pipeline.setup import build_setup, training_stages
 from pipeline.stages import NonFiniteLossError
 from pipeline.trainer import train
 
@@ -147,3 +148,21 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(events, tmp_path, 
     with pytest.raises(NonFiniteLossError, match="loss became nan"):
         run(small_config(train={"epochs": 2}), events, tmp_path, resume=True)
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == before
+
+
+class DeviceOnlyBlock:
+    """Stands for a block on an accelerator: reading it from the host is a bug (a race with its copy)."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the memory fetch read blocks[0].{name} instead of the host ids")
+
+
+def test_memory_fetch_reads_the_host_ids_kept_at_sampling(events):
+    setup = build_setup(small_config(), events, torch.device("cpu"), seed=0)
+    stages = training_stages(setup, epoch=0)
+    ctx = stages.sample(3)
+    stages.fetch_features(3, ctx)
+    expected = setup.store.fetch(ctx.blocks[0].srcdata["ID"])
+    ctx.blocks = [DeviceOnlyBlock()]
+    stages.fetch_memory(3, ctx, 0)
+    assert torch.equal(ctx.memory.nodes, expected.nodes) and torch.equal(ctx.memory.row, expected.row)
