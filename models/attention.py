@@ -70,13 +70,14 @@ class TemporalAttentionLayer(nn.Module):
         weight_node, weight_edge, weight_time = weight.split(
             [h_src.shape[1], edge_feat.shape[1], self.time_encoding.dim], dim=1)
         if states is None:
-            node_part = F.linear(h_src, weight_node).index_select(0, src)
+            node_part = F.linear(h_src, weight_node, bias).index_select(0, src)
         else:
-            node_part = F.linear(h_src.index_select(0, states.first), weight_node).index_select(0, states.index[src])
-        out = torch.addmm(node_part + bias, self.time_encoding(block.edata["dt"]), weight_time.t())
+            node_part = F.linear(h_src.index_select(0, states.first), weight_node, bias).index_select(
+                0, states.index[src])
+        out = torch.addmm(node_part, self.time_encoding(block.edata["dt"]), weight_time.t())
         if edge_feat.shape[1] > 0:
             edges = group(block.edata["ID"])
-            out = out + F.linear(edge_feat[edges.first], weight_edge).index_select(0, edges.index)
+            out = out.add_(F.linear(edge_feat[edges.first], weight_edge).index_select(0, edges.index))
         return out
 
 
