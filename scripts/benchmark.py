@@ -692,11 +692,13 @@ def benchmark_breakdown(args: argparse.Namespace) -> dict:
 
 
 def git_commit() -> str:
-    """The checked-out commit of this repository, with "+dirty" when it has uncommitted changes."""
+    """The checked-out commit of this repository, with "+dirty" when tracked files other than the
+    benchmark results in benchmarks/ have uncommitted changes."""
     def git(*command: str) -> str:
         return subprocess.run(["git", *command], cwd=REPO, capture_output=True, text=True).stdout.strip()
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks")
+    return commit + ("+dirty" if changed else "")
 
 
 def format_number(value: float) -> str:
