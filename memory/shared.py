@@ -1,4 +1,4 @@
-"""The memory store in shared memory, one per machine (DESIGN 3.8): every process of a run on the machine
+"""The memory store in shared memory, one per machine (docs/method.md §8): every process of a run on the machine
 maps the same tables, so the node memory exists once however many ranks train there.
 
 One process creates the tables (files in `/dev/shm`, mapped with `torch.from_file(shared=True)`); the

@@ -1,4 +1,4 @@
-"""The versioned node-memory store shared by the pipeline's stages (DESIGN: memory module).
+"""The versioned node-memory store shared by the pipeline's stages (docs/method.md §3).
 
 Host tables hold each node's memory vector, its timestamp, a mailbox of the latest mails, the number
 of mails ever delivered and the batch index that last wrote the row. Updates commit in batch order,

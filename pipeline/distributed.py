@@ -1,4 +1,4 @@
-"""Data-parallel training across processes (DESIGN 3.8): `torch.distributed` + DDP, launched by `torchrun`.
+"""Data-parallel training across processes (docs/method.md §8): `torch.distributed` + DDP, launched by `torchrun`.
 
 A world says how one process takes part in a run. `LocalWorld` is the single process: it trains on
 whole batches and every method is the identity, so the single-process path is unchanged.

@@ -1,4 +1,4 @@
-"""Staleness mitigation (DESIGN 3.6): a root whose memory is much older than the batch's other roots
+"""Staleness mitigation (docs/method.md §6): a root whose memory is much older than the batch's other roots
 borrows from the memory of similar nodes that were updated more recently.
 
 At memory fetch, `dt_v = t_v - mem_ts_v` for each root; roots with `dt_v` above the batch's `quantile`

@@ -1,4 +1,4 @@
-"""Schedulers of the training pipeline: what distinguishes one mode from another (DESIGN 3.7).
+"""Schedulers of the training pipeline: what distinguishes one mode from another (docs/method.md §7).
 
 The runner (`pipeline.runner`) enforces the rules every mode shares: each stage serves one batch at a
 time in batch order, a batch's stages run in order, feature fetch and memory fetch never overlap, and at

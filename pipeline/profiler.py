@@ -1,4 +1,4 @@
-"""Online stage-time profiler and the minimal staleness bound it feeds (DESIGN 3.4).
+"""Online stage-time profiler and the minimal staleness bound it feeds (docs/method.md §4).
 
 `StageProfiler` keeps an exponential moving average `tau_j` of each stage's duration, updated from every
 stage event the runner records, so the bound follows the run as it speeds up or slows down.

@@ -17,7 +17,7 @@ run_batches(num_batches, stages, policy, profiler=None, stop=None, on_batch_done
 Design: the policy's leading sequential batches (all of them for `Sequential`, the warm-up for
 `MSPipe`) run in the calling thread. The rest run with one worker thread per stage; each worker walks
 the batches in order, and all of them share one `Condition` over the pipeline state. A worker starts
-stage j of batch i when (DESIGN 3.4):
+stage j of batch i when (docs/method.md §4):
 
 - stage j-1 of batch i has ended (sampling: fewer than `policy.max_in_flight` batches are between
   sampling and update, so at most that many contexts are alive);

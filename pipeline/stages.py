@@ -67,7 +67,7 @@ class StreamTensors:
 
 @dataclass
 class Mitigation:
-    """Staleness mitigation settings plus the similarity table it reads (DESIGN 3.6)."""
+    """Staleness mitigation settings plus the similarity table it reads (docs/method.md §6)."""
 
     table: SimilarityTable
     quantile: float

@@ -77,7 +77,7 @@ def by_stage(stats: RunStats) -> dict[str, dict[int, StageEvent]]:
 
 
 def assert_schedule_rules(stats: RunStats, policy: Policy, num_batches: int) -> None:
-    """Every rule of DESIGN 3.4 on the recorded events."""
+    """Every rule of docs/method.md §4 on the recorded events."""
     assert Counter((e.stage, e.batch) for e in stats.events) == Counter(
         (stage, i) for stage in STAGES for i in range(num_batches))
     ev = by_stage(stats)
