@@ -6,8 +6,9 @@ STAGES = ("sample", "fetch_features", "fetch_memory", "train", "update_memory")
 class StageFunctions(Protocol):          # ctx: whatever sample(i) returns, passed along
     def sample(self, i) -> ctx
     def fetch_features(self, i, ctx) -> None
-    def fetch_memory(self, i, ctx, staleness) -> None   # staleness = i-1-(last batch whose update
-                                                         # finished) at fetch start; 0 = fresh
+    def fetch_memory(self, i, ctx, staleness) -> int | None  # staleness = i-1-(last batch whose update
+                                        # finished) at fetch start, 0 = fresh; returns the staleness the
+                                        # read actually saw (None: the scheduled value stands)
     def train(self, i, ctx) -> None
     def update_memory(self, i, ctx) -> None
 
@@ -67,7 +68,7 @@ class StageFunctions(Protocol):
 
     def fetch_features(self, i: int, ctx: Any) -> None: ...
 
-    def fetch_memory(self, i: int, ctx: Any, staleness: int) -> None: ...
+    def fetch_memory(self, i: int, ctx: Any, staleness: int) -> int | None: ...
 
     def train(self, i: int, ctx: Any) -> None: ...
 
@@ -114,15 +115,15 @@ def stage_means(events: list[StageEvent]) -> dict[str, float]:
     return {stage: float(np.mean(durations[stage])) for stage in STAGES if stage in durations}
 
 
-def call_stage(stages: StageFunctions, stage: str, i: int, ctx: Any, staleness: int) -> Any:
-    """Run one stage of batch i; return the new context (sample) or the one passed in."""
+def call_stage(stages: StageFunctions, stage: str, i: int, ctx: Any, staleness: int) -> tuple[Any, int | None]:
+    """Run one stage of batch i; return the context (sample makes it) and, from a memory fetch, the
+    staleness its read saw (None where the stage does not report it)."""
     if stage == "sample":
-        return stages.sample(i)
+        return stages.sample(i), None
     if stage == "fetch_memory":
-        stages.fetch_memory(i, ctx, staleness)
-    else:
-        getattr(stages, stage)(i, ctx)
-    return ctx
+        return ctx, stages.fetch_memory(i, ctx, staleness)
+    getattr(stages, stage)(i, ctx)
+    return ctx, None
 
 
 def annotate(err: BaseException, stage: str, batch: int) -> BaseException:
@@ -149,8 +150,11 @@ class _Recorder:
         """Seconds since the run started."""
         return time.perf_counter() - self.t0
 
-    def record(self, stage: str, batch: int, start: float, end: float) -> None:
-        """Keep one finished stage event and feed its duration to the profiler."""
+    def record(self, stage: str, batch: int, start: float, end: float, staleness_seen: int | None = None) -> None:
+        """Keep one finished stage event and feed its duration to the profiler; a memory fetch that
+        reports the staleness its read saw replaces the value scheduled at its start."""
+        if staleness_seen is not None:
+            self.staleness[batch] = staleness_seen
         self.events.append(StageEvent(batch, stage, start, end))
         self.end[stage][batch] = end
         self.profiler.record(stage, end - start)
@@ -173,11 +177,11 @@ def _run_sequential(stages: StageFunctions, batches: range, rec: _Recorder, stop
             start = rec.now()
             rec.start[stage][i] = start
             try:
-                ctx = call_stage(stages, stage, i, ctx, 0)
+                ctx, seen = call_stage(stages, stage, i, ctx, 0)
             except BaseException as err:
                 annotate(err, stage, i)
                 raise
-            rec.record(stage, i, start, rec.now())
+            rec.record(stage, i, start, rec.now(), seen)
         if on_batch_done is not None:
             on_batch_done(i)
 
@@ -248,8 +252,8 @@ class _Pipeline:
                 if turn is None:
                     return
                 ctx, staleness, start = turn
-                ctx = call_stage(self.stages, stage, i, ctx, staleness)
-                self._finish(stage, i, ctx, start, self.rec.now())
+                ctx, seen = call_stage(self.stages, stage, i, ctx, staleness)
+                self._finish(stage, i, ctx, start, self.rec.now(), seen)
         except BaseException as err:
             self._fail(annotate(err, stage, i))
 
@@ -276,9 +280,9 @@ class _Pipeline:
             self.cond.notify_all()
             return self.contexts.get(i), staleness, now
 
-    def _finish(self, stage: str, i: int, ctx: Any, start: float, end: float) -> None:
+    def _finish(self, stage: str, i: int, ctx: Any, start: float, end: float, seen: int | None) -> None:
         with self.cond:
-            self.rec.record(stage, i, start, end)
+            self.rec.record(stage, i, start, end, seen)
             if stage == "sample":
                 self.contexts[i] = ctx
             elif stage == "update_memory":

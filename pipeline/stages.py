@@ -133,12 +133,15 @@ class LinkPredictionStages:
                 block.materialize_data()
         ctx.features_ready = self.copies.done()
 
-    def fetch_memory(self, i: int, ctx: BatchContext, staleness: int) -> None:
-        """Stage 3: read the input nodes' memory and mails (optionally mitigating stale roots)."""
+    def fetch_memory(self, i: int, ctx: BatchContext, staleness: int) -> int | None:
+        """Stage 3: read the input nodes' memory and mails (optionally mitigating stale roots); return the
+        staleness the read saw, from the committed version it read (the scheduled `staleness` is an
+        upper bound: an update may commit between the scheduler's check and the read)."""
         ctx.staleness = staleness
         if self.store is None:
-            return
+            return None
         memory = self.store.fetch(ctx.input_nodes)
+        ctx.staleness = self.version_offset + i - 1 - memory.committed
         if self.mitigation is not None:
             if i % self.mitigation.refresh_every == 0:
                 self._refresh_similarity(i)
@@ -150,6 +153,7 @@ class LinkPredictionStages:
         with self.copies.copying():
             ctx.memory = memory.to(self.device, non_blocking=True)
         ctx.memory_ready = self.copies.done()
+        return ctx.staleness
 
     def _refresh_similarity(self, i: int) -> None:
         """Rebuild the similarity table from the current memory (cosine) or the events so far (coneighbour)."""

@@ -355,3 +355,19 @@ def test_no_batches_gives_empty_stats():
     stats = run_batches(0, SleepStages(DURATIONS), MSPipe())
     assert stats.events == [] and stats.k == [] and stats.staleness == []
     assert stats.train_busy_fraction == 0.0 and stats.stage_mean_s == {}
+
+
+class FresherReads(SleepStages):
+    """Memory fetches that report reading one version fresher than scheduled (an update committed
+    between the scheduler's check and the read)."""
+
+    def fetch_memory(self, i: int, ctx: dict, staleness: int) -> int:
+        super().fetch_memory(i, ctx, staleness)
+        return max(staleness - 1, 0)
+
+
+@pytest.mark.parametrize("make", [Sequential, lambda: FixedK(3)], ids=["sequential", "fixed-3"])
+def test_the_staleness_a_fetch_reports_replaces_the_scheduled_one(make):
+    stages = FresherReads(DURATIONS)
+    stats = run_batches(NUM_BATCHES, stages, make())
+    assert stats.staleness == [max(stages.staleness[i] - 1, 0) for i in range(NUM_BATCHES)]

@@ -166,3 +166,18 @@ def test_memory_fetch_reads_the_host_ids_kept_at_sampling(events):
     ctx.blocks = [DeviceOnlyBlock()]
     stages.fetch_memory(3, ctx, 0)
     assert torch.equal(ctx.memory.nodes, expected.nodes) and torch.equal(ctx.memory.row, expected.row)
+
+
+def test_memory_fetch_reports_the_staleness_of_the_version_it_read(events):
+    setup = build_setup(small_config(), events, torch.device("cpu"), seed=0)
+    stages = training_stages(setup, epoch=0)
+    setup.store.reset()
+    for i in range(2):
+        ctx = stages.sample(i)
+        stages.fetch_features(i, ctx)
+        assert stages.fetch_memory(i, ctx, staleness=5) == 0
+        stages.train(i, ctx)
+        stages.update_memory(i, ctx)
+    ctx = stages.sample(4)
+    stages.fetch_features(4, ctx)
+    assert stages.fetch_memory(4, ctx, staleness=0) == 2  # batch 4 read version 1: batches 2 and 3 missing
