@@ -63,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
             "top_k": 10,
             "gamma": 0.9,
             "similarity": "cosine",
-            "refresh_every": 200,
+            "refresh_every": 20,
         },
     },
 }

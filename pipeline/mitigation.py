@@ -66,6 +66,10 @@ class SimilarityTable:
         if num_nodes != self.num_nodes:
             raise ValueError(f"similarity table has {self.num_nodes} nodes, refresh got {num_nodes}")
 
+    def is_empty(self) -> bool:
+        """True while no node has a similar node (before the first refresh that found any)."""
+        return bool((self.table == NO_NEIGHBOUR).all())
+
     def neighbours(self, nodes: torch.Tensor) -> torch.Tensor:
         """The similar nodes of each given node, (n, top_k) int64, -1 where there are fewer."""
         return self.table[as_host_nodes(nodes)]
@@ -141,14 +145,21 @@ def mitigate(batch: MemoryBatch, root_positions: torch.Tensor, root_ts: torch.Te
     `root_positions` are the roots' rows in `batch`, `root_ts` their event times. Returns a batch whose
     other rows (and the input batch) are untouched, and how many roots were blended; a stale root with
     no similar node newer than itself keeps its memory. A blended root gets a `row` of its own.
+
+    Only roots that could be blended take part in the quantile: a root whose memory was never written
+    has no age (its `mem_ts` is 0, not a time), and a root without similar nodes in the table (with
+    cosine similarity: one whose memory is still all zeros) has nothing to borrow from.
     """
     device = batch.mem.device
     positions = torch.as_tensor(root_positions, dtype=torch.int64, device=device)
     dt = torch.as_tensor(root_ts, dtype=torch.float64, device=device) - batch.mem_ts[positions]
-    stale = positions[stale_mask(dt, quantile)]
+    similar = table.neighbours(batch.nodes[positions]).to(device)
+    eligible = (batch.version[positions] >= 0) & (similar != NO_NEIGHBOUR).any(dim=1)
+    positions, dt, similar = positions[eligible], dt[eligible], similar[eligible]
+    is_stale = stale_mask(dt, quantile)
+    stale, candidates = positions[is_stale], similar[is_stale]
     if len(stale) == 0:
         return batch, 0
-    candidates = table.neighbours(batch.nodes[stale]).to(device)
     rows = store.fetch(candidates.clamp(min=0).flatten()).to(device)
     candidate_mem = rows.mem.view(*candidates.shape, -1)
     newer = (candidates != NO_NEIGHBOUR) & (rows.mem_ts.view(candidates.shape) > batch.mem_ts[stale, None])

@@ -67,12 +67,22 @@ class StreamTensors:
 
 @dataclass
 class Mitigation:
-    """Staleness mitigation settings plus the similarity table it reads (docs/method.md §6)."""
+    """Staleness mitigation settings plus the similarity table it reads (docs/method.md §6).
+
+    The table is rebuilt at the first memory fetch that has something to build it from (written memory
+    for cosine similarity, processed events for co-neighbours), then every `refresh_every` batches.
+    """
 
     table: SimilarityTable
     quantile: float
     gamma: float
     refresh_every: int
+    last_refresh: int | None = None
+
+    def due(self, batch: int) -> bool:
+        """Whether the table should be rebuilt before the memory fetch of `batch` (in an epoch)."""
+        return (self.table.is_empty() or self.last_refresh is None or batch < self.last_refresh
+                or batch - self.last_refresh >= self.refresh_every)
 
 
 NegativeFn = Callable[[int, np.ndarray], np.ndarray]
@@ -100,6 +110,7 @@ class LinkPredictionStages:
     sample_seed: Callable[[int], int] = lambda i: i
     mitigation: Mitigation | None = None
     losses: list[float] = field(default_factory=list, init=False)
+    mitigated_roots: int = field(default=0, init=False)
     pos_scores: list[np.ndarray] = field(default_factory=list, init=False)
     neg_scores: list[np.ndarray] = field(default_factory=list, init=False)
 
@@ -143,26 +154,31 @@ class LinkPredictionStages:
         memory = self.store.fetch(ctx.input_nodes)
         ctx.staleness = self.version_offset + i - 1 - memory.committed
         if self.mitigation is not None:
-            if i % self.mitigation.refresh_every == 0:
-                self._refresh_similarity(i)
+            if self.mitigation.due(i):
+                self._refresh_similarity(i, written=memory.committed >= 0)
             positions = torch.arange(len(ctx.roots))
             memory, ctx.mitigated = mitigate(
                 memory, positions, torch.from_numpy(ctx.root_ts), self.mitigation.table, self.store,
                 quantile=self.mitigation.quantile, gamma=self.mitigation.gamma,
             )
+            self.mitigated_roots += ctx.mitigated
         with self.copies.copying():
             ctx.memory = memory.to(self.device, non_blocking=True)
         ctx.memory_ready = self.copies.done()
         return ctx.staleness
 
-    def _refresh_similarity(self, i: int) -> None:
-        """Rebuild the similarity table from the current memory (cosine) or the events so far (coneighbour)."""
+    def _refresh_similarity(self, i: int, written: bool) -> None:
+        """Rebuild the similarity table from the written memory (cosine) or the events of the batches
+        before `i` (coneighbour); without either there is nothing to build it from yet."""
         table = self.mitigation.table
-        if table.measure == "cosine":
+        if table.measure == "cosine" and written:
             table.refresh_from_memory(self.store.fetch(torch.arange(self.store.num_nodes)).mem)
-        else:
-            seen = np.concatenate(self.batches[:i]) if i else np.empty(0, dtype=np.int64)
+        elif table.measure == "coneighbour" and i > 0:
+            seen = np.concatenate(self.batches[:i])
             table.refresh_from_events(self.stream.src[seen], self.stream.dst[seen], self.store.num_nodes)
+        else:
+            return
+        self.mitigation.last_refresh = i
 
     def _inputs(self, ctx: BatchContext) -> ModelInputs:
         return ModelInputs(

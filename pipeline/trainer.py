@@ -154,12 +154,14 @@ def _train_one_epoch(setup: RunSetup, state: TrainingState, epoch: int, policy: 
         "staleness_mean": float(np.mean(stats.staleness)),
         "staleness_max": int(np.max(stats.staleness)),
         "train_busy_fraction": stats.train_busy_fraction,
+        "mitigated_roots": stages.mitigated_roots,
         "stage_time_s": dict(stats.stage_mean_s),
         **metrics,
     }
     state.history.append(summary)
     log.scalars(epoch, {
         "train/loss_epoch": summary["loss"], "train/events_per_s": summary["events_per_s"],
+        "pipeline/mitigated_roots": summary["mitigated_roots"],
         **{f"eval/{key}": value for key, value in metrics.items()},
     })
     if metrics["val_ap"] > state.best_val_ap:

@@ -10,12 +10,13 @@ from memory import MemoryStore
 from pipeline.mitigation import SimilarityTable, mitigate
 
 
-def store_with(mem: list[list[float]], mem_ts: list[float]) -> MemoryStore:
-    """A store whose nodes 0..n-1 hold the given memory vectors and timestamps (batch 0)."""
+def store_with(mem: list[list[float]], mem_ts: list[float], never_written: int = 0) -> MemoryStore:
+    """A store whose nodes 0..n-1 hold the given memory vectors and timestamps (batch 0), followed by
+    `never_written` nodes without memory."""
     mem_tensor = torch.tensor(mem, dtype=torch.float32)
     ts = torch.tensor(mem_ts, dtype=torch.float64)
     nodes = torch.arange(len(mem))
-    store = MemoryStore(len(mem), mem_tensor.shape[1], 1)
+    store = MemoryStore(len(mem) + never_written, mem_tensor.shape[1], 1)
     store.update(0, nodes, mem_tensor, ts, nodes, torch.zeros(len(mem), 1), ts)
     return store
 
@@ -144,3 +145,11 @@ def test_a_blended_root_no_longer_shares_its_row_with_other_reads_of_its_node():
     assert count == 1 and batch.row[0] == batch.row[4]
     assert result.row[0] != result.row[4] and result.row[0] not in batch.row
     assert torch.equal(result.row[1:], batch.row[1:])
+
+
+def test_never_written_roots_are_neither_stale_nor_blended():
+    store = store_with(VECTORS, [0.0, 5.0, 5.0, 5.0], never_written=2)
+    table = cosine_table(store, top_k=2)
+    batch, result, count = mitigate_roots(store, table, [0, 1, 2, 3, 4, 5], [1.6e9] * 6, quantile=0.7)
+    assert count == 1 and not torch.equal(result.mem[0], batch.mem[0])
+    assert torch.equal(result.mem[1:], batch.mem[1:])

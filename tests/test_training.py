@@ -181,3 +181,16 @@ def test_memory_fetch_reports_the_staleness_of_the_version_it_read(events):
     ctx = stages.sample(4)
     stages.fetch_features(4, ctx)
     assert stages.fetch_memory(4, ctx, staleness=0) == 2  # batch 4 read version 1: batches 2 and 3 missing
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("similarity", ["cosine", "coneighbour"])
+def test_mitigation_blends_stale_roots_in_a_real_run_and_reports_them(uci_events, tmp_path, similarity):
+    cfg = small_config(train={"epochs": 1, "batch_size": 600}, eval={"batch_size": 600},
+                       pipeline={"mode": "fixed-k", "k": 4,
+                                 "mitigation": {"enabled": True, "similarity": similarity}})
+    results = run(cfg, uci_events, tmp_path)
+    mitigated = results["history"][0]["mitigated_roots"]
+    assert mitigated > 0
+    values = EventAccumulator(str(tmp_path)).Reload().Scalars("pipeline/mitigated_roots")
+    assert [event.value for event in values] == [mitigated]
