@@ -55,4 +55,4 @@ def test_the_toy_updater_trains_from_its_config_and_shows_in_tensorboard(tmp_pat
     losses = [event.value for event in run.Scalars("train/loss")]
     val_ap = run.Scalars("eval/val_ap")
     assert len(losses) > 10 and all(math.isfinite(loss) for loss in losses)
-    assert len(val_ap) == 1 and 0.5 < val_ap[0].value <= 1.0
+    assert len(val_ap) == 1 and 0.7 < val_ap[0].value <= 1.0  # it learns (chance: 0.5; measured 0.77)

@@ -78,10 +78,13 @@ def test_other_models_train(events, tmp_path, model):
         "apan": dict(memory={"updater": "transformer", "mailbox_size": 4, "deliver_to": "neighbours"},
                      embedding={"module": "identity"}),
     }[model]
-    cfg = small_config(**parts, train={"epochs": 1}, pipeline={"mode": "mspipe"})
+    cfg = small_config(**parts, train={"epochs": 4}, pipeline={"mode": "mspipe"})
     cfg["model"] = model
     results = run(cfg, events, tmp_path)
-    assert results["model"] == model and 0 <= results["test_ap"] <= 1
+    losses = [h["loss"] for h in results["history"]]
+    assert results["model"] == model and losses[-1] < losses[0] - 0.01
+    if model == "jodie":  # APAN's test AP stays near chance: it does not generalise yet (a known defect)
+        assert results["test_ap"] > 0.6
 
 
 def final_model(out):
