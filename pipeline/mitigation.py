@@ -66,9 +66,19 @@ class SimilarityTable:
         if num_nodes != self.num_nodes:
             raise ValueError(f"similarity table has {self.num_nodes} nodes, refresh got {num_nodes}")
 
+    @property
+    def table(self) -> torch.Tensor:
+        """The `(num_nodes, top_k)` int64 table; setting it also notes whether it is empty."""
+        return self._table
+
+    @table.setter
+    def table(self, value: torch.Tensor) -> None:
+        self._table = value
+        self._empty = bool((value == NO_NEIGHBOUR).all())
+
     def is_empty(self) -> bool:
         """True while no node has a similar node (before the first refresh that found any)."""
-        return bool((self.table == NO_NEIGHBOUR).all())
+        return self._empty
 
     def neighbours(self, nodes: torch.Tensor) -> torch.Tensor:
         """The similar nodes of each given node, (n, top_k) int64, -1 where there are fewer."""
