@@ -298,8 +298,7 @@ def benchmark_train(args: argparse.Namespace) -> dict:
         "edge_feat_dim": args.edge_feat_dim, "epochs": args.epochs, "repeat": args.repeat, "seed": args.seed,
         "batch_size": base["train"]["batch_size"], "cores": cores, "torch_threads": plan.intra_op,
         "speedup_reference": rows[0]["variant"],
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-                     "dgl": dgl.__version__},
+        "versions": library_versions(),
         "machine": platform.processor() or platform.machine(),
         "results": rows,
     }
@@ -379,8 +378,7 @@ def benchmark_sampler(args: argparse.Namespace) -> dict:
         "benchmark": "sampler", "dataset": events.name, "num_events": events.num_events,
         "num_nodes": events.num_nodes, "batch": args.batch, "num_batches": len(batches), "repeat": args.repeat,
         "torch_threads": torch.get_num_threads(), "tcsr_nnz": len(tcsr.nbr), "tcsr_build_s": build_s,
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-                     "dgl": dgl.__version__},
+        "versions": library_versions(),
         "machine": platform.processor() or platform.machine(),
         "results": rows,
     }
@@ -622,8 +620,7 @@ def benchmark_compare(args: argparse.Namespace) -> dict:
         "epochs": args.epochs, "repeat": args.repeat, "seed": args.seed, "max_events": args.max_events,
         "dim": COMPARE_DIM, "neighbours": COMPARE_NEIGHBOURS, "torch_threads": args.threads,
         "cores": available_cores(),
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-                     "dgl": dgl.__version__, "torch_geometric": pyg.__version__},
+        "versions": {**library_versions(), "torch_geometric": pyg.__version__},
         "machine": platform.processor() or platform.machine(),
         "command": " ".join(sys.argv), "commit": git_commit(),
         "results": rows,
@@ -684,11 +681,16 @@ def benchmark_breakdown(args: argparse.Namespace) -> dict:
         "commit": git_commit(), "torch_threads": plan.intra_op, "batches": args.batches, "warmup": args.warmup,
         "note": "stage times from an unprofiled pass; forward/backward/optimizer split the train time in the "
                 "proportions torch.profiler measured on the following batches",
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-                     "dgl": dgl.__version__},
+        "versions": library_versions(),
         "machine": platform.processor() or platform.machine(),
         "results": [breakdown_case(name, args) for name in names],
     }
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of Python and the libraries a benchmark's numbers depend on."""
+    return {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+            "dgl": dgl.__version__}
 
 
 def git_commit() -> str:

@@ -13,13 +13,13 @@ from types import ModuleType
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score
 
 from graph.errors import UserError, one_line
 from graph.events import EventStream
 from graph.negatives import eval_negatives, negative_seed, sample_negatives
 from graph.split import Split
-from pipeline.stages import chronological_batches
+from pipeline.evaluation import ranking_metrics
+from pipeline.stages import chronological_batches, link_prediction_loss
 
 PYG_VERSION = "2.8.1"  # the version the comparison was written and measured with (pyproject's `bench` extra)
 INSTALL_HINT = f"pip install torch_geometric=={PYG_VERSION} (or pip install -e .[bench])"
@@ -126,14 +126,13 @@ class PygTGN:
 def train_epoch(tgn: PygTGN, optimizer: torch.optim.Optimizer, train: np.ndarray, candidates: np.ndarray,
                 batch_size: int, epoch: int, seed: int) -> float:
     """One epoch over the training events from empty memory; returns its training seconds."""
-    criterion = torch.nn.BCEWithLogitsLoss()
     tgn.model.train()
     tgn.reset_state()
     started = time.perf_counter()
     for i, batch in enumerate(chronological_batches(train, batch_size)):
         optimizer.zero_grad()
         pos_out, neg_out = tgn.step(batch, sample_negatives(candidates, len(batch), negative_seed(seed, epoch, i)))
-        loss = criterion(pos_out, torch.ones_like(pos_out)) + criterion(neg_out, torch.zeros_like(neg_out))
+        loss = link_prediction_loss(pos_out, neg_out)
         loss.backward()
         optimizer.step()
         tgn.model["memory"].detach()
@@ -151,9 +150,7 @@ def evaluate(tgn: PygTGN, name: str, indices: np.ndarray, candidates: np.ndarray
         pos_out, neg_out = tgn.step(batch, neg_dst)
         pos.append(pos_out.sigmoid().view(-1).numpy())
         neg.append(neg_out.sigmoid().view(-1).numpy())
-    scores = np.concatenate(pos + neg)
-    labels = np.concatenate([np.ones(len(indices)), np.zeros(len(indices))])
-    return float(average_precision_score(labels, scores))
+    return ranking_metrics(np.concatenate(pos), np.concatenate(neg)[:, None])["ap"]
 
 
 def train_pyg_tgn(events: EventStream, split: Split, *, batch_size: int, epochs: int, memory_dim: int = 100,
