@@ -29,8 +29,68 @@ def sample_negatives(candidates: np.ndarray, size: int | tuple[int, ...], seed: 
     return np.asarray(candidates, dtype=np.int64)[positions]
 
 
+def named_seed(seed: int, *names: str) -> int:
+    """A seed derived from `seed` and names (a split, a strategy), identical in every process."""
+    return _stable_seed(seed, *(zlib.crc32(name.encode("utf-8")) for name in names))
+
+
 def eval_negatives(candidates: np.ndarray, num: int, k: int, split_name: str, seed: int) -> np.ndarray:
     """`k` negatives for each of `num` positives of an evaluation split, shape (num, k), fixed by
     (`seed`, `split_name`) so every model and run ranks against the same negatives."""
-    split_seed = _stable_seed(seed, zlib.crc32(split_name.encode("utf-8")))
-    return sample_negatives(candidates, (num, k), split_seed)
+    return sample_negatives(candidates, (num, k), named_seed(seed, split_name))
+
+
+NEGATIVE_STRATEGIES = ("random", "historical", "inductive")
+
+
+def edge_negatives(strategy: str, src: np.ndarray, dst: np.ndarray, t: np.ndarray, batches: list[np.ndarray],
+                   observed_until: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Negative `(src, dst)` pairs for every event of `batches` (ascending indices into the stream), one per
+    event, by DyGLib's `historical` or `inductive` strategy (Poursafaei et al., NeurIPS 2022; DyGLib's
+    NegativeEdgeSampler).
+
+    For a batch spanning times `[t_first, t_last]`, the candidates are the distinct pairs of the stream seen
+    at or before `t_first`, minus the pairs seen within the batch's span; `inductive` also removes the pairs
+    seen up to `observed_until` (the last training event). A batch draws its negatives from the candidates
+    without replacement; when there are fewer candidates than events, it takes them all plus pairs drawn
+    uniformly from (any source) x (any destination) that are not one of the batch's own events.
+    """
+    if strategy not in ("historical", "inductive"):
+        raise ValueError(f"unknown negative strategy {strategy!r}: expected historical or inductive")
+    num_nodes = int(max(src.max(), dst.max())) + 1
+    keys = src.astype(np.int64) * num_nodes + dst
+    order = np.argsort(t, kind="stable")
+    sorted_t = t[order]
+    sources, destinations = np.unique(src), np.unique(dst)
+    observed = np.unique(keys[t <= observed_until]) if strategy == "inductive" else np.empty(0, np.int64)
+    rng = np.random.default_rng(seed)
+    drawn = []
+    for batch in batches:
+        start, end = t[batch[0]], t[batch[-1]]
+        history = np.unique(keys[order[:np.searchsorted(sorted_t, start, side="right")]])
+        in_span = keys[order[np.searchsorted(sorted_t, start, side="left"):np.searchsorted(sorted_t, end, side="right")]]
+        candidates = np.setdiff1d(np.setdiff1d(history, in_span), observed, assume_unique=True)
+        if len(candidates) >= len(batch):
+            drawn.append(rng.choice(candidates, size=len(batch), replace=False))
+        else:
+            filler = _random_pairs(len(batch) - len(candidates), sources, destinations, num_nodes, keys[batch], rng)
+            drawn.append(np.concatenate([filler, candidates]))
+    negatives = np.concatenate(drawn) if drawn else np.empty(0, np.int64)
+    return negatives // num_nodes, negatives % num_nodes
+
+
+def _random_pairs(size: int, sources: np.ndarray, destinations: np.ndarray, num_nodes: int,
+                  excluded: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`size` pair keys drawn uniformly from sources x destinations minus `excluded`, without replacement
+    while enough pairs exist (DyGLib's collision-checked random fill)."""
+    excluded = np.unique(excluded)
+    if len(sources) * len(destinations) <= 4 * (size + len(excluded)):
+        pairs = np.setdiff1d((sources[:, None] * num_nodes + destinations[None, :]).ravel(), excluded)
+        return rng.choice(pairs, size=size, replace=len(pairs) < size)
+    picked = np.empty(0, np.int64)
+    while len(picked) < size:
+        keys = rng.choice(sources, 2 * size) * num_nodes + rng.choice(destinations, 2 * size)
+        unique, first = np.unique(keys[~np.isin(keys, excluded)], return_index=True)
+        fresh = ~np.isin(unique, picked)
+        picked = np.concatenate([picked, unique[fresh][np.argsort(first[fresh])]])
+    return picked[:size]

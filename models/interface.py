@@ -20,7 +20,9 @@ class ModelInputs:
     """One batch, on the model's device.
 
     `blocks[-1]`'s destination nodes are the roots `[src (B), dst (B), negative dst (B * num_neg)]`, where
-    negative `k * B + j` is scored against source `j`; `memory` holds the rows of `blocks[0].srcdata["ID"]`.
+    negative `k * B + j` is scored against source `j`; with `negative_sources` (evaluation under DyGLib's
+    historical or inductive negatives), `[negative src (B * num_neg)]` follow, and negative `i` is scored
+    against negative source `i` instead. `memory` holds the rows of `blocks[0].srcdata["ID"]`.
     `input_states` groups the input slots whose node state is equal by construction (same memory row,
     same time); the model sets it for its embedding, which may compute per group instead of per slot.
     """
@@ -32,6 +34,7 @@ class ModelInputs:
     root_edge_feat: Tensor | None
     num_pos: int
     num_neg: int = 1
+    negative_sources: bool = False
     input_states: Groups | None = None
 
     @property

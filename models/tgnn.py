@@ -74,8 +74,18 @@ class TemporalModel(nn.Module):
             new_mem = self.updater(rows).index_select(0, states.index)
         state = self._node_state(new_mem, inputs, count)
         embeddings = self.embedding(state, replace(inputs, input_states=states))
-        pos, neg = self.predictor(embeddings, inputs.num_pos, inputs.num_neg)
+        pos, neg = self._scores(embeddings, inputs)
         return pos, neg, None if new_mem is None else self._write_back(new_mem, embeddings, inputs)
+
+    def _scores(self, embeddings: Tensor, inputs: ModelInputs) -> tuple[Tensor, Tensor]:
+        """The predictor's logits of the positives and the negatives (against their own sources, if given)."""
+        if not inputs.negative_sources:
+            return self.predictor(embeddings, inputs.num_pos, inputs.num_neg)
+        num_pos, count = inputs.num_pos, inputs.num_pos * inputs.num_neg
+        pos, _ = self.predictor(embeddings[:2 * num_pos], num_pos, 0)
+        negatives = embeddings[2 * num_pos:2 * num_pos + 2 * count]
+        neg, _ = self.predictor(torch.cat([negatives[count:], negatives[:count]]), count, 0)
+        return pos, neg
 
     def _node_state(self, new_mem: Tensor | None, inputs: ModelInputs, count: int) -> Tensor:
         if inputs.node_feat is None:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from graph.errors import UserError
+from graph.negatives import NEGATIVE_STRATEGIES
 from graph.registry import Registry
 from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS
@@ -47,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "eval": {
         "batch_size": 600,
         "mrr_negatives": 0,
+        "negatives": ["random"],  # DyGLib's strategies to report; random always (it selects the best epoch)
         "val_ratio": 0.15,
         "test_ratio": 0.15,
         "inductive_ratio": 0.1,
@@ -74,7 +76,7 @@ CHOICES: dict[str, tuple[str, ...] | Registry] = {
     "pipeline.mitigation.similarity": ("cosine", "coneighbour"),
     **{registry.config_key: registry for registry in REGISTRIES},
 }
-STRING_LISTS = {"plugins"}  # every other list holds integers
+STRING_LISTS = {"plugins", "eval.negatives"}  # every other list holds integers
 
 POSITIVE = {
     "memory.dim", "memory.dim_time", "memory.mailbox_size", "embedding.layers", "embedding.heads",
@@ -160,6 +162,10 @@ def _check_values(cfg: dict, source: str) -> None:
             value = _lookup(cfg, key)
             if value is not None and not in_range(value):
                 raise ConfigError(f"{source}: key '{key}' must be {expected}, got {value!r}")
+    unknown = [strategy for strategy in cfg["eval"]["negatives"] if strategy not in NEGATIVE_STRATEGIES]
+    if unknown:
+        raise ConfigError(f"{source}: key 'eval.negatives' has {unknown[0]!r}, expected a list of "
+                          f"{', '.join(NEGATIVE_STRATEGIES)}")
     fanouts = cfg["sampler"]["fanouts"]
     if not fanouts or any(f < 0 for f in fanouts):
         raise ConfigError(f"{source}: key 'sampler.fanouts' must be a non-empty list of counts >= 0, got {fanouts!r}")

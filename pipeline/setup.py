@@ -7,14 +7,14 @@ stage calls and the learning rate. A single process (`LocalWorld`, the default) 
 with a plain store and model."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from graph.errors import DataError
 from graph.events import EventStream
-from graph.negatives import eval_negatives, negative_seed, sample_negatives
+from graph.negatives import edge_negatives, eval_negatives, named_seed, negative_seed, sample_negatives
 from graph.split import Split, chronological_split
 from memory.store import MemoryStore
 from models.tgnn import TemporalModel, build_model
@@ -46,11 +46,19 @@ class RunSetup:
     eval_candidates: np.ndarray
     mitigation: Mitigation | None
     world: LocalWorld
+    _eval_negatives: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
 
     @property
     def train_batches(self) -> list[np.ndarray]:
         """The training events of this process's share of every global batch."""
         return self.world.shard.local_batches(self.split.train, self.cfg["train"]["batch_size"])
+
+    def eval_negatives(self, split_name: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """`split_negatives` of a split, drawn once per run (they are fixed, and the historical ones take a
+        pass over the stream)."""
+        if split_name not in self._eval_negatives:
+            self._eval_negatives[split_name] = split_negatives(self, split_name, indices)
+        return self._eval_negatives[split_name]
 
     def eval_positions(self, num_events: int) -> list[np.ndarray]:
         """Positions in an evaluation split of `num_events` of this process's share of every batch."""
@@ -127,10 +135,10 @@ def training_stages(setup: RunSetup, epoch: int) -> LinkPredictionStages:
     batches = setup.train_batches
     num_neg = setup.cfg["train"]["num_neg"]
 
-    def negatives(i: int, events: np.ndarray) -> np.ndarray:
+    def negatives(i: int, events: np.ndarray) -> tuple[np.ndarray, None]:
         size = len(global_batches[i])
         drawn = sample_negatives(setup.train_candidates, (num_neg, size), negative_seed(setup.seed, epoch, i))
-        return drawn[:, shard.share(size)].reshape(-1)
+        return drawn[:, shard.share(size)].reshape(-1), None
 
     return LinkPredictionStages(
         batches=batches, stream=setup.stream, sampler=setup.train_sampler, negatives=negatives,
@@ -140,18 +148,52 @@ def training_stages(setup: RunSetup, epoch: int) -> LinkPredictionStages:
     )
 
 
+def negative_columns(cfg: dict) -> dict[str, slice]:
+    """The columns of an evaluation split's negatives that each strategy of `eval.negatives` fills: random
+    first (`max(1, eval.mrr_negatives)` destinations per event; the first one gives AP/AUC), then one column
+    for each of the others, in config order."""
+    columns = {"random": slice(0, max(1, cfg["eval"]["mrr_negatives"]))}
+    for strategy in cfg["eval"]["negatives"]:
+        if strategy not in columns:
+            end = next(reversed(columns.values())).stop
+            columns[strategy] = slice(end, end + 1)
+    return columns
+
+
+def split_negatives(setup: RunSetup, split_name: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Negative destinations `(len(indices), columns)` of an evaluation split, laid out by `negative_columns`,
+    and their sources (None when random is the only strategy: each negative keeps its event's source).
+
+    Fixed by the run's seed, the split and the strategy, so every model and run ranks against the same
+    negatives; the historical and inductive ones follow DyGLib over the global evaluation batches."""
+    columns = negative_columns(setup.cfg)
+    events, split = setup.events, setup.split
+    random = columns["random"]
+    dst = [eval_negatives(setup.eval_candidates, len(indices), random.stop, split_name, setup.seed)]
+    src = [np.repeat(events.src[indices][:, None], random.stop, axis=1)]
+    batch_size = setup.cfg["eval"]["batch_size"]
+    batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
+    for strategy in list(columns)[1:]:
+        neg_src, neg_dst = edge_negatives(strategy, events.src, events.dst, events.t, batches,
+                                          observed_until=events.t[split.train[-1]],
+                                          seed=named_seed(setup.seed, split_name, strategy))
+        src.append(neg_src[:, None])
+        dst.append(neg_dst[:, None])
+    return np.hstack(dst), np.hstack(src) if len(columns) > 1 else None
+
+
 def evaluation_stages(setup: RunSetup, split_name: str, indices: np.ndarray, version_offset: int) -> LinkPredictionStages:
-    """Stage functions that score a split with negatives fixed by seed, so runs are comparable."""
-    num_neg = max(1, setup.cfg["eval"]["mrr_negatives"])
-    fixed = eval_negatives(setup.eval_candidates, len(indices), num_neg, split_name, setup.seed)
+    """Stage functions that score a split against its fixed negatives (`split_negatives`)."""
+    neg_dst, neg_src = setup.eval_negatives(split_name, indices)
     positions = setup.eval_positions(len(indices))
     batches = [indices[p] for p in positions]
 
-    def negatives(i: int, events: np.ndarray) -> np.ndarray:
-        return fixed[positions[i]].T.reshape(-1)
+    def negatives(i: int, events: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        rows = positions[i]
+        return neg_dst[rows].T.reshape(-1), None if neg_src is None else neg_src[rows].T.reshape(-1)
 
     return LinkPredictionStages(
         batches=batches, stream=setup.stream, sampler=setup.eval_sampler, negatives=negatives,
-        num_neg=num_neg, model=setup.model, store=setup.store, device=setup.device,
+        num_neg=neg_dst.shape[1], model=setup.model, store=setup.store, device=setup.device,
         version_offset=version_offset, sample_seed=lambda i: negative_seed(setup.seed + 2, 0, i),
     )

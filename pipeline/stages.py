@@ -42,6 +42,7 @@ class BatchContext:
     roots: np.ndarray
     root_ts: np.ndarray
     input_nodes: torch.Tensor  # host ids of the input layer's nodes: the memory fetch reads them, not the blocks
+    negative_sources: bool = False  # the roots end with a source for each negative (ModelInputs)
     blocks: list = field(default_factory=list)
     edge_feat: list = field(default_factory=list)
     node_feat: torch.Tensor | None = None
@@ -85,7 +86,9 @@ class Mitigation:
                 or batch - self.last_refresh >= self.refresh_every)
 
 
-NegativeFn = Callable[[int, np.ndarray], np.ndarray]
+# (batch index, its events) -> negative destinations (num_neg * B, negative k * B + j against event j) and
+# their sources (same layout), or None where each negative keeps its event's source
+NegativeFn = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
 
 @dataclass(kw_only=True)
@@ -121,12 +124,13 @@ class LinkPredictionStages:
         """Stage 1: negatives and temporal neighbours of the batch's roots, as DGL blocks."""
         events = self.batches[i]
         src, dst, t = self.stream.src[events], self.stream.dst[events], self.stream.t[events]
-        neg = self.negatives(i, events)
-        roots = np.concatenate([src, dst, neg])
-        root_ts = np.concatenate([t, t, np.tile(t, self.num_neg)])
+        neg_dst, neg_src = self.negatives(i, events)
+        negatives = [neg_dst] if neg_src is None else [neg_dst, neg_src]
+        roots = np.concatenate([src, dst, *negatives])
+        root_ts = np.concatenate([t, t, *[np.tile(t, self.num_neg)] * len(negatives)])
         blocks = self.sampler.sample(roots, root_ts, seed=self.sample_seed(i))
         return BatchContext(index=i, events=events, roots=roots, root_ts=root_ts, input_nodes=blocks[0].srcdata["ID"],
-                            blocks=blocks)
+                            blocks=blocks, negative_sources=neg_src is not None)
 
     def fetch_features(self, i: int, ctx: BatchContext) -> None:
         """Stage 2: gather the sub-graph's edge and node features and move them with the blocks."""
@@ -184,6 +188,7 @@ class LinkPredictionStages:
         return ModelInputs(
             blocks=ctx.blocks, memory=ctx.memory, edge_feat=ctx.edge_feat, node_feat=ctx.node_feat,
             root_edge_feat=ctx.root_edge_feat, num_pos=len(ctx.events), num_neg=self.num_neg,
+            negative_sources=ctx.negative_sources,
         )
 
     def train(self, i: int, ctx: BatchContext) -> None:

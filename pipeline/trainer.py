@@ -26,7 +26,7 @@ from pipeline.policies import Policy, make_policy
 from pipeline.profiler import StageProfiler
 from pipeline.reporting import RunLog
 from pipeline.runner import STAGES, RunStats, run_batches
-from pipeline.setup import RunSetup, build_setup, evaluation_stages, training_stages
+from pipeline.setup import RunSetup, build_setup, evaluation_stages, negative_columns, training_stages
 from pipeline.stages import LinkPredictionStages
 
 
@@ -54,17 +54,24 @@ def run_stages(stages: LinkPredictionStages, policy: Policy, profiler: StageProf
 def evaluate(setup: RunSetup, name: str, indices: np.ndarray, inductive: np.ndarray, version_offset: int,
              stop: threading.Event | None, show_progress: bool) -> tuple[dict[str, float], int]:
     """Score a split in time order, continuing the memory; return its metrics (over the whole split, from
-    every process's scores, plus DyGLib's batch means as `{name}_batch_ap/auc`) and the next version."""
+    every process's scores, plus DyGLib's batch means as `{name}_batch_ap/auc`) and the next version.
+
+    Metrics under random negatives have plain names (`test_ap`); under DyGLib's other strategies they end
+    in `@historical` or `@inductive` (`test_ap@historical`)."""
     stages = evaluation_stages(setup, name, indices, version_offset)
     run_stages(stages, make_policy("sequential"), None, stop, f"eval {name}", show_progress)
     pos, neg = setup.world.split_scores(np.concatenate(setup.eval_positions(len(indices))),
                                         np.concatenate(stages.pos_scores), np.concatenate(stages.neg_scores))
-    metrics = {f"{name}_{key}": value for key, value in ranking_metrics(pos, neg).items()}
-    metrics.update({f"{name}_batch_{key}": value
-                    for key, value in batch_mean_metrics(pos, neg, setup.cfg["eval"]["batch_size"]).items()})
     is_inductive = np.isin(indices, inductive)
-    metrics.update({f"{name}_inductive_{key}": value
-                    for key, value in ranking_metrics(pos[is_inductive], neg[is_inductive]).items()})
+    metrics = {}
+    for strategy, columns in negative_columns(setup.cfg).items():
+        suffix = "" if strategy == "random" else f"@{strategy}"
+        scored = neg[:, columns]
+        metrics.update({f"{name}_{key}{suffix}": value for key, value in ranking_metrics(pos, scored).items()})
+        metrics.update({f"{name}_batch_{key}{suffix}": value for key, value in
+                        batch_mean_metrics(pos, scored, setup.cfg["eval"]["batch_size"]).items()})
+        metrics.update({f"{name}_inductive_{key}{suffix}": value for key, value in
+                        ranking_metrics(pos[is_inductive], scored[is_inductive]).items()})
     return metrics, version_offset + len(stages.batches)
 
 
@@ -204,7 +211,7 @@ def _results(setup: RunSetup, state: TrainingState, mode: str) -> dict[str, Any]
             "val_ap", "val_auc", "test_ap", "test_auc", "val_inductive_ap", "val_inductive_auc",
             "test_inductive_ap", "test_inductive_auc", "val_batch_ap", "val_batch_auc", "test_batch_ap",
             "test_batch_auc")},
-        **{key: value for key, value in best.items() if key.endswith("_mrr")},
+        **{key: value for key, value in best.items() if key.endswith("_mrr") or "@" in key},
         "stage_time_s": stage_time,
         "staleness": {
             "k": float(np.mean([h["k_mean"] for h in history])) if history else 0.0,

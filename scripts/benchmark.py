@@ -39,6 +39,13 @@ slowed by them and its events/s should not be trusted.
 `breakdown`: where a sequential training step's time goes on the `compare` cases: milliseconds per batch
 of each stage (an unprofiled pass), and the train stage split into forward, backward and optimizer step in
 the proportions torch.profiler measures on the following batches. The JSON names the commit it measured.
+
+    python scripts/benchmark.py accuracy --configs configs/dyglib/tgn.yml --data uci,enron --seeds 0,1,2 \
+        --epochs 10 --jobs 2 --out runs/bench_accuracy.json
+
+`accuracy`: trains each config on each dataset with each seed (`scripts/train.py`, one thread per run,
+`--jobs` runs at once) and records every validation and test metric of the best epoch, with mean and
+standard deviation over seeds: under each negative strategy the configs' `eval.negatives` lists.
 """
 from __future__ import annotations
 
@@ -57,6 +64,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dgl
@@ -103,6 +111,8 @@ TRAIN_VARIANTS: dict[str, dict] = {  # variant name -> config overrides
 }
 TRAIN_TABLE = ["variant", "events_per_s", "speedup", "ideal_speedup", "test_ap", "k", "staleness_mean",
                "staleness_max", "train_busy", *(f"{stage}_ms" for stage in STAGES)]
+ACCURACY_TABLE = ["model", "dataset", "seeds", "test_ap_mean", "test_ap@historical_mean", "test_ap@inductive_mean",
+                  "test_auc_mean", "test_auc@historical_mean", "test_auc@inductive_mean"]
 SOAK_TABLE = ["epoch", "rss_mb", "peak_rss_mb", "epoch_s", "test_ap"]
 SOAK_GROWTH_FRACTION = 0.05  # the last epoch's RSS may exceed epoch 2's by this share ...
 SOAK_GROWTH_MB = 50.0  # ... or by this many MB, whichever is larger
@@ -124,12 +134,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line with one subcommand per benchmark; each sets `run` (the function that performs it,
     returning a JSON-able dict with a "results" list of rows) and `table` (the row keys to print)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{sampler,train,soak,compare,breakdown}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{sampler,train,soak,compare,breakdown,accuracy}")
     add_sampler_command(commands)
     add_train_command(commands)
     add_soak_command(commands)
     add_compare_command(commands)
     add_breakdown_command(commands)
+    add_accuracy_command(commands)
     return parser.parse_args(argv)
 
 
@@ -207,6 +218,20 @@ def add_compare_command(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--case", choices=list(COMPARE_CASES), required=True)
     add_compare_arguments(run)
     run.set_defaults(run=compare_run, table=None, out=None)
+
+
+def add_accuracy_command(commands: argparse._SubParsersAction) -> None:
+    """The `accuracy` subcommand and its options."""
+    parser = commands.add_parser("accuracy", help="test AP/AUC over seeds under each negative strategy")
+    parser.add_argument("--configs", default="configs/dyglib/tgn.yml,configs/dyglib/jodie.yml",
+                        help="comma-separated config files")
+    parser.add_argument("--data", default="uci,enron", help="comma-separated datasets")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs of every config")
+    parser.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
+    parser.add_argument("--runs-dir", default="runs/accuracy", help="where each run writes its directory")
+    parser.add_argument("--out", required=True, help="JSON file for the results")
+    parser.set_defaults(run=benchmark_accuracy, table=ACCURACY_TABLE)
 
 
 def add_breakdown_command(commands: argparse._SubParsersAction) -> None:
@@ -685,6 +710,43 @@ def benchmark_breakdown(args: argparse.Namespace) -> dict:
         "machine": platform.processor() or platform.machine(),
         "results": [breakdown_case(name, args) for name in names],
     }
+
+
+def accuracy_run(config: str, data: str, seed: int, args: argparse.Namespace) -> dict:
+    """Train one (config, dataset, seed) in its own process on one thread; its results.json metrics."""
+    out = Path(args.runs_dir) / f"{Path(config).stem}_{data}_s{seed}"
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", config, "--data", data,
+               "--seed", str(seed), "--threads", "1", "--no-progress", "--overwrite", "--out", str(out)]
+    if args.epochs is not None:
+        command += ["--epochs", str(args.epochs)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise UserError(f"{' '.join(command[1:])} failed: {done.stderr.strip().splitlines()[-1:]}")
+    results = json.loads((out / "results.json").read_text())
+    metrics = {key: value for key, value in results.items()
+               if isinstance(value, float) and key.startswith(("val_", "test_"))}
+    return {"config": config, "model": results["model"], "dataset": data, "seed": seed,
+            "epochs": results["epochs"], "best_epoch": results["best_epoch"], **metrics}
+
+
+def benchmark_accuracy(args: argparse.Namespace) -> dict:
+    """Every (config, dataset, seed) trained to its best validation epoch, `--jobs` at a time, with the
+    mean and standard deviation over seeds of every test metric."""
+    plan = [(config, data, int(seed)) for config in args.configs.split(",") for data in args.data.split(",")
+            for seed in args.seeds.split(",")]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        runs = list(pool.map(lambda item: accuracy_run(*item, args), plan))
+    summary = []
+    for config in args.configs.split(","):
+        for data in args.data.split(","):
+            group = [run for run in runs if run["config"] == config and run["dataset"] == data]
+            row = {"model": group[0]["model"], "dataset": data, "seeds": len(group)}
+            for key in sorted({key for run in group for key in run if key.startswith("test_")}):
+                values = [run[key] for run in group]
+                row[f"{key}_mean"], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
+            summary.append(row)
+    return {"benchmark": "accuracy", "dataset": args.data, "command": " ".join(sys.argv), "commit": git_commit(),
+            "versions": library_versions(), "runs": runs, "results": summary}
 
 
 def library_versions() -> dict[str, str]:
