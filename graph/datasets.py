@@ -6,7 +6,7 @@ from pathlib import Path
 
 from graph.errors import DataError
 from graph.events import EventStream
-from graph.loaders import load_events
+from graph.loaders import ColumnChoice, load_events
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 BUILTIN_DATASETS: dict[str, Path] = {
@@ -17,12 +17,13 @@ BUILTIN_DATASETS: dict[str, Path] = {
 DEFAULT_DATASET = "uci"
 
 
-def load_dataset(name_or_path: str, fmt: str | None = None) -> EventStream:
-    """Load a built-in dataset by name, or any supported file (or TGL directory) by path."""
+def load_dataset(name_or_path: str, fmt: str | None = None, columns: ColumnChoice | None = None) -> EventStream:
+    """Load a built-in dataset by name, or any supported file (or TGL directory) by path; `columns` picks
+    the columns of a csv or whitespace file."""
     if name_or_path in BUILTIN_DATASETS:
-        return load_events(BUILTIN_DATASETS[name_or_path], fmt=fmt, name=name_or_path)
+        return load_events(BUILTIN_DATASETS[name_or_path], fmt=fmt, name=name_or_path, columns=columns)
     path = Path(name_or_path)
     if path.exists() or len(path.parts) > 1 or path.suffix:
-        return load_events(path, fmt=fmt)
+        return load_events(path, fmt=fmt, columns=columns)
     known = ", ".join(sorted(BUILTIN_DATASETS))
     raise DataError(f"{name_or_path}: unknown dataset name and no such file (built-in datasets: {known})")

@@ -8,6 +8,10 @@ Formats (`fmt`):
 - "jodie": whitespace-separated `src dst t [feat ...]`, no header (JODIE's ml_wikipedia.txt).
 - "csv": comma-separated `src,dst,t[,feat ...]`, header optional; columns are taken by position.
 Any file may be compressed as .xz or .gz.
+
+For csv and whitespace files laid out otherwise, `ColumnChoice` (`--columns src=0,dst=1,t=3`) names the
+columns by 0-based position or header name. Without it, a time column read by position that looks like
+something else (many rows going back in time, few distinct values) is an error that points to it.
 """
 from __future__ import annotations
 
@@ -37,6 +41,42 @@ READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)  # unreadable file
 ID_LIMIT = 2**63  # ids are int64
 FLOAT_ID_LIMIT = 2**53  # from here on, an id read as a float may have been rounded to another id
 MAX_FLOAT32 = float(np.finfo(np.float32).max)  # features are stored as float32
+# a time column taken by position is implausible when more than this share of rows go back in time ...
+TIME_BACKWARD_SHARE = 0.05
+# ... or when it holds fewer distinct values than this share of the rows (both checked on unsorted files only)
+TIME_DISTINCT_SHARE = 0.01
+TIME_CHECK_MIN_ROWS = 100  # below this, shares of rows say too little to refuse a file
+COLUMN_KEYS = ("src", "dst", "t", "feat")
+
+
+@dataclass(frozen=True)
+class ColumnChoice:
+    """Which columns of a csv or whitespace file hold the source, destination, time and edge features:
+    0-based positions or header names."""
+
+    src: int | str
+    dst: int | str
+    t: int | str
+    feat: tuple[int | str, ...] = ()
+
+
+def parse_columns(spec: str) -> ColumnChoice:
+    """`src=0,dst=1,t=3[,feat=4+5]` (positions or header names) as a `ColumnChoice`."""
+    chosen: dict[str, list[int | str]] = {}
+    for item in spec.split(","):
+        key, _, value = (part.strip() for part in item.partition("="))
+        if key not in COLUMN_KEYS or not value:
+            raise DataError(f"--columns {spec!r}: expected key=column pairs for {', '.join(COLUMN_KEYS)} "
+                            f"(e.g. src=0,dst=1,t=3), got {item.strip()!r}")
+        if key in chosen:
+            raise DataError(f"--columns {spec!r}: key {key!r} is given twice")
+        chosen[key] = [int(v) if v.strip().isdigit() else v.strip() for v in value.split("+")]
+    missing = [key for key in COLUMN_KEYS[:3] if key not in chosen]
+    if missing:
+        raise DataError(f"--columns {spec!r}: missing {', '.join(missing)} (src, dst and t are required)")
+    if any(len(chosen[key]) != 1 for key in COLUMN_KEYS[:3]):
+        raise DataError(f"--columns {spec!r}: src, dst and t take one column each")
+    return ColumnChoice(chosen["src"][0], chosen["dst"][0], chosen["t"][0], tuple(chosen.get("feat", ())))
 
 
 @dataclass(frozen=True)
@@ -51,15 +91,24 @@ class _RawEvents:
     ext_roll: np.ndarray | None = None
 
 
-def load_events(path: str | Path, fmt: str | None = None, name: str | None = None) -> EventStream:
+def load_events(path: str | Path, fmt: str | None = None, name: str | None = None,
+                columns: ColumnChoice | None = None) -> EventStream:
     """Load an event stream from `path` (a file, or a TGL directory holding edges.csv).
 
     `fmt` is one of FORMATS, or None to detect it from the header and file name; `name` defaults to
     the dataset name the file name implies (`ml_uci.csv.xz` -> "uci", `DIR/edges.csv` -> "DIR").
+    `columns` picks the columns of a csv or whitespace file (then `fmt` None means csv when the first
+    line has a comma).
     """
     file = _resolve_path(Path(path))
-    fmt = detect_format(file) if fmt is None else _known_format(fmt, file)
-    raw = _READERS[fmt](file)
+    if columns is None:
+        fmt = detect_format(file) if fmt is None else _known_format(fmt, file)
+        raw = _READERS[fmt](file)
+    else:
+        fmt = ("csv" if "," in _first_line(file) else "jodie") if fmt is None else _known_format(fmt, file)
+        if fmt not in POSITIONAL_SEPARATORS:
+            raise DataError(f"{file}: --columns applies to csv and whitespace (jodie) files, not to format {fmt!r}")
+        raw = _read_positional(file, POSITIONAL_SEPARATORS[fmt], columns)
     return event_stream_from_raw(
         name or dataset_name(file), raw.src, raw.dst, raw.t, source=str(file),
         edge_feat=raw.edge_feat, raw_node_feat=raw.node_feat, ext_roll=raw.ext_roll,
@@ -295,22 +344,58 @@ def _edge_feature_columns(frame: pd.DataFrame, columns: Sequence, path: Path) ->
     return block
 
 
-def _read_positional(path: Path, sep: str) -> _RawEvents:
-    """`src, dst, t, feat...` by position, with or without a header line."""
+def _read_positional(path: Path, sep: str, columns: ColumnChoice | None = None) -> _RawEvents:
+    """`src, dst, t, feat...` by position, with or without a header line, or the columns `columns` names."""
     frame = _read_table(path, sep=sep, header=0 if _has_header(path, sep) else None)
-    if frame.shape[1] < 3:
-        raise DataError(f"{path}: expected at least 3 columns (src, dst, t), found {frame.shape[1]}")
-    src_column, dst_column, time_column, *feature_columns = frame.columns
-    return _RawEvents(
+    if columns is None:
+        if frame.shape[1] < 3:
+            raise DataError(f"{path}: expected at least 3 columns (src, dst, t), found {frame.shape[1]}")
+        src_column, dst_column, time_column, *feature_columns = frame.columns
+    else:
+        src_column, dst_column, time_column = (_chosen_column(frame, key, path)
+                                               for key in (columns.src, columns.dst, columns.t))
+        feature_columns = [_chosen_column(frame, key, path) for key in columns.feat]
+    raw = _RawEvents(
         src=_node_id_column(frame, src_column, path), dst=_node_id_column(frame, dst_column, path),
         t=_finite_numbers(frame, [time_column], path, "timestamp")[:, 0],
         edge_feat=_edge_feature_columns(frame, feature_columns, path) if feature_columns else None,
     )
+    if columns is None:
+        _require_plausible_time(raw.t, frame, time_column, path)
+    return raw
 
 
+def _chosen_column(frame: pd.DataFrame, key: int | str, path: Path) -> object:
+    """The frame's column at 0-based position `key`, or with header name `key`."""
+    if isinstance(key, int):
+        if key >= frame.shape[1]:
+            raise DataError(f"{path}: --columns names position {key}, but the file has {frame.shape[1]} columns "
+                            f"(positions 0 to {frame.shape[1] - 1})")
+        return frame.columns[key]
+    if key not in frame.columns or isinstance(frame.columns[0], int):
+        header = ", ".join(map(str, frame.columns)) if not isinstance(frame.columns[0], int) else "no header line"
+        raise DataError(f"{path}: --columns names column {key!r}, which the file does not have ({header})")
+    return key
+
+
+def _require_plausible_time(t: np.ndarray, frame: pd.DataFrame, column: object, path: Path) -> None:
+    """A time column taken by position must look like one: an unsorted column with many rows going back in
+    time, or with few distinct values, is more likely a rating or a count than a timestamp."""
+    backward = int(np.count_nonzero(t[1:] < t[:-1]))
+    if backward == 0 or len(t) < TIME_CHECK_MIN_ROWS:
+        return
+    distinct = len(np.unique(t))
+    if backward > TIME_BACKWARD_SHARE * (len(t) - 1) or distinct < TIME_DISTINCT_SHARE * len(t):
+        raise DataError(
+            f"{path}: {_column_label(frame, column)} (position {frame.columns.get_loc(column)}), read as the "
+            f"time, does not look like one: "
+            f"{backward / (len(t) - 1):.0%} of rows go back in time and it has {distinct:,} distinct values in "
+            f"{len(t):,} rows; name the columns with --columns src=0,dst=1,t=N (0-based positions or header names)")
+
+
+POSITIONAL_SEPARATORS = {"jodie": r"\s+", "csv": ","}
 _READERS = {
     "tgl": _read_tgl,
     "dyglib": _read_dyglib,
-    "jodie": partial(_read_positional, sep=r"\s+"),
-    "csv": partial(_read_positional, sep=","),
+    **{fmt: partial(_read_positional, sep=sep) for fmt, sep in POSITIONAL_SEPARATORS.items()},
 }

@@ -12,6 +12,7 @@ Any other exception is a bug and propagates with Python's own traceback (exit 1)
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import traceback
@@ -20,7 +21,10 @@ from typing import NoReturn
 
 os.environ.setdefault("DGLBACKEND", "pytorch")
 
-from graph.errors import UserError, one_line  # noqa: E402  (after DGLBACKEND, before anything imports dgl)
+from graph.datasets import load_dataset  # noqa: E402  (after DGLBACKEND, before anything imports dgl)
+from graph.errors import UserError, one_line  # noqa: E402
+from graph.events import EventStream  # noqa: E402
+from graph.loaders import parse_columns  # noqa: E402
 
 FAILURE_EXIT = 1
 USER_ERROR_EXIT = 2
@@ -66,3 +70,18 @@ def run_cli(main: Callable[[list[str] | None], int]) -> None:
         hint = "" if debug_enabled() else f" (set {DEBUG_ENV}=1 for the traceback)"
         _exit_with(err, describe_failure(err) + hint, FAILURE_EXIT)
     sys.exit(code)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """--data, --format and --columns: which event stream a script reads, and how."""
+    parser.add_argument("--data", default=default, help="built-in dataset name (uci, wikipedia, enron) or a file path")
+    parser.add_argument("--format", default=None, help="input format when --data is a file (tgl, dyglib, jodie, csv)")
+    parser.add_argument("--columns", default=None,
+                        help="columns of a csv or whitespace file, by 0-based position or header name: "
+                             "src=0,dst=1,t=3 (plus feat=4+5 for edge features)")
+
+
+def load_data(args: argparse.Namespace) -> EventStream:
+    """The event stream --data, --format and --columns describe."""
+    columns = None if args.columns is None else parse_columns(args.columns)
+    return load_dataset(args.data, fmt=args.format, columns=columns)

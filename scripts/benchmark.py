@@ -72,6 +72,7 @@ import numpy as np
 import torch
 
 import pyg_reference
+from _cli import add_data_arguments, load_data
 from graph.datasets import load_dataset
 from graph.synthetic import with_random_edge_features
 from graph.errors import UserError
@@ -144,12 +145,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """--data and --format, shared by every subcommand."""
-    parser.add_argument("--data", default="wikipedia", help="built-in dataset name or a file path")
-    parser.add_argument("--format", default=None, help="format when --data is a file (tgl, dyglib, jodie, csv)")
-
-
 def add_training_arguments(parser: argparse.ArgumentParser, default_epochs: int) -> None:
     """Options of the subcommands that train: epochs, batch size, seed, threads and the output file."""
     parser.add_argument("--epochs", type=int, default=default_epochs, help="epochs of each run")
@@ -162,7 +157,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, default_epochs: int)
 def add_sampler_command(commands: argparse._SubParsersAction) -> None:
     """The `sampler` subcommand and its options."""
     parser = commands.add_parser("sampler", help="temporal neighbour sampling throughput (roots/s)")
-    add_data_arguments(parser)
+    add_data_arguments(parser, "wikipedia")
     parser.add_argument("--batch", type=int, default=600, help="events per batch (3 roots per event)")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes over the whole stream per case")
     parser.add_argument("--seed", type=int, default=0, help="seed of the negatives and the uniform draws")
@@ -173,7 +168,7 @@ def add_sampler_command(commands: argparse._SubParsersAction) -> None:
 def add_train_command(commands: argparse._SubParsersAction) -> None:
     """The `train` subcommand and its options."""
     parser = commands.add_parser("train", help="training throughput and accuracy of pipeline modes side by side")
-    add_data_arguments(parser)
+    add_data_arguments(parser, "wikipedia")
     parser.add_argument("--model", default="tgn", help="a config in configs/ (tgn, jodie, apan) or a YAML path")
     parser.add_argument("--modes", default="sequential,presample,mspipe",
                         help=f"comma-separated variants: {', '.join(TRAIN_VARIANTS)}, fixed-k")
@@ -188,7 +183,7 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
 def add_soak_command(commands: argparse._SubParsersAction) -> None:
     """The `soak` subcommand and its options."""
     parser = commands.add_parser("soak", help="memory growth of one long training run (RSS after every epoch)")
-    add_data_arguments(parser)
+    add_data_arguments(parser, "wikipedia")
     parser.add_argument("--config", default=str(REPO / "configs" / "tgn.yml"), help="YAML model/run config")
     parser.add_argument("--mode", choices=MODES, default="mspipe", help="pipeline mode")
     add_training_arguments(parser, default_epochs=5)
@@ -299,7 +294,7 @@ def benchmark_train(args: argparse.Namespace) -> dict:
     config_path = Path(args.model) if args.model.endswith((".yml", ".yaml")) else REPO / "configs" / f"{args.model}.yml"
     base = apply_overrides(load_config(config_path), {
         "train.epochs": args.epochs, "train.batch_size": args.batch_size, "eval.batch_size": args.batch_size})
-    events = load_dataset(args.data, fmt=args.format)
+    events = load_data(args)
     if args.edge_feat_dim > 0:
         events = with_random_edge_features(events, args.edge_feat_dim, args.seed)
     plan = configure_threads(args.threads)
@@ -380,7 +375,7 @@ def benchmark_sampler(args: argparse.Namespace) -> dict:
     if args.batch < 1 or args.repeat < 1:
         raise UserError(f"--batch and --repeat must be positive, got {args.batch} and {args.repeat}")
     torch.set_num_threads(1)
-    events = load_dataset(args.data, fmt=args.format)
+    events = load_data(args)
     begin = time.perf_counter()
     tcsr = TCSR.from_events(events.src, events.dst, events.t, events.num_nodes)
     build_s = time.perf_counter() - begin
@@ -485,7 +480,7 @@ def benchmark_soak(args: argparse.Namespace) -> dict:
     cfg = apply_overrides(load_config(args.config), {
         "train.epochs": args.epochs, "train.patience": 0, "pipeline.mode": args.mode,
         "train.batch_size": args.batch_size, "eval.batch_size": args.batch_size})
-    events = load_dataset(args.data, fmt=args.format)
+    events = load_data(args)
     plan = configure_threads(args.threads)
     gc.collect()
     start_mb = resident_mb()

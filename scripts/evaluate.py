@@ -8,9 +8,9 @@ import argparse
 import json
 from pathlib import Path
 
-from _cli import run_cli
+from _cli import add_data_arguments, load_data, run_cli
 
-from graph.datasets import DEFAULT_DATASET, load_dataset
+from graph.datasets import DEFAULT_DATASET
 from pipeline.checkpoint import CHECKPOINT_NAME, dataset_fingerprint, load_checkpoint
 from pipeline.device import resolve_device
 from pipeline.trainer import evaluate_checkpoint
@@ -19,11 +19,10 @@ from pipeline.trainer import evaluate_checkpoint
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="run directory written by scripts/train.py")
-    parser.add_argument("--data", default=DEFAULT_DATASET, help="the dataset the run was trained on")
-    parser.add_argument("--format", default=None)
+    add_data_arguments(parser, DEFAULT_DATASET)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    events = load_dataset(args.data, fmt=args.format)
+    events = load_data(args)
     path = Path(args.run) / CHECKPOINT_NAME
     ckpt = load_checkpoint(path, None, dataset_fingerprint(events))
     metrics = evaluate_checkpoint(ckpt, events, resolve_device(args.device))

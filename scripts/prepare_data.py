@@ -13,20 +13,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from _cli import run_cli
+from _cli import add_data_arguments, load_data, run_cli
 
-from graph.datasets import DEFAULT_DATASET, load_dataset
+from graph.datasets import DEFAULT_DATASET
 from graph.errors import UserError
 from graph.events import EventStream
-from graph.loaders import FORMATS, TGL_EDGES
+from graph.loaders import TGL_EDGES
 from graph.split import split_periods
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=DEFAULT_DATASET,
-                        help="built-in dataset name (uci, wikipedia, enron) or a file path")
-    parser.add_argument("--format", choices=FORMATS, help="input format when --data is a file (default: auto-detect)")
+    add_data_arguments(parser, DEFAULT_DATASET)
     parser.add_argument("--out", required=True, help="output directory (TGL layout)")
     parser.add_argument("--val-ratio", type=float, default=0.15, help="share of events (by time) in validation")
     parser.add_argument("--test-ratio", type=float, default=0.15, help="share of events (by time) in test")
@@ -49,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     if (out / TGL_EDGES).exists() and not args.overwrite:
         raise UserError(f"{out / TGL_EDGES}: already exists (pass --overwrite to replace it)")
-    events = load_dataset(args.data, fmt=args.format)
+    events = load_data(args)
     try:
         periods = split_periods(events, args.val_ratio, args.test_ratio)
     except ValueError as err:

@@ -17,11 +17,11 @@ import sys
 import threading
 from pathlib import Path
 
-from _cli import run_cli
+from _cli import add_data_arguments, load_data, run_cli
 
 import torch
 
-from graph.datasets import DEFAULT_DATASET, load_dataset
+from graph.datasets import DEFAULT_DATASET
 from graph.errors import UserError
 from graph.events import EventStream
 from pipeline.config import MODES, apply_overrides, load_config
@@ -37,8 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "configs" / "tgn.yml"), help="YAML model/run config")
-    parser.add_argument("--data", default=DEFAULT_DATASET, help="built-in dataset name (uci, wikipedia, enron) or a file path")
-    parser.add_argument("--format", default=None, help="input format when --data is a file (tgl, dyglib, jodie, csv)")
+    add_data_arguments(parser, DEFAULT_DATASET)
     parser.add_argument("--out", required=True, help="run directory for logs, checkpoints and results.json")
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     parser.add_argument("--batch-size", type=int, help="override train.batch_size and eval.batch_size")
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--resume and --overwrite exclude each other")
     cfg = build_config(args)
     device = resolve_device(args.device)
-    events = load_dataset(args.data, fmt=args.format)
+    events = load_data(args)
     world = init_world(device, args.dist_timeout) if args.distributed else LocalWorld()
     try:
         results = train_as(world, args, cfg, events, world.place(device))
