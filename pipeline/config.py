@@ -53,6 +53,10 @@ DEFAULTS: dict[str, Any] = {
         "test_ratio": 0.15,
         "inductive_ratio": 0.1,
     },
+    "edgebank": {  # read when model is edgebank (pipeline/baselines.py)
+        "memory": "unlimited",
+        "window_ratio": 0.15,
+    },
     "pipeline": {
         "mode": "mspipe",
         "k": 2,
@@ -73,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
 REGISTRIES: tuple[Registry, ...] = (STRATEGIES, UPDATERS, EMBEDDINGS, PREDICTORS, SCHEDULERS)
 CHOICES: dict[str, tuple[str, ...] | Registry] = {
     "memory.deliver_to": ("self", "neighbours"),
+    "edgebank.memory": ("unlimited", "window"),
     "pipeline.mitigation.similarity": ("cosine", "coneighbour"),
     **{registry.config_key: registry for registry in REGISTRIES},
 }
@@ -87,7 +92,7 @@ POSITIVE = {
 NON_NEGATIVE = {"train.weight_decay"}
 FRACTIONS = {
     "embedding.dropout", "eval.val_ratio", "eval.test_ratio", "eval.inductive_ratio",
-    "pipeline.mitigation.quantile", "pipeline.mitigation.gamma",
+    "pipeline.mitigation.quantile", "pipeline.mitigation.gamma", "edgebank.window_ratio",
 }
 RANGES: tuple[tuple[set[str], Callable[[float], bool], str], ...] = (
     (POSITIVE, lambda value: value > 0, "> 0"),

@@ -38,3 +38,20 @@ def batch_mean_metrics(pos: np.ndarray, neg: np.ndarray, batch_size: int) -> dic
     per_batch = [ranking_metrics(pos[start:start + batch_size], neg[start:start + batch_size, :1])
                  for start in range(0, len(pos), batch_size)]
     return {key: float(np.mean([metrics[key] for metrics in per_batch])) for key in ("ap", "auc")}
+
+
+def split_metrics(name: str, pos: np.ndarray, neg: np.ndarray, columns: dict[str, slice], batch_size: int,
+                  is_inductive: np.ndarray) -> dict[str, float]:
+    """Every metric of a split's scores, for each negative strategy's columns of `neg`: over the whole split
+    (`test_ap`), as DyGLib's batch means (`test_batch_ap`) and on the inductive events (`test_inductive_ap`).
+    Random negatives give the plain names; the other strategies' names end in `@strategy`."""
+    metrics = {}
+    for strategy, where in columns.items():
+        suffix = "" if strategy == "random" else f"@{strategy}"
+        scored = neg[:, where]
+        metrics.update({f"{name}_{key}{suffix}": value for key, value in ranking_metrics(pos, scored).items()})
+        metrics.update({f"{name}_batch_{key}{suffix}": value
+                        for key, value in batch_mean_metrics(pos, scored, batch_size).items()})
+        metrics.update({f"{name}_inductive_{key}{suffix}": value
+                        for key, value in ranking_metrics(pos[is_inductive], scored[is_inductive]).items()})
+    return metrics

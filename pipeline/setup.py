@@ -43,7 +43,6 @@ class RunSetup:
     optimizer: torch.optim.Optimizer
     store: MemoryStore | None
     train_candidates: np.ndarray
-    eval_candidates: np.ndarray
     mitigation: Mitigation | None
     world: LocalWorld
     _eval_negatives: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
@@ -57,7 +56,8 @@ class RunSetup:
         """`split_negatives` of a split, drawn once per run (they are fixed, and the historical ones take a
         pass over the stream)."""
         if split_name not in self._eval_negatives:
-            self._eval_negatives[split_name] = split_negatives(self, split_name, indices)
+            self._eval_negatives[split_name] = split_negatives(self.cfg, self.events, self.split, self.seed,
+                                                               split_name, indices)
         return self._eval_negatives[split_name]
 
     def eval_positions(self, num_events: int) -> list[np.ndarray]:
@@ -112,7 +112,6 @@ def build_setup(cfg: dict, events: EventStream, device: torch.device, seed: int,
         eval_sampler=_sampler(events, np.arange(events.num_events), cfg, seed),
         model=model, train_module=world.train_module(model), optimizer=optimizer, store=store,
         train_candidates=np.unique(events.dst[split.train]),
-        eval_candidates=np.unique(events.dst),
         mitigation=mitigation, world=world,
     )
 
@@ -160,23 +159,23 @@ def negative_columns(cfg: dict) -> dict[str, slice]:
     return columns
 
 
-def split_negatives(setup: RunSetup, split_name: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def split_negatives(cfg: dict, events: EventStream, split: Split, seed: int, split_name: str,
+                    indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Negative destinations `(len(indices), columns)` of an evaluation split, laid out by `negative_columns`,
     and their sources (None when random is the only strategy: each negative keeps its event's source).
 
     Fixed by the run's seed, the split and the strategy, so every model and run ranks against the same
     negatives; the historical and inductive ones follow DyGLib over the global evaluation batches."""
-    columns = negative_columns(setup.cfg)
-    events, split = setup.events, setup.split
+    columns = negative_columns(cfg)
     random = columns["random"]
-    dst = [eval_negatives(setup.eval_candidates, len(indices), random.stop, split_name, setup.seed)]
+    dst = [eval_negatives(np.unique(events.dst), len(indices), random.stop, split_name, seed)]
     src = [np.repeat(events.src[indices][:, None], random.stop, axis=1)]
-    batch_size = setup.cfg["eval"]["batch_size"]
+    batch_size = cfg["eval"]["batch_size"]
     batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
     for strategy in list(columns)[1:]:
         neg_src, neg_dst = edge_negatives(strategy, events.src, events.dst, events.t, batches,
                                           observed_until=events.t[split.train[-1]],
-                                          seed=named_seed(setup.seed, split_name, strategy))
+                                          seed=named_seed(seed, split_name, strategy))
         src.append(neg_src[:, None])
         dst.append(neg_dst[:, None])
     return np.hstack(dst), np.hstack(src) if len(columns) > 1 else None

@@ -16,12 +16,13 @@ import torch
 from tqdm import tqdm
 
 from graph.events import EventStream
+from pipeline.baselines import BASELINES, run_baseline
 from pipeline.checkpoint import (
     CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint, save_checkpoint,
 )
 from pipeline.config import validate_config
 from pipeline.distributed import LocalWorld
-from pipeline.evaluation import batch_mean_metrics, ranking_metrics
+from pipeline.evaluation import split_metrics
 from pipeline.policies import Policy, make_policy
 from pipeline.profiler import StageProfiler
 from pipeline.reporting import RunLog
@@ -62,16 +63,8 @@ def evaluate(setup: RunSetup, name: str, indices: np.ndarray, inductive: np.ndar
     run_stages(stages, make_policy("sequential"), None, stop, f"eval {name}", show_progress)
     pos, neg = setup.world.split_scores(np.concatenate(setup.eval_positions(len(indices))),
                                         np.concatenate(stages.pos_scores), np.concatenate(stages.neg_scores))
-    is_inductive = np.isin(indices, inductive)
-    metrics = {}
-    for strategy, columns in negative_columns(setup.cfg).items():
-        suffix = "" if strategy == "random" else f"@{strategy}"
-        scored = neg[:, columns]
-        metrics.update({f"{name}_{key}{suffix}": value for key, value in ranking_metrics(pos, scored).items()})
-        metrics.update({f"{name}_batch_{key}{suffix}": value for key, value in
-                        batch_mean_metrics(pos, scored, setup.cfg["eval"]["batch_size"]).items()})
-        metrics.update({f"{name}_inductive_{key}{suffix}": value for key, value in
-                        ranking_metrics(pos[is_inductive], scored[is_inductive]).items()})
+    metrics = split_metrics(name, pos, neg, negative_columns(setup.cfg), setup.cfg["eval"]["batch_size"],
+                            np.isin(indices, inductive))
     return metrics, version_offset + len(stages.batches)
 
 
@@ -112,7 +105,10 @@ def train(cfg: dict, events: EventStream, out_dir: Path, device: torch.device, s
     """Train `cfg` on `events`, writing logs, checkpoints and results into `out_dir`; return the results.
 
     `world` makes this process one rank of a data-parallel run (pipeline/distributed.py); default: alone.
+    A model that needs no training (`model: edgebank`) is only scored (pipeline/baselines.py).
     """
+    if cfg["model"] in BASELINES:
+        return run_baseline(cfg, events, out_dir, seed)
     setup = build_setup(cfg, events, device, seed, world)
     ckpt_path = out_dir / CHECKPOINT_NAME
     state = _restore(setup, ckpt_path) if resume else TrainingState()

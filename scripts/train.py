@@ -12,6 +12,7 @@ Data-parallel on N processes (docs/distributed.md); rank 0 writes --out, rank r 
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import threading
@@ -100,9 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         world.close()
     if world.rank == 0:
+        speed = results["train_events_per_s"]
         print(f"{results['model']} on {results['dataset']} ({results['mode']}): test AP {results['test_ap']:.4f}  "
               f"AUC {results['test_auc']:.4f}  inductive AP {results['test_inductive_ap']:.4f}  "
-              f"{results['train_events_per_s']:.0f} events/s  -> {Path(args.out) / 'results.json'}")
+              + ("" if math.isnan(speed) else f"{speed:.0f} events/s  ") + f"-> {Path(args.out) / 'results.json'}")
     return 0
 
 

@@ -12,7 +12,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yml"
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
 def test_shipped_configs_are_valid(path):
     cfg = load_config(path)
-    assert cfg["model"] in ("tgn", "jodie", "apan", "tgat", "dyrep")
+    assert cfg["model"] in ("tgn", "jodie", "apan", "tgat", "dyrep", "edgebank")
     assert cfg["train"]["batch_size"] in (200, 600)
 
 
