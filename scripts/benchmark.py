@@ -112,7 +112,7 @@ TRAIN_VARIANTS: dict[str, dict] = {  # variant name -> config overrides
 }
 TRAIN_TABLE = ["variant", "events_per_s", "speedup", "ideal_speedup", "test_ap", "k", "staleness_mean",
                "staleness_max", "train_busy", *(f"{stage}_ms" for stage in STAGES)]
-ACCURACY_TABLE = ["model", "dataset", "seeds", "test_ap_mean", "test_ap@historical_mean", "test_ap@inductive_mean",
+ACCURACY_TABLE = ["config", "dataset", "seeds", "test_ap_mean", "test_ap@historical_mean", "test_ap@inductive_mean",
                   "test_auc_mean", "test_auc@historical_mean", "test_auc@inductive_mean"]
 SOAK_TABLE = ["epoch", "rss_mb", "peak_rss_mb", "epoch_s", "test_ap"]
 SOAK_GROWTH_FRACTION = 0.05  # the last epoch's RSS may exceed epoch 2's by this share ...
@@ -735,7 +735,7 @@ def benchmark_accuracy(args: argparse.Namespace) -> dict:
     for config in args.configs.split(","):
         for data in args.data.split(","):
             group = [run for run in runs if run["config"] == config and run["dataset"] == data]
-            row = {"model": group[0]["model"], "dataset": data, "seeds": len(group)}
+            row = {"config": Path(config).stem, "model": group[0]["model"], "dataset": data, "seeds": len(group)}
             for key in sorted({key for run in group for key in run if key.startswith("test_")}):
                 values = [run[key] for run in group]
                 row[f"{key}_mean"], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
