@@ -90,13 +90,34 @@ def scatter_scores(positions: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> t
 
 
 def merge_updates(updates: list[MemoryUpdate]) -> MemoryUpdate:
-    """One update holding every node written by any of `updates` (given in rank order), laid out so that
-    `MemoryStore.update`'s last-occurrence rule keeps, per node, the row with the latest timestamp
-    (ties: the later update in the list, then the later row). Memory rows and mails are merged apart."""
-    nodes, mem, mem_ts = _by_time([u.nodes for u in updates], [u.mem for u in updates], [u.mem_ts for u in updates])
-    mail_nodes, mail, mail_ts = _by_time([u.mail_nodes for u in updates], [u.mail for u in updates],
-                                         [u.mail_ts for u in updates])
+    """One update holding every row of `updates` (one per rank, in rank order) in the order a single process
+    writes them, so `MemoryStore.update`'s last-occurrence rule keeps what a single process keeps.
+
+    A rank's memory rows are its events' endpoints `[src_j, dst_j, ...]` (`write_back.memory_update`), and
+    its local event `j` is event `rank + j * world` of the global batch (`Shard`): rows are put back in
+    global event order, so of two writes at the same time the later event wins, whichever rank held it.
+    Mails delivered to the roots themselves follow the same layout. Mails also delivered to neighbours
+    (APAN) are laid out by time within a rank; they are merged by time, equal times in rank order.
+    """
+    nodes, mem, mem_ts = _by_event([u.nodes for u in updates], [u.mem for u in updates], [u.mem_ts for u in updates])
+    mails = ([u.mail_nodes for u in updates], [u.mail for u in updates], [u.mail_ts for u in updates])
+    if all(torch.equal(u.mail_nodes, u.nodes) for u in updates):
+        mail_nodes, mail, mail_ts = _by_event(*mails)
+    else:
+        mail_nodes, mail, mail_ts = _by_time(*mails)
     return MemoryUpdate(nodes=nodes, mem=mem, mem_ts=mem_ts, mail_nodes=mail_nodes, mail=mail, mail_ts=mail_ts)
+
+
+def _by_event(nodes: list[torch.Tensor], rows: list[torch.Tensor],
+              times: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Concatenate the ranks' endpoint rows and sort them by global event position, then endpoint."""
+    world = len(nodes)
+    keys = []
+    for rank, part in enumerate(nodes):
+        row = torch.arange(len(part))
+        keys.append(2 * (rank + world * (row // 2)) + row % 2)
+    order = torch.argsort(torch.cat(keys))
+    return torch.cat(nodes)[order], torch.cat(rows)[order], torch.cat(times)[order]
 
 
 def _by_time(nodes: list[torch.Tensor], rows: list[torch.Tensor],

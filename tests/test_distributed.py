@@ -1,6 +1,6 @@
 """Data-parallel training (pipeline/distributed.py): batch sharding and update merging as pure functions,
-two gloo processes training TGN together on one shared memory store (merged memory against a
-single-process replay of every rank's updates, identical metrics on both ranks), and a rank that crashes
+two gloo processes training TGN together on one shared memory store (merged memory against what one
+process writes for the same global batches, identical metrics on both ranks), and a rank that crashes
 under torchrun."""
 from __future__ import annotations
 
@@ -65,17 +65,32 @@ def test_shards_interleave_every_global_batch_and_fold_a_tail_shorter_than_the_w
     assert [b.tolist() for b in single] == [indices[:10].tolist(), indices[10:20].tolist(), indices[20:].tolist()]
 
 
-def test_merge_keeps_the_latest_write_per_node_and_drops_none():
-    rank0 = update([1, 2, 3], [5.0, 7.0, 4.0], 0)
-    rank1 = update([2, 3, 4], [6.0, 4.0, 1.0], 1, mail_nodes=[1], mail_ts=[9.0])
+def test_merge_writes_what_one_process_writes_for_the_same_global_batch():
+    # a global batch of 4 events, (node, node) endpoints: e0 (1,2) t 5, e1 (3,4) t 5, e2 (3,1) t 5, e3 (2,5) t 6;
+    # rank 0 holds e0 and e2, rank 1 holds e1 and e3 (Shard's interleaving)
+    rank0 = update([1, 2, 3, 1], [5.0, 5.0, 5.0, 5.0], 0)
+    rank1 = update([3, 4, 2, 5], [5.0, 5.0, 6.0, 6.0], 1)
+    merged = merge_updates([rank0, rank1])
+    assert merged.nodes.tolist() == [1, 2, 3, 4, 3, 1, 2, 5], "rows in global event order"
     store = MemoryStore(6, 2, 3)
-    apply(store, 0, merge_updates([rank0, rank1]))
+    apply(store, 0, merged)
     batch = store.fetch(torch.arange(6))
-    assert batch.mem[:, 0].tolist() == [0, 0, 0, 1, 1, 0], "node 2: rank 0 is later; node 3: tie -> rank 1"
-    assert batch.mem_ts.tolist() == [0, 5, 7, 4, 1, 0]
-    assert batch.version.tolist() == [-1, 0, 0, 0, 0, -1]
-    assert batch.mail[:, 0, 0].tolist() == [0, 101, 100, 100, 0, 0], "node 1's later mail comes from rank 1"
-    assert batch.mail_count.tolist() == [0, 1, 1, 1, 0, 0], "one mail per node per merged batch"
+    # node 3 is written by e1 (rank 1) and e2 (rank 0) at the same time: the later event, on rank 0, wins
+    assert batch.mem[:, 0].tolist() == [0, 0, 1, 0, 1, 1]
+    assert batch.mem_ts.tolist() == [0, 5, 6, 5, 5, 6]
+    assert batch.mail[:, 0, 0].tolist() == [0, 100, 101, 100, 101, 101]
+    assert batch.mail_count.tolist() == [0, 1, 1, 1, 1, 1], "one mail per node per merged batch"
+
+
+def test_merge_of_mails_delivered_to_neighbours_keeps_the_latest_per_node():
+    rank0 = update([1, 2], [5.0, 5.0], 0, mail_nodes=[4, 1, 2], mail_ts=[5.0, 5.0, 5.0])
+    rank1 = update([3, 4], [6.0, 6.0], 1, mail_nodes=[1, 3, 4], mail_ts=[6.0, 6.0, 6.0])
+    merged = merge_updates([rank0, rank1])
+    store = MemoryStore(6, 2, 3)
+    apply(store, 0, merged)
+    batch = store.fetch(torch.arange(6))
+    assert batch.mail[:, 0, 0].tolist() == [0, 101, 100, 101, 101, 0]
+    assert batch.mail_ts[:, 0].tolist() == [0, 6, 5, 6, 6, 0]
 
 
 def free_port() -> int:
@@ -118,23 +133,23 @@ def run_rank(rank: int, port: int, out_dir: Path) -> None:
 
 
 def replay(per_rank_updates: list[list[MemoryUpdate]], store: MemoryStore) -> None:
-    """The reference merge, one row at a time: per node the latest timestamp, ties to the higher rank and
-    then the later row, batch after batch into `store`."""
+    """The reference: what one process writes for the same global batches. Every rank's endpoint rows are put
+    back in global event order (rank r's local event j is event r + j * world) and each node keeps its last
+    row, batch after batch into `store`."""
+    world = len(per_rank_updates)
     for batch, updates in enumerate(zip(*per_rank_updates)):
-        latest_mem, latest_mail = {}, {}
+        events = {}
         for rank, u in enumerate(updates):
+            assert torch.equal(u.mail_nodes, u.nodes), "TGN delivers mails to the roots themselves"
             for row, node in enumerate(u.nodes.tolist()):
-                key = (u.mem_ts[row].item(), rank, row)
-                if node not in latest_mem or key > latest_mem[node][0]:
-                    latest_mem[node] = (key, u.mem[row], u.mem_ts[row])
-            for row, node in enumerate(u.mail_nodes.tolist()):
-                key = (u.mail_ts[row].item(), rank, row)
-                if node not in latest_mail or key > latest_mail[node][0]:
-                    latest_mail[node] = (key, u.mail[row], u.mail_ts[row])
-        store.update(batch, torch.tensor(list(latest_mem)), torch.stack([v[1] for v in latest_mem.values()]),
-                     torch.stack([v[2] for v in latest_mem.values()]), torch.tensor(list(latest_mail)),
-                     torch.stack([v[1] for v in latest_mail.values()]),
-                     torch.stack([v[2] for v in latest_mail.values()]))
+                events[(rank + world * (row // 2), row % 2)] = (node, u.mem[row], u.mem_ts[row], u.mail[row])
+        latest = {}
+        for position in sorted(events):
+            node, *values = events[position]
+            latest[node] = values
+        nodes = torch.tensor(list(latest))
+        mem, mem_ts, mail = (torch.stack([values[i] for values in latest.values()]) for i in range(3))
+        store.update(batch, nodes, mem, mem_ts, nodes, mail, mem_ts)
 
 
 def last_epoch_training_updates(updates: list[tuple[int, MemoryUpdate]], num_batches: int) -> list[MemoryUpdate]:
