@@ -68,6 +68,9 @@ class JodieProjection(nn.Module):
     def __init__(self, dim: int, dropout: float = 0.0, momentum: float = 0.1) -> None:
         super().__init__()
         self.dim_out = dim
+        # Sums a batch's statistics over the processes that train on shares of it, so every process tracks
+        # the scale of the whole batch; identity for one process (data-parallel runs set an all-reduce).
+        self.sum_across_processes: Callable[[Tensor], Tensor] = this_process_only
         self.momentum = momentum
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
@@ -90,10 +93,16 @@ class JodieProjection(nn.Module):
 
     @torch.no_grad()
     def _track_scale(self, dt: Tensor, written: Tensor) -> None:
-        batch_mean = dt.sum() / written.sum().clamp(min=1)
+        dt_sum, count = self.sum_across_processes(torch.stack([dt.sum(), written.sum().to(dt.dtype)]))
+        batch_mean = dt_sum / count.clamp(min=1)
         blended = torch.where(self.dt_scale > 0,
                               (1 - self.momentum) * self.dt_scale + self.momentum * batch_mean, batch_mean)
         self.dt_scale.copy_(torch.where(batch_mean > 0, blended, self.dt_scale))
+
+
+def this_process_only(totals: Tensor) -> Tensor:
+    """A batch statistic's totals when one process trains on the whole batch: unchanged."""
+    return totals
 
 
 @EMBEDDINGS.register("attention")

@@ -53,6 +53,13 @@ DEFAULT_TIMEOUT_S = 60.0
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
+def all_reduce_sum(totals: torch.Tensor) -> torch.Tensor:
+    """`totals` summed over all ranks (a batch statistic that a model tracks, e.g. JODIE's time scale)."""
+    totals = totals.clone()
+    dist.all_reduce(totals)
+    return totals
+
+
 class LaunchError(UserError):
     """`--distributed` without the environment `torchrun` sets up."""
 
@@ -322,6 +329,9 @@ class DistributedWorld(LocalWorld):
         allowed, since models and plugins differ in which parts each loss reaches.
         """
         device = next(model.parameters()).device
+        for module in model.modules():
+            if hasattr(module, "sum_across_processes"):
+                module.sum_across_processes = all_reduce_sum
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                        broadcast_buffers=False, find_unused_parameters=True)
 

@@ -420,3 +420,20 @@ def test_build_model_falls_back_to_tgl_defaults() -> None:
     net = build_model({}, num_nodes=10, dim_node_feat=0, dim_edge_feat=4)
     assert net.uses_memory and net.dim_memory == 100 and net.dim_mail == 204 and net.mailbox_size == 1
     assert net.embedding.dim_out == 100
+
+
+def test_jodie_scale_tracks_the_whole_batch_when_processes_train_on_shares_of_it() -> None:
+    gaps = torch.tensor([10.0, 20.0, 30.0, 40.0, 500.0, 600.0, 700.0, 800.0], dtype=torch.float64)
+    root_ts = torch.full((8,), UNIX_EPOCH_2020, dtype=torch.float64)
+    written = torch.zeros(8, dtype=torch.int64)
+    h = torch.randn(8, DIM_MEM)
+    whole = JodieProjection(DIM_MEM).train()
+    whole(h, projection_inputs(root_ts, root_ts - gaps, written))
+    shares = [slice(0, 4), slice(4, 8)]
+    totals = [torch.stack([gaps[share].sum(), torch.tensor(4.0, dtype=torch.float64)]).float() for share in shares]
+    for rank, share in enumerate(shares):
+        part = JodieProjection(DIM_MEM).train()
+        part.sum_across_processes = lambda local, other=totals[1 - rank]: local + other  # an all-reduce of 2 ranks
+        part(h[share], projection_inputs(root_ts[share], root_ts[share] - gaps[share], written[share]))
+        torch.testing.assert_close(part.dt_scale, whole.dt_scale)
+    assert whole.dt_scale.item() == pytest.approx(gaps.mean().item())
