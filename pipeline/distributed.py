@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -51,6 +52,14 @@ from pipeline.stages import chronological_batches
 
 DEFAULT_TIMEOUT_S = 60.0
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def agreed_stage_times(profiler: StageProfiler, world_size: int, group: dist.ProcessGroup) -> AgreedStageTimes:
+    """Each stage's longest mean time over the ranks, and the fewest observations (a collective)."""
+    gathered: list[tuple[dict[str, float], int] | None] = [None] * world_size
+    dist.all_gather_object(gathered, (profiler.means(), profiler.observations()), group=group)
+    taus = {stage: max(means[stage] for means, _ in gathered) for stage in STAGES}
+    return AgreedStageTimes(taus, min(count for _, count in gathered))
 
 
 def all_reduce_sum(totals: torch.Tensor) -> torch.Tensor:
@@ -218,16 +227,29 @@ class AgreedStageTimes:
 
 class AgreedPolicy(Policy):
     """`inner` deciding warm-up and staleness bound from agreed stage times, so all ranks decide alike;
-    when a memory fetch starts (a matter of local timing only) it still decides from the live profiler."""
+    when a memory fetch starts (a matter of local timing only) it still decides from the live profiler.
 
-    def __init__(self, inner: Policy, agreed: AgreedStageTimes) -> None:
+    Stage times agreed at the start of an epoch hold for the epoch. The first epoch starts with none: its
+    warm-up batches run one after another on every rank, and at the first pipelined batch the ranks agree
+    on what their warm-up measured (`agree`, a collective every rank calls at that same batch).
+    """
+
+    def __init__(self, inner: Policy, agreed: AgreedStageTimes,
+                 agree: Callable[[StageProfiler], AgreedStageTimes] | None = None) -> None:
         self.inner = inner
         self.agreed = agreed
+        self.agree = agree
+        self._agree_after_warmup = False
 
     def sequential_batches(self, num_batches: int, profiler: StageProfiler) -> int:
-        return self.inner.sequential_batches(num_batches, self.agreed)
+        warmup = self.inner.sequential_batches(num_batches, self.agreed)
+        self._agree_after_warmup = warmup > 0 and self.agreed.observations() == 0 and self.agree is not None
+        return warmup
 
     def staleness_bound(self, batch: int, profiler: StageProfiler) -> int:
+        if self._agree_after_warmup:
+            self.agreed = self.agree(profiler)
+            self._agree_after_warmup = False
         return self.inner.staleness_bound(batch, self.agreed)
 
     @property
@@ -288,12 +310,13 @@ class DistributedWorld(LocalWorld):
     """One rank of a data-parallel run (see the module docstring); made by `init_world`."""
 
     def __init__(self, rank: int, size: int, local_rank: int, node_rank: int, host_group: dist.ProcessGroup,
-                 timeout_s: float) -> None:
+                 schedule_group: dist.ProcessGroup, timeout_s: float) -> None:
         super().__init__()
         self.shard = Shard(rank, size)
         self.local_rank = local_rank
         self.node_rank = node_rank
         self.host_group = host_group
+        self.schedule_group = schedule_group
         self.timeout_s = timeout_s
         self._stores: list[MachineMemoryStore] = []
 
@@ -342,11 +365,11 @@ class DistributedWorld(LocalWorld):
         return scatter_scores(*(np.concatenate(part) for part in zip(*gathered)))
 
     def agreed_policy(self, policy: Policy, profiler: StageProfiler) -> Policy:
-        """`policy` reading each stage's longest time over the ranks and the fewest observations."""
-        gathered: list[tuple[dict[str, float], int] | None] = [None] * self.size
-        dist.all_gather_object(gathered, (profiler.means(), profiler.observations()), group=self.host_group)
-        taus = {stage: max(means[stage] for means, _ in gathered) for stage in STAGES}
-        return AgreedPolicy(policy, AgreedStageTimes(taus, min(count for _, count in gathered)))
+        """`policy` reading each stage's longest time over the ranks and the fewest observations; in the first
+        epoch, agreed again once the warm-up has measured them (on a group of its own, since the update
+        stage's collectives run on the host group meanwhile)."""
+        return AgreedPolicy(policy, agreed_stage_times(profiler, self.size, self.host_group),
+                            agree=lambda measured: agreed_stage_times(measured, self.size, self.schedule_group))
 
     def close(self) -> None:
         """Remove this machine's shared stores (local rank 0) and leave the process groups."""
@@ -366,7 +389,8 @@ def launch_environment() -> dict[str, str]:
 
 def init_world(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedWorld:
     """Join the run `torchrun` launched: NCCL for a CUDA `device` (this rank on cuda:LOCAL_RANK), gloo on
-    the CPU, plus the gloo host group; every collective fails after `timeout_s` instead of hanging."""
+    the CPU, plus two gloo groups (the host group; the schedule group, for the first epoch's mid-epoch
+    agreement on stage times); every collective fails after `timeout_s` instead of hanging."""
     env = launch_environment()
     local_rank = int(env["LOCAL_RANK"])
     if device.type == "cuda":
@@ -374,5 +398,7 @@ def init_world(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> Di
     timeout = timedelta(seconds=timeout_s)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     host_group = dist.new_group(backend="gloo", timeout=timeout)
+    schedule_group = dist.new_group(backend="gloo", timeout=timeout)
     node_rank = int(os.environ.get("GROUP_RANK", "0"))
-    return DistributedWorld(dist.get_rank(), dist.get_world_size(), local_rank, node_rank, host_group, timeout_s)
+    return DistributedWorld(dist.get_rank(), dist.get_world_size(), local_rank, node_rank, host_group,
+                            schedule_group, timeout_s)

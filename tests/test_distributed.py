@@ -23,7 +23,11 @@ from graph.datasets import load_dataset
 from memory.store import TABLE_NAMES, MemoryStore
 from models.interface import MemoryUpdate
 from pipeline.config import apply_overrides, load_config
-from pipeline.distributed import MachineMemoryStore, Shard, host_update, init_world, merge_updates
+from pipeline.distributed import (
+    AgreedPolicy, AgreedStageTimes, MachineMemoryStore, Shard, host_update, init_world, merge_updates,
+)
+from pipeline.policies import MSPipe
+from pipeline.profiler import STAGES, StageProfiler, minimal_staleness
 from pipeline.trainer import train
 
 WORLD_SIZE = 2
@@ -249,3 +253,26 @@ def test_a_crashing_rank_ends_the_whole_run_with_its_error(tmp_path, scripts_dir
     assert run.returncode != 0
     assert "error: stage sample failed at batch 2: RuntimeError: injected failure on rank 1" in run.stderr
     assert elapsed < 60, f"the surviving rank took {elapsed:.0f} s to stop"
+
+
+def test_the_first_epoch_agrees_on_stage_times_once_its_warmup_measured_them():
+    measured = StageProfiler()
+    for stage in STAGES:
+        for _ in range(3):
+            measured.record(stage, 0.010 if stage != "train" else 0.040)
+    calls = []
+
+    def agree(profiler):
+        calls.append(profiler)
+        return AgreedStageTimes(profiler.means(), profiler.observations())
+
+    first = AgreedPolicy(MSPipe(k_max=8, warmup_batches=3), AgreedStageTimes(dict.fromkeys(STAGES, 0.0), 0), agree)
+    assert first.sequential_batches(50, measured) == 3, "no agreed times yet: every rank warms up"
+    k = first.staleness_bound(3, measured)
+    assert calls == [measured] and k == minimal_staleness(measured.means(), 8) and k > 1
+    assert first.staleness_bound(4, measured) == k and len(calls) == 1, "agreed once, at the first pipelined batch"
+
+    later = AgreedPolicy(MSPipe(k_max=8, warmup_batches=3), AgreedStageTimes(measured.means(), 3), agree)
+    assert later.sequential_batches(50, measured) == 0
+    later.staleness_bound(0, measured)
+    assert len(calls) == 1, "an epoch that starts with agreed times keeps them"
