@@ -5,22 +5,43 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import dgl
 import torch
 
 from graph.errors import UserError
 
 
+# DGL's own CUDA 12.1 build for torch 2.2 (the `dgl` wheel on PyPI is CPU-only); environment-gpu.yml has it too
+DGL_CUDA_INSTALL = "pip install dgl==2.1.0+cu121 -f https://data.dgl.ai/wheels/torch-2.2/cu121/repo.html"
+
+
 def resolve_device(name: str) -> torch.device:
-    """Parse `--device` ("cpu", "cuda", "cuda:1"); refuse a CUDA device this machine does not have."""
+    """Parse `--device` ("cpu", "cuda", "cuda:1"); refuse, with what to install, a CUDA device that this
+    machine does not have or that the installed DGL cannot use (the attention runs DGL kernels there)."""
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device: unknown device '{name}' (use cpu or cuda[:N])") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device: '{name}' requested but CUDA is not available on this machine")
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"--device: unsupported device type '{device.type}' (use cpu or cuda[:N])")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device: '{name}' requested but torch {torch.__version__} finds no CUDA device "
+                            f"(CUDA build: {torch.version.cuda or 'none'}); on a GPU machine: conda env create -f "
+                            f"environment-gpu.yml, or {DGL_CUDA_INSTALL}")
+        if not dgl_runs_on(device):
+            raise UserError(f"--device: '{name}' needs a CUDA build of DGL, but dgl {dgl.__version__} is CPU-only; "
+                            f"install it with: {DGL_CUDA_INSTALL}")
     return device
+
+
+def dgl_runs_on(device: torch.device) -> bool:
+    """Whether the installed DGL can put a graph on `device` (PyPI's dgl wheel has no CUDA support)."""
+    try:
+        dgl.graph(([0], [0])).to(device)
+    except dgl.DGLError:
+        return False
+    return True
 
 
 def pins_host_memory(device: torch.device) -> bool:

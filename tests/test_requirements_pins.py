@@ -45,3 +45,15 @@ def test_requirements_pin_every_package_exactly():
 
 def test_environment_and_requirements_pin_the_same_versions():
     assert _environment_yml_pins() == _requirements_txt_pins()
+
+
+def test_gpu_environment_pins_the_same_versions_with_dgl_from_its_cuda_index():
+    environment = yaml.safe_load((REPO_ROOT / "environment-gpu.yml").read_text())
+    pip = next(entry["pip"] for entry in environment["dependencies"] if isinstance(entry, dict) and "pip" in entry)
+    options = [line for line in pip if line.startswith("-")]
+    assert options == ["--find-links https://data.dgl.ai/wheels/torch-2.2/cu121/repo.html"]
+    pins = _pins([line for line in pip if not line.startswith("-")], "environment-gpu.yml")
+    assert pins.pop("dgl") == "2.1.0+cu121"
+    expected = _requirements_txt_pins()
+    expected.pop("dgl")
+    assert pins == expected
