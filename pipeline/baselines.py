@@ -3,6 +3,7 @@ metrics as a trained model's evaluation, so they sit in the same tables. `model:
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 from graph.events import EventStream
 from graph.split import chronological_split
 from models.edgebank import EdgeBank
-from pipeline.evaluation import split_metrics
+from pipeline.evaluation import ranking_summary, ranks_against_candidates, split_metrics
 from pipeline.reporting import RunLog
 from pipeline.setup import negative_columns, require_every_part, split_negatives
 
@@ -41,6 +42,43 @@ def score_split(bank: EdgeBank, cfg: dict, events: EventStream, indices: np.ndar
     return pos, neg
 
 
+def true_destinations(events: EventStream, src: np.ndarray, t: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """`(n, len(candidates))` mask of the candidates that are a true destination of `src[i]` at time `t[i]`
+    in the stream (the destination itself included): what TGB's filtered ranking leaves out."""
+    times, time_rank = np.unique(events.t, return_inverse=True)
+    stride = len(times) + 1
+    group = events.src.astype(np.int64) * stride + time_rank
+    order = np.argsort(group, kind="stable")
+    sorted_group = group[order]
+    query = src.astype(np.int64) * stride + np.searchsorted(times, t)
+    start, end = np.searchsorted(sorted_group, query, "left"), np.searchsorted(sorted_group, query, "right")
+    counts = end - start
+    rows = np.repeat(np.arange(len(src)), counts)
+    events_hit = order[np.repeat(start, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)]
+    columns = np.searchsorted(candidates, events.dst[events_hit])
+    mask = np.zeros((len(src), len(candidates)), dtype=bool)
+    mask[rows, columns] = True
+    return mask
+
+
+def rank_all_destinations(bank: EdgeBank, cfg: dict, events: EventStream, indices: np.ndarray,
+                          chunk: int = 1000) -> np.ndarray:
+    """The filtered rank of each event's destination among every destination of the stream (TGB's
+    one-vs-many ranking with all destinations as candidates), scored in vectorised chunks of events."""
+    candidates = np.unique(events.dst)
+    batch_size = cfg["eval"]["batch_size"]
+    seen = indices[(np.arange(len(indices)) // batch_size) * batch_size]
+    ranks = []
+    for start in range(0, len(indices), chunk):
+        part, part_seen = indices[start:start + chunk], seen[start:start + chunk]
+        src, dst = events.src[part], events.dst[part]
+        scores = bank.scores(np.repeat(src, len(candidates)), np.tile(candidates, len(part)),
+                             np.repeat(part_seen, len(candidates))).reshape(len(part), len(candidates))
+        pos = bank.scores(src, dst, part_seen)
+        ranks.append(ranks_against_candidates(pos, scores, true_destinations(events, src, events.t[part], candidates)))
+    return np.concatenate(ranks) if ranks else np.empty(0)
+
+
 def run_baseline(cfg: dict, events: EventStream, out_dir: Path, seed: int) -> dict[str, Any]:
     """Score validation and test with the config's baseline; write TensorBoard scalars and results.json."""
     split = chronological_split(events, val_ratio=cfg["eval"]["val_ratio"], test_ratio=cfg["eval"]["test_ratio"],
@@ -53,6 +91,11 @@ def run_baseline(cfg: dict, events: EventStream, out_dir: Path, seed: int) -> di
         pos, neg = score_split(bank, cfg, events, indices, negatives)
         metrics.update(split_metrics(name, pos, neg, negative_columns(cfg), cfg["eval"]["batch_size"],
                                      np.isin(indices, inductive)))
+        if cfg["eval"]["ranking"] == "all":
+            started = time.perf_counter()
+            ranks = rank_all_destinations(bank, cfg, events, indices)
+            metrics.update({f"{name}_{key}_all": value for key, value in ranking_summary(ranks).items()})
+            metrics[f"{name}_ranking_s"] = time.perf_counter() - started
     results = {"model": cfg["model"], "dataset": events.name, "mode": "no training", "epochs": 0, "seed": seed,
                "best_epoch": -1, "train_events_per_s": math.nan, **metrics, "config": cfg}
     log = RunLog(out_dir)

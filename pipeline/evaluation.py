@@ -55,3 +55,21 @@ def split_metrics(name: str, pos: np.ndarray, neg: np.ndarray, columns: dict[str
         metrics.update({f"{name}_inductive_{key}{suffix}": value
                         for key, value in ranking_metrics(pos[is_inductive], scored[is_inductive]).items()})
     return metrics
+
+
+def ranks_against_candidates(pos: np.ndarray, candidates: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """The rank of each positive among its candidates' scores, TGB's way: ties count as the mean of the
+    optimistic and the pessimistic rank. `pos` (n,), `candidates` and `excluded` (n, C): excluded
+    candidates (the true destination itself, and other true destinations of the same source at the same
+    time: the filtered setting) are not ranked against."""
+    counted = ~excluded
+    above = ((candidates > pos[:, None]) & counted).sum(axis=1)
+    tied = ((candidates == pos[:, None]) & counted).sum(axis=1)
+    return 1.0 + above + 0.5 * tied
+
+
+def ranking_summary(ranks: np.ndarray) -> dict[str, float]:
+    """MRR and Hits@10 of positives' ranks."""
+    if len(ranks) == 0:
+        return {"mrr": float("nan"), "hits@10": float("nan")}
+    return {"mrr": float(np.mean(1.0 / ranks)), "hits@10": float(np.mean(ranks <= 10))}

@@ -113,7 +113,7 @@ TRAIN_VARIANTS: dict[str, dict] = {  # variant name -> config overrides
 TRAIN_TABLE = ["variant", "events_per_s", "speedup", "ideal_speedup", "test_ap", "k", "staleness_mean",
                "staleness_max", "train_busy", *(f"{stage}_ms" for stage in STAGES)]
 ACCURACY_TABLE = ["config", "dataset", "seeds", "test_ap_mean", "test_ap@historical_mean", "test_ap@inductive_mean",
-                  "test_auc_mean", "test_auc@historical_mean", "test_auc@inductive_mean"]
+                  "test_auc_mean", "test_auc@historical_mean", "test_auc@inductive_mean", "test_mrr_all_mean"]
 SOAK_TABLE = ["epoch", "rss_mb", "peak_rss_mb", "epoch_s", "test_ap"]
 SOAK_GROWTH_FRACTION = 0.05  # the last epoch's RSS may exceed epoch 2's by this share ...
 SOAK_GROWTH_MB = 50.0  # ... or by this many MB, whichever is larger
@@ -769,7 +769,7 @@ def format_number(value: float) -> str:
 
 def print_table(rows: list[dict], columns: list[str]) -> None:
     """Rows as an aligned text table; numbers rounded, with thousands separators."""
-    cells = [[format_number(row[c]) if isinstance(row[c], (int, float)) else str(row[c]) for c in columns]
+    cells = [[format_number(row[c]) if isinstance(row.get(c), (int, float)) else str(row.get(c, "")) for c in columns]
              for row in rows]
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
     for line in [columns, *cells]:

@@ -1,14 +1,19 @@
-"""EdgeBank: which pairs it remembers on a tiny stream, and its runs through train() like any model."""
+"""EdgeBank: which pairs it remembers on a tiny stream, its runs through train() like any model, and TGB's
+filtered one-vs-all ranking (against a brute-force reference, ties included)."""
 from __future__ import annotations
 
 import json
 import math
 
 import numpy as np
+import pytest
 import torch
 
+from graph.events import EventStream
 from models.edgebank import EdgeBank
-from pipeline.config import validate_config
+from pipeline.baselines import rank_all_destinations, true_destinations
+from pipeline.config import ConfigError, validate_config
+from pipeline.evaluation import ranking_summary, ranks_against_candidates
 from pipeline.trainer import train
 
 # directed events 0->1 (t 1), 1->2 (t 2), 0->1 (t 3), 2->0 (t 10)
@@ -43,3 +48,44 @@ def test_edgebank_runs_through_train_and_reports_every_strategy(uci_events, tmp_
     # UCI's messages recur: remembering pairs ranks positives above random negatives
     assert saved["test_ap"] > 0.6
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def brute_force_rank(pos: float, candidates: list[float]) -> float:
+    """TGB's rank, one candidate at a time: 1 + those above + half of those tied."""
+    rank = 1.0
+    for score in candidates:
+        rank += 1.0 if score > pos else 0.5 if score == pos else 0.0
+    return rank
+
+
+def test_ranks_match_a_brute_force_reference_with_ties_and_filtering():
+    rng = np.random.default_rng(0)
+    pos = rng.integers(0, 4, 50).astype(float)
+    candidates = rng.integers(0, 4, (50, 12)).astype(float)  # few distinct scores: many ties
+    excluded = rng.random((50, 12)) < 0.2
+    expected = [brute_force_rank(pos[i], [c for c, out in zip(candidates[i], excluded[i]) if not out])
+                for i in range(50)]
+    ranks = ranks_against_candidates(pos, candidates, excluded)
+    np.testing.assert_allclose(ranks, expected)
+    summary = ranking_summary(ranks)
+    assert summary["mrr"] == pytest.approx(np.mean(1 / np.array(expected)))
+    assert summary["hits@10"] == pytest.approx(np.mean(np.array(expected) <= 10))
+
+
+def test_filtered_ranking_leaves_out_other_true_destinations_at_the_same_time():
+    # node 0 sends to 3 and 4 at t 5; ranking 0->3 at t 5 must not count 4 against it
+    stream = EventStream(name="tiny", src=np.array([0, 1, 0, 0, 2]), dst=np.array([3, 4, 3, 4, 5]),
+                         t=np.array([1.0, 2.0, 5.0, 5.0, 6.0]), num_nodes=6, node_ids=np.arange(6))
+    candidates = np.unique(stream.dst)  # 3, 4, 5
+    mask = true_destinations(stream, np.array([0, 2]), np.array([5.0, 6.0]), candidates)
+    assert mask.tolist() == [[True, True, False], [False, False, True]]
+    cfg = validate_config({"model": "edgebank", "eval": {"batch_size": 1, "ranking": "all"}})
+    bank = EdgeBank.from_stream(stream.src, stream.dst, stream.t, stream.num_nodes)
+    # event 2 (0->3 at t 5) was seen before (t 1): score 1, candidates 4 (filtered) and 5 (score 0) -> rank 1;
+    # event 4 (2->5) is new: score 0, tied with 3 and 4 (never sent by 2) -> rank 1 + 0.5 * 2 = 2
+    np.testing.assert_allclose(rank_all_destinations(bank, cfg, stream, np.array([2, 4])), [1.0, 2.0])
+
+
+def test_all_destination_ranking_is_refused_for_trained_models():
+    with pytest.raises(ConfigError, match="eval.ranking"):
+        validate_config({"model": "tgn", "eval": {"ranking": "all"}})
