@@ -99,3 +99,22 @@ def test_the_pyg_reference_learns_on_a_uci_slice(benchmark, uci_events):
                                                     lr=1e-3)
     assert 0.5 < results["val_ap"] <= 1 and 0.5 < results["test_ap"] <= 1
     assert results["train_events_per_s"] > 0 and len(results["epoch_time_s"]) == 5
+
+
+def test_attention_benchmark_times_two_implementations_of_the_same_function(benchmark, tmp_path):
+    out = tmp_path / "attention.json"
+    assert benchmark.main(["attention", "--roots", "30,60", "--fanout", "4", "--repeat", "2", "--threads", "1",
+                           "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(row["roots"], row["edges"]) for row in rows] == [(30, 120), (60, 240)]
+    assert all(row["dgl_ms"] > 0 and row["torch_ms"] > 0 for row in rows)
+
+
+def test_torch_only_attention_matches_dgl_with_roots_that_have_no_neighbours(benchmark):
+    import dgl
+    import torch
+    dst = torch.tensor([0, 0, 2, 2, 2])  # root 1 has no neighbour
+    block = dgl.create_block((torch.arange(3, 8), dst), num_src_nodes=8, num_dst_nodes=3)
+    key, value, query = torch.randn(5, 2, 4), torch.randn(5, 2, 4), torch.randn(3, 2, 4)
+    torch.testing.assert_close(benchmark.attention_with_torch(dst, 3, key, value, query),
+                               benchmark.attention_with_dgl(block, key, value, query))
