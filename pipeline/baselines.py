@@ -29,14 +29,19 @@ def edgebank_for(cfg: dict, events: EventStream, train_end: float) -> EdgeBank:
     return EdgeBank.from_stream(events.src, events.dst, events.t, events.num_nodes, window)
 
 
+def batch_starts(indices: np.ndarray, batch_size: int) -> np.ndarray:
+    """For each event of a split, the index of its evaluation batch's first event: how many events the
+    batch may have seen."""
+    return indices[(np.arange(len(indices)) // batch_size) * batch_size]
+
+
 def score_split(bank: EdgeBank, cfg: dict, events: EventStream, indices: np.ndarray,
                 negatives: tuple[np.ndarray, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
     """Scores of a split's positives and negatives; each evaluation batch sees the events before it."""
     neg_dst, neg_src = negatives
     if neg_src is None:
         neg_src = np.repeat(events.src[indices][:, None], neg_dst.shape[1], axis=1)
-    batch_size = cfg["eval"]["batch_size"]
-    seen = indices[(np.arange(len(indices)) // batch_size) * batch_size]  # the first event of each one's batch
+    seen = batch_starts(indices, cfg["eval"]["batch_size"])
     pos = bank.scores(events.src[indices], events.dst[indices], seen)
     neg = np.stack([bank.scores(neg_src[:, c], neg_dst[:, c], seen) for c in range(neg_dst.shape[1])], axis=1)
     return pos, neg
@@ -66,8 +71,8 @@ def rank_all_destinations(bank: EdgeBank, cfg: dict, events: EventStream, indice
     """The filtered rank of each event's destination among every destination of the stream (TGB's
     one-vs-many ranking with all destinations as candidates), scored in vectorised chunks of events."""
     candidates = np.unique(events.dst)
-    batch_size = cfg["eval"]["batch_size"]
-    seen = indices[(np.arange(len(indices)) // batch_size) * batch_size]
+    seen = batch_starts(indices, cfg["eval"]["batch_size"])
+    excluded = true_destinations(events, events.src[indices], events.t[indices], candidates)
     ranks = []
     for start in range(0, len(indices), chunk):
         part, part_seen = indices[start:start + chunk], seen[start:start + chunk]
@@ -75,7 +80,7 @@ def rank_all_destinations(bank: EdgeBank, cfg: dict, events: EventStream, indice
         scores = bank.scores(np.repeat(src, len(candidates)), np.tile(candidates, len(part)),
                              np.repeat(part_seen, len(candidates))).reshape(len(part), len(candidates))
         pos = bank.scores(src, dst, part_seen)
-        ranks.append(ranks_against_candidates(pos, scores, true_destinations(events, src, events.t[part], candidates)))
+        ranks.append(ranks_against_candidates(pos, scores, excluded[start:start + chunk]))
     return np.concatenate(ranks) if ranks else np.empty(0)
 
 
