@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from graph.errors import UserError
-from models.distinct import group_pairs
+from models.distinct import Groups, group, group_pairs
 from models.embedding import build_embedding
 from models.interface import MemoryUpdate, ModelInputs
 from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater
@@ -22,8 +22,11 @@ from models.write_back import memory_update, neighbour_deliveries
 
 # The defaults of the config's model sections (TGL's); pipeline/config.py validates configs against them.
 # `memory.normalize` L2-normalises each updated memory (JODIE).
+# `memory.update_time` is the time an input node's memory is brought to: "query", each input slot's own time
+# (TGL), or "batch", the batch's first event time, which makes the update a function of the node alone.
 MEMORY_DEFAULTS = {"dim": 100, "dim_time": 100, "mailbox_size": 1, "updater": "gru", "deliver_to": "self",
-                   "normalize": False}
+                   "normalize": False, "update_time": "query"}
+UPDATE_TIMES = ("query", "batch")
 EMBEDDING_DEFAULTS = {"module": "attention", "layers": 1, "heads": 2, "dim_out": 100, "dim_time": 100,
                       "dropout": 0.1}
 PREDICTOR_DEFAULTS = {"module": "mlp"}
@@ -43,15 +46,21 @@ class TemporalModel(nn.Module):
     """A memory-based temporal GNN: `forward(inputs) -> (pos_logits, neg_logits, MemoryUpdate | None)`.
 
     The updater runs on the input nodes with mail (only the roots when the embedding ignores neighbours);
-    its result, plus a projection of node features if any, is the node state the embedding reads. Input
-    slots that read the same memory row at the same time share one state (TGL's blocks repeat a node in
-    every neighbourhood it is sampled into), so the updater runs once per distinct state.
-    Without memory (`updater=None`) the node state is the node features (zero columns if none).
+    its result, plus a projection of node features if any, is the node state the embedding reads. It
+    brings each memory to `update_time`: "query" (TGL), the input slot's own time, so slots that read the
+    same memory row at the same time share one state; "batch", the time of the batch's first event, so
+    all slots of a memory row share one state. TGL's blocks repeat a node in every neighbourhood it is
+    sampled into; the updater runs once per distinct state and the embedding reads the grouping.
+    Without memory (`updater=None`) the node state is the node features, one state per node.
     """
 
     def __init__(self, embedding: nn.Module, predictor: nn.Module, updater: MemoryUpdater | None = None,
-                 layout: MemoryLayout | None = None, node_feat_map: nn.Module | None = None) -> None:
+                 layout: MemoryLayout | None = None, node_feat_map: nn.Module | None = None,
+                 update_time: str = "query") -> None:
         super().__init__()
+        if update_time not in UPDATE_TIMES:
+            raise ValueError(f"update_time must be one of {UPDATE_TIMES}, got '{update_time}'")
+        self.update_time = update_time
         self.embedding = embedding
         self.predictor = predictor
         self.updater = updater
@@ -65,17 +74,27 @@ class TemporalModel(nn.Module):
     def forward(self, inputs: ModelInputs) -> tuple[Tensor, Tensor, MemoryUpdate | None]:
         """Logits `(B,)` of the positive events, `(B * num_neg,)` of the negatives, and the batch's write-back."""
         count = inputs.num_input_nodes if self.embedding.uses_neighbours else inputs.num_roots
-        slot_ts = inputs.blocks[0].srcdata["ts"][:count]
-        stored = inputs.blocks[0].srcdata["ID"] if self.updater is None else inputs.memory.row
-        states = group_pairs(stored[:count], slot_ts)
         new_mem = None
-        if self.updater is not None:
-            rows = MemoryRows.first(inputs.memory, slot_ts, count).select(states.first)
+        if self.updater is None:
+            states = group(inputs.blocks[0].srcdata["ID"][:count])
+        else:
+            update_ts, states = self._update_times(inputs, count)
+            rows = MemoryRows.first(inputs.memory, update_ts, count).select(states.first)
             new_mem = self.updater(rows).index_select(0, states.index)
         state = self._node_state(new_mem, inputs, count)
         embeddings = self.embedding(state, replace(inputs, input_states=states))
         pos, neg = self._scores(embeddings, inputs)
         return pos, neg, None if new_mem is None else self._write_back(new_mem, embeddings, inputs)
+
+    def _update_times(self, inputs: ModelInputs, count: int) -> tuple[Tensor, Groups]:
+        """The time each of the first `count` input slots' memory is brought to, and the slots grouped by
+        the state they get (equal memory row, and equal time under "query")."""
+        slot_ts = inputs.blocks[0].srcdata["ts"][:count]
+        rows = inputs.memory.row[:count]
+        if self.update_time == "query":
+            return slot_ts, group_pairs(rows, slot_ts)
+        first_event = inputs.blocks[-1].dstdata["ts"][:inputs.num_pos].min()
+        return first_event.expand(count), group(rows)
 
     def _scores(self, embeddings: Tensor, inputs: ModelInputs) -> tuple[Tensor, Tensor]:
         """The predictor's logits of the positives and the negatives (against their own sources, if given)."""
@@ -132,4 +151,5 @@ def build_model(cfg: dict, num_nodes: int, dim_node_feat: int, dim_edge_feat: in
         raise UserError(f"memory updater '{mem_cfg['updater']}' writes embeddings into mails: key "
                         f"'embedding.dim_out' ({embedding.dim_out}) must equal 'memory.dim' ({layout.dim_memory})")
     predictor = PREDICTORS.get({**PREDICTOR_DEFAULTS, **cfg.get("predictor", {})}["module"])(embedding.dim_out)
-    return TemporalModel(embedding, predictor, updater, layout, node_feat_map)
+    return TemporalModel(embedding, predictor, updater, layout, node_feat_map,
+                         mem_cfg["update_time"] if mem_cfg is not None else "query")

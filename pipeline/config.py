@@ -23,7 +23,7 @@ from graph.registry import Registry
 from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS
 from models.predictor import PREDICTORS
-from models.tgnn import EMBEDDING_DEFAULTS, MEMORY_DEFAULTS, PREDICTOR_DEFAULTS
+from models.tgnn import EMBEDDING_DEFAULTS, MEMORY_DEFAULTS, PREDICTOR_DEFAULTS, UPDATE_TIMES
 from pipeline.plugins import load_plugins
 from pipeline.policies import SCHEDULERS
 from sampler.temporal import STRATEGIES
@@ -78,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
 REGISTRIES: tuple[Registry, ...] = (STRATEGIES, UPDATERS, EMBEDDINGS, PREDICTORS, SCHEDULERS)
 CHOICES: dict[str, tuple[str, ...] | Registry] = {
     "memory.deliver_to": ("self", "neighbours"),
+    "memory.update_time": UPDATE_TIMES,
     "edgebank.memory": ("unlimited", "window"),
     "eval.ranking": ("none", "all"),
     "pipeline.mitigation.similarity": ("cosine", "coneighbour"),

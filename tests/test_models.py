@@ -169,14 +169,19 @@ def gru_by_hand(cell: torch.nn.GRUCell, x: torch.Tensor, h: torch.Tensor) -> tor
     return (1 - update) * candidate + update * h
 
 
-def test_tgn_memory_and_mails_match_a_hand_computed_reference() -> None:
-    """Nodes 0 and 1 have mail, node 2 has memory but no mail; node 1 occurs twice in the batch."""
+@pytest.mark.parametrize("update_time", ["query", "batch"])
+def test_tgn_memory_and_mails_match_a_hand_computed_reference(update_time: str) -> None:
+    """Nodes 0 and 1 have mail, node 2 has memory but no mail; node 1 occurs twice in the batch, at t0 + 10
+    and t0 + 12: under "query" its memory is brought to each event's time, under "batch" to the batch's
+    first event time (t0 + 10) for both."""
     t0 = UNIX_EPOCH_2020
     history = EventStream(name="hand", src=np.array([0, 1, 0, 1]), dst=np.array([1, 2, 1, 2]),
                           t=np.array([t0 + 1, t0 + 2, t0 + 10, t0 + 12]), num_nodes=4,
                           node_ids=np.arange(4), edge_feat=np.arange(12, dtype=np.float32).reshape(4, 3))
     torch.manual_seed(0)
-    net = build_model(tiny_config("tgn"), 4, 0, DIM_EDGE).eval()
+    cfg = tiny_config("tgn")
+    cfg["memory"]["update_time"] = update_time
+    net = build_model(cfg, 4, 0, DIM_EDGE).eval()
     store = MemoryStore(4, DIM_MEM, net.dim_mail)
     stored_mem, stored_mail = torch.randn(3, DIM_MEM), torch.randn(2, net.dim_mail)
     store.update(0, torch.tensor([0, 1, 2]), stored_mem, torch.tensor([t0 + 1, t0 + 2, t0 + 2]),
@@ -193,7 +198,7 @@ def test_tgn_memory_and_mails_match_a_hand_computed_reference() -> None:
         return gru_by_hand(cell, x, store.mem[node][None])[0].detach()
 
     mem_0, mem_1_at_10 = expected_memory(0, t0 + 10), expected_memory(1, t0 + 10)
-    mem_1_at_12, mem_2 = expected_memory(1, t0 + 12), stored_mem[2]
+    mem_1_at_12, mem_2 = expected_memory(1, t0 + 12 if update_time == "query" else t0 + 10), stored_mem[2]
     edge_10, edge_12 = torch.tensor([6.0, 7.0, 8.0]), torch.tensor([9.0, 10.0, 11.0])
     assert update.nodes.tolist() == [0, 1, 1, 2] and update.mail_nodes.tolist() == [0, 1, 1, 2]
     assert update.mem_ts.tolist() == update.mail_ts.tolist() == [t0 + 10, t0 + 10, t0 + 12, t0 + 12]
