@@ -1,7 +1,7 @@
 """Event streams: loading (TGL, DyGLib, JODIE, plain CSV), bundled datasets, synthetic streams,
 the chronological split with inductive masking, and seeded negative sampling."""
+from common.errors import DataError, UserError
 from graph.datasets import BUILTIN_DATASETS, DEFAULT_DATASET, load_dataset
-from graph.errors import DataError, UserError
 from graph.events import EventStream
 from graph.loaders import FORMATS, detect_format, load_events
 from graph.negatives import eval_negatives, negative_seed, sample_negatives

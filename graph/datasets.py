@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from graph.errors import DataError
+from common.errors import DataError
 from graph.events import EventStream
 from graph.loaders import ColumnChoice, load_events
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from graph.errors import DataError, one_line
+from common.errors import DataError, one_line
 from graph.events import EventStream, event_stream_from_raw
 
 FORMATS = ("csv", "dyglib", "jodie", "tgl")

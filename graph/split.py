@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graph.errors import DataError
+from common.errors import DataError
 from graph.events import EventStream
 
 TRAIN, VAL, TEST = 0, 1, 2

@@ -1,4 +1,5 @@
 """Versioned node-memory store shared by the pipeline's stages."""
-from memory.store import CheckpointError, MemoryBatch, MemoryStore
+from common.errors import CheckpointError
+from memory.store import MemoryBatch, MemoryStore
 
 __all__ = ["CheckpointError", "MemoryBatch", "MemoryStore"]

@@ -13,15 +13,11 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
-from graph.errors import UserError
+from common.errors import CheckpointError
 from memory.rwlock import ReadWriteLock
 
 TABLE_NAMES = ("mem", "mem_ts", "mail", "mail_ts", "mail_count", "version")
 COMMITTED_KEY = "committed_version"
-
-
-class CheckpointError(UserError):
-    """A checkpoint or saved store state that cannot be loaded: missing, corrupt, from another run or shape."""
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graph.errors import DataError
+from common.errors import DataError
 
 INT64_LIMIT = 2**63
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from graph.registry import Registry
+from common.registry import Registry
 from models.attention import TemporalAttention
 from models.interface import ModelInputs
 from models.time_encoding import elapsed

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from graph.registry import Registry
+from common.registry import Registry
 from models.distinct import Groups, group
 from models.time_encoding import TimeEncoding, elapsed
 

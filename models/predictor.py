@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from graph.registry import Registry
+from common.registry import Registry
 
 PREDICTORS: Registry[Callable[[int], nn.Module]] = Registry("edge predictor", "predictor.module")
 

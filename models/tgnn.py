@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from graph.errors import UserError
+from common.errors import UserError
 from models.distinct import Groups, group, group_pairs
 from models.embedding import build_embedding
 from models.interface import MemoryUpdate, ModelInputs

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.errors import CheckpointError
 from graph.events import EventStream
-from memory.store import CheckpointError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # how torch.load(weights_only=True) refuses a class or global that is not plain data (torch 2.2 wording)

@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from graph.errors import UserError
+from common.errors import ConfigError
+from common.registry import Registry
 from graph.negatives import NEGATIVE_STRATEGIES
-from graph.registry import Registry
 from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS
 from models.predictor import PREDICTORS
@@ -102,10 +102,6 @@ RANGES: tuple[tuple[set[str], Callable[[float], bool], str], ...] = (
     (NON_NEGATIVE, lambda value: value >= 0, ">= 0"),
     (FRACTIONS, lambda value: 0 <= value <= 1, "within [0, 1]"),
 )
-
-
-class ConfigError(UserError):
-    """A config file or override that cannot describe a valid run."""
 
 
 def _merge(defaults: Any, given: Any, key: str, source: str) -> Any:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import dgl
 import torch
 
-from graph.errors import UserError
+from common.errors import UserError
 
 
 # DGL's own CUDA 12.1 build for torch 2.2 (the `dgl` wheel on PyPI is CPU-only); environment-gpu.yml has it too

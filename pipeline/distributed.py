@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from graph.errors import UserError
+from common.errors import LaunchError
 from memory.shared import SharedMemoryStore, shared_memory_root
 from memory.store import MemoryStore, as_host_nodes, as_host_rows
 from models.interface import MemoryUpdate
@@ -67,10 +67,6 @@ def all_reduce_sum(totals: torch.Tensor) -> torch.Tensor:
     totals = totals.clone()
     dist.all_reduce(totals)
     return totals
-
-
-class LaunchError(UserError):
-    """`--distributed` without the environment `torchrun` sets up."""
 
 
 @dataclass(frozen=True)

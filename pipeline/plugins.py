@@ -1,5 +1,5 @@
 """Plugins: user modules that add parts (memory updaters, embeddings, predictors, sampling strategies,
-schedulers) to the registries of `graph.registry` simply by being imported.
+schedulers) to the registries of `common.registry` simply by being imported.
 
 A config's `plugins` list names them, each either a `.py` file (relative to the config file's folder) or
 the name of an importable module; importing one runs its `@REGISTRY.register(...)` decorators, so the
@@ -14,11 +14,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from graph.errors import UserError
-
-
-class PluginError(UserError):
-    """A plugin named by a config that cannot be found."""
+from common.errors import PluginError
 
 
 def load_plugins(entries: list[str], base_dir: Path, source: str) -> list[str]:

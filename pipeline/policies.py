@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from graph.registry import Registry
+from common.registry import Registry
 from pipeline.profiler import StageProfiler
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 from pipeline.runner import RunStats
 from pipeline.timeline import timeline_figure
 
-from graph.errors import UserError
+from common.errors import UserError
 from pipeline.checkpoint import CHECKPOINT_NAME as CHECKPOINT
 
 PIPELINE_LOG = "pipeline_events.csv"

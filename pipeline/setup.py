@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from graph.errors import DataError
+from common.errors import DataError
 from graph.events import EventStream
 from graph.negatives import edge_negatives, eval_negatives, named_seed, negative_seed, sample_negatives
 from graph.split import Split, chronological_split

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
-from graph.errors import UserError
+from common.errors import NonFiniteLossError
 from memory.store import MemoryBatch, MemoryStore
 from models.interface import MemoryUpdate, ModelInputs
 from models.tgnn import TemporalModel
@@ -27,10 +27,6 @@ from sampler.temporal import TemporalSampler
 
 # torch.profiler labels of the train stage's parts (scripts/benchmark.py breakdown reads them)
 TRAIN_STEP_PARTS = ("train/forward", "train/backward", "train/optimizer")
-
-
-class NonFiniteLossError(UserError):
-    """Training diverged: the loss is NaN or infinite."""
 
 
 @dataclass

@@ -14,7 +14,7 @@ import dgl
 import numpy as np
 import torch
 
-from graph.registry import Registry
+from common.registry import Registry
 from sampler.tcsr import TCSR
 
 

@@ -21,8 +21,8 @@ from typing import NoReturn
 
 os.environ.setdefault("DGLBACKEND", "pytorch")
 
+from common.errors import UserError, one_line  # noqa: E402
 from graph.datasets import load_dataset  # noqa: E402  (after DGLBACKEND, before anything imports dgl)
-from graph.errors import UserError, one_line  # noqa: E402
 from graph.events import EventStream  # noqa: E402
 from graph.loaders import parse_columns  # noqa: E402
 

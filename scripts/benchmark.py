@@ -73,12 +73,12 @@ import torch
 
 import pyg_reference
 from _cli import add_data_arguments, load_data
+from common.errors import UserError
 from graph.datasets import load_dataset
-from graph.synthetic import with_random_edge_features
-from graph.errors import UserError
 from graph.events import EventStream, event_stream_from_raw
 from graph.negatives import negative_seed, sample_negatives
 from graph.split import chronological_split
+from graph.synthetic import with_random_edge_features
 from pipeline.checkpoint import CHECKPOINT_NAME
 from pipeline.config import MODES, apply_overrides, load_config
 from pipeline.policies import available_cores, configure_threads

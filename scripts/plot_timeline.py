@@ -13,7 +13,7 @@ from pathlib import Path
 
 from _cli import run_cli
 
-from graph.errors import UserError
+from common.errors import UserError
 from pipeline.reporting import PIPELINE_LOG
 from pipeline.runner import StageEvent
 from pipeline.timeline import timeline_figure

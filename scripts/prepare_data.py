@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 from _cli import add_data_arguments, load_data, run_cli
 
+from common.errors import UserError
 from graph.datasets import DEFAULT_DATASET
-from graph.errors import UserError
 from graph.events import EventStream
 from graph.loaders import TGL_EDGES
 from graph.split import split_periods

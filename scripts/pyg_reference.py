@@ -14,7 +14,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from graph.errors import UserError, one_line
+from common.errors import UserError, one_line
 from graph.events import EventStream
 from graph.negatives import eval_negatives, negative_seed, sample_negatives
 from graph.split import Split

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import math
 import signal
-import sys
 import threading
 from pathlib import Path
 
@@ -22,8 +21,8 @@ from _cli import add_data_arguments, load_data, run_cli
 
 import torch
 
+from common.errors import UserError
 from graph.datasets import DEFAULT_DATASET
-from graph.errors import UserError
 from graph.events import EventStream
 from pipeline.config import MODES, apply_overrides, load_config
 from pipeline.device import resolve_device

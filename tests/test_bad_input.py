@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from graph import DataError, UserError, load_dataset, load_events
+from common.errors import DataError, UserError
+from graph import load_dataset, load_events
 
 DYGLIB_HEADER = ",u,i,ts,label,idx\n"
 DYGLIB_ROWS = "0,1,2,10.0,0,1\n1,2,3,20.0,0,2\n2,3,1,30.0,0,3\n"

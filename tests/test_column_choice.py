@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from graph import DataError, load_events
+from common.errors import DataError
+from graph import load_events
 from graph.loaders import ColumnChoice, parse_columns
 
 CONFIG = """memory: {dim: 8, dim_time: 8}

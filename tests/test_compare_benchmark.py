@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from graph.errors import UserError
+from common.errors import UserError
 from graph.split import chronological_split
 
 

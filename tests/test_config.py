@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, apply_overrides, load_config, validate_config
+from common.errors import ConfigError
+from pipeline.config import apply_overrides, load_config, validate_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yml"))
 

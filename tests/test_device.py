@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from graph import UserError
+from common.errors import UserError
 from pipeline.device import DGL_CUDA_INSTALL, resolve_device
 
 

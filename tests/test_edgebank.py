@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import ConfigError
 from graph.events import EventStream
 from models.edgebank import EdgeBank
 from pipeline.baselines import rank_all_destinations, true_destinations
-from pipeline.config import ConfigError, validate_config
+from pipeline.config import validate_config
 from pipeline.evaluation import ranking_summary, ranks_against_candidates
 from pipeline.trainer import train
 

@@ -6,7 +6,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from graph import DataError, EventStream, Split, chronological_split, split_periods, synthetic_events
+from common.errors import DataError
+from graph import EventStream, Split, chronological_split, split_periods, synthetic_events
 
 PUBLISHED_PERIODS = [
     ("uci_events", (41_884, 8_975, 8_976)),

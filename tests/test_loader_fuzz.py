@@ -16,7 +16,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from graph import DataError, EventStream, load_events
+from common.errors import DataError
+from graph import EventStream, load_events
 
 pytestmark = pytest.mark.faults
 

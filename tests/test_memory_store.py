@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from graph.errors import UserError
-from memory import CheckpointError, MemoryBatch, MemoryStore
+from common.errors import CheckpointError, UserError
+from memory import MemoryBatch, MemoryStore
 
 DIM_MEM, DIM_MAIL = 4, 3
 

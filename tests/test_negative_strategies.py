@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import ConfigError
 from graph.negatives import edge_negatives
-from pipeline.config import ConfigError, validate_config
+from pipeline.config import validate_config
 from pipeline.trainer import train
 
 # (src, dst, t) of a six-event stream; the last three events are scored in batches [3, 4] and [5]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from graph.errors import UserError
+from common.errors import UserError
 from graph.synthetic import synthetic_events
 from models import ModelInputs, build_model
 from models.memory_updaters import MemoryRows

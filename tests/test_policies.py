@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from graph.errors import UserError
+from common.errors import UserError
 from pipeline.policies import (
     FixedK, MSPipe, Presample, Sequential, ThreadPlan, configure_threads, delayed_fetch_start, make_policy,
     thread_plan,

@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from graph.errors import UserError
-from graph.registry import Registry, RegistryError
+from common.errors import ConfigError, PluginError, RegistryError, UserError
+from common.registry import Registry
 from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS, MemoryRows, build_updater
 from models.predictor import PREDICTORS
 from models.tgnn import build_model
-from pipeline.config import ConfigError, apply_overrides, load_config, validate_config
-from pipeline.plugins import PluginError
+from pipeline.config import apply_overrides, load_config, validate_config
 from pipeline.policies import SCHEDULERS, make_policy
 from sampler.temporal import STRATEGIES
 

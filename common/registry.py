@@ -1,21 +1,16 @@
 """Named, swappable parts of a run (memory updaters, embeddings, edge predictors, sampling strategies,
 pipeline schedulers): a part joins its kind's `Registry` by decorating its factory with `register(name)`,
 and a config selects it by that name. A new part is then one new module, never an edit of the code that
-uses it. The registries live next to the parts they hold; this module is shared by every package, so it
-sits in `graph`, which imports nothing of the others.
+uses it. The registries live next to the parts they hold; this module is shared by every package.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from graph.errors import UserError
+from common.errors import RegistryError
 
 T = TypeVar("T")
-
-
-class RegistryError(UserError, ValueError):
-    """A name no part is registered under, or a name two parts claim (also a `ValueError`: a bad value)."""
 
 
 class Registry(Generic[T]):

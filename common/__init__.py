@@ -1,0 +1,1 @@
+"""What every package may import: the user-error types and the registry of swappable parts."""

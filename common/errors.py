@@ -1,0 +1,39 @@
+"""Errors a user can fix (a bad file, key, config or checkpoint): scripts print their one-line message and exit 2.
+Every such error type lives here, so any package can raise or catch it without importing another."""
+
+
+class UserError(Exception):
+    """An error caused by the user's input, reported as one line without a traceback."""
+
+
+class DataError(UserError):
+    """A data file that cannot be read as an event stream; the message names the file and row/column."""
+
+
+class ConfigError(UserError):
+    """A config file or override that cannot describe a valid run."""
+
+
+class NonFiniteLossError(UserError):
+    """Training diverged: the loss is NaN or infinite."""
+
+
+class PluginError(UserError):
+    """A plugin named by a config that cannot be found."""
+
+
+class LaunchError(UserError):
+    """`--distributed` without the environment `torchrun` sets up."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint or saved store state that cannot be loaded: missing, corrupt, from another run or shape."""
+
+
+class RegistryError(UserError, ValueError):
+    """A name no part is registered under, or a name two parts claim (also a `ValueError`: a bad value)."""
+
+
+def one_line(text: object) -> str:
+    """Collapse a (library) message onto one line, so it fits the one-line error convention."""
+    return " ".join(str(text).split())
