@@ -8,53 +8,16 @@ different threads and a read always sees whole updates (a readers-writer lock gu
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
 
 from common.errors import CheckpointError
+from memory.batch import MemoryBatch, MemoryUpdate, as_host_nodes
 from memory.rwlock import ReadWriteLock
 
 TABLE_NAMES = ("mem", "mem_ts", "mail", "mail_ts", "mail_count", "version")
 COMMITTED_KEY = "committed_version"
-
-
-@dataclass
-class MemoryBatch:
-    """Memory rows of the requested nodes, in request order (duplicates kept), as one consistent read.
-
-    `row` numbers the distinct rows: requests with equal `row` hold equal memory, mails and version, so a
-    model may compute what depends on them once per distinct row.
-    """
-
-    nodes: torch.Tensor
-    row: torch.Tensor
-    mem: torch.Tensor
-    mem_ts: torch.Tensor
-    mail: torch.Tensor
-    mail_ts: torch.Tensor
-    mail_count: torch.Tensor
-    version: torch.Tensor
-    committed: int
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> MemoryBatch:
-        """The same rows on `device` (non-blocking copies overlap compute when the rows are pinned)."""
-        moved = {
-            f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-            for f in fields(self) if f.name != "committed"
-        }
-        return replace(self, **moved)
-
-
-def as_host_nodes(nodes: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Node ids as an int64 CPU tensor, whatever device or array type they came in."""
-    return torch.as_tensor(nodes).to("cpu", torch.int64)
-
-
-def as_host_rows(values: torch.Tensor | np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    """Values as a CPU tensor of `dtype`, cut from any autograd graph (the store takes no gradient)."""
-    return torch.as_tensor(values).detach().to("cpu", dtype)
 
 
 def last_occurrences(nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,35 +101,32 @@ class MemoryStore:
         out = torch.empty((len(inverse), *rows.shape[1:]), dtype=rows.dtype, pin_memory=self.pinned)
         return torch.index_select(rows, 0, inverse, out=out)
 
-    def update(self, batch_index: int, nodes: torch.Tensor, mem: torch.Tensor, mem_ts: torch.Tensor,
-               mail_nodes: torch.Tensor, mail: torch.Tensor, mail_ts: torch.Tensor) -> None:
-        """Write batch `batch_index`'s new memory and mails, then commit it and wake waiting fetches.
+    def update(self, version: int, update: MemoryUpdate) -> None:
+        """Write batch `version`'s new memory and mails, then commit it and wake waiting fetches.
 
-        Raises ValueError unless `batch_index == committed_version + 1`. Inputs may live on any device
+        Raises ValueError unless `version == committed_version + 1`. The update may live on any device
         and may require grad: the store keeps detached host copies.
         """
-        mem_nodes, mem_rows = last_occurrences(as_host_nodes(nodes))
-        new_mem = as_host_rows(mem, torch.float32)[mem_rows]
-        new_mem_ts = as_host_rows(mem_ts, torch.float64)[mem_rows]
-        mailed_nodes, mail_rows = last_occurrences(as_host_nodes(mail_nodes))
-        new_mail = as_host_rows(mail, torch.float32)[mail_rows]
-        new_mail_ts = as_host_rows(mail_ts, torch.float64)[mail_rows]
+        update = update.to_host()
+        mem_nodes, mem_rows = last_occurrences(update.nodes)
+        mailed_nodes, mail_rows = last_occurrences(update.mail_nodes)
+        new_mail, new_mail_ts = update.mail[mail_rows], update.mail_ts[mail_rows]
         with self._lock.write():
-            self._check_next_version(batch_index)
-            self.mem.index_copy_(0, mem_nodes, new_mem)
-            self.mem_ts.index_copy_(0, mem_nodes, new_mem_ts)
-            self.version.index_fill_(0, mem_nodes, batch_index)
+            self._check_next_version(version)
+            self.mem.index_copy_(0, mem_nodes, update.mem[mem_rows])
+            self.mem_ts.index_copy_(0, mem_nodes, update.mem_ts[mem_rows])
+            self.version.index_fill_(0, mem_nodes, version)
             slots = self.mail_count[mailed_nodes] % self.mailbox_size
             self.mail[mailed_nodes, slots] = new_mail
             self.mail_ts[mailed_nodes, slots] = new_mail_ts
             self.mail_count.index_add_(0, mailed_nodes, torch.ones_like(mailed_nodes))
-            self._set_committed(batch_index)
+            self._set_committed(version)
 
-    def _check_next_version(self, batch_index: int) -> None:
+    def _check_next_version(self, version: int) -> None:
         expected = self.committed_version + 1
-        if batch_index != expected:
+        if version != expected:
             raise ValueError(
-                f"memory update for batch {batch_index} but committed version is {self.committed_version}: "
+                f"memory update for batch {version} but committed version is {self.committed_version}: "
                 f"updates must come in batch order (expected batch {expected})"
             )
 

@@ -5,7 +5,7 @@ import os
 os.environ.setdefault("DGLBACKEND", "pytorch")
 
 from models import dyrep  # noqa: E402, F401  (registers the "dyrep" memory updater)
-from models.interface import MemoryUpdate, ModelInputs  # noqa: E402
+from models.interface import ModelInputs  # noqa: E402
 from models.tgnn import TemporalModel, build_model  # noqa: E402
 
-__all__ = ["MemoryUpdate", "ModelInputs", "TemporalModel", "build_model"]
+__all__ = ["ModelInputs", "TemporalModel", "build_model"]

@@ -1,5 +1,5 @@
-"""What a temporal model consumes per batch (`ModelInputs`) and what it hands back to the memory store
-(`MemoryUpdate`): the only types the pipeline shares with the models."""
+"""What a temporal model consumes per batch (`ModelInputs`); what it hands back is the memory package's
+`MemoryUpdate`. The only types the pipeline shares with the models."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,7 +12,7 @@ from torch import Tensor
 from models.distinct import Groups
 
 if TYPE_CHECKING:
-    from memory.store import MemoryBatch
+    from memory.batch import MemoryBatch
 
 
 @dataclass
@@ -55,22 +55,6 @@ class ModelInputs:
     def event_edge_feat(self) -> Tensor:
         """Features of the batch's positive events (B rows); zero columns when the stream has none."""
         return _or_zero_width(self.root_edge_feat, self.num_pos, self.blocks[-1].device)
-
-
-@dataclass
-class MemoryUpdate:
-    """A batch's detached write-back, laid out for `MemoryStore.update` (the last occurrence of a node wins).
-
-    `nodes` are the positive roots in event order `[src_0, dst_0, src_1, dst_1, ...]` with their new memory
-    and `mem_ts` = event time; `mail_nodes` receive `mail` stamped `mail_ts`, in chronological order.
-    """
-
-    nodes: Tensor
-    mem: Tensor
-    mem_ts: Tensor
-    mail_nodes: Tensor
-    mail: Tensor
-    mail_ts: Tensor
 
 
 def _or_zero_width(features: Tensor | None, rows: int, device: torch.device) -> Tensor:

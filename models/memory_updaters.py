@@ -17,7 +17,7 @@ from models.distinct import Groups, group
 from models.time_encoding import TimeEncoding, elapsed
 
 if TYPE_CHECKING:
-    from memory.store import MemoryBatch
+    from memory.batch import MemoryBatch
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from common.errors import UserError
 from models.distinct import Groups, group, group_pairs
 from models.embedding import build_embedding
-from models.interface import MemoryUpdate, ModelInputs
+from memory.batch import MemoryUpdate
+from models.interface import ModelInputs
 from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater
 from models.predictor import PREDICTORS
 from models.write_back import memory_update, neighbour_deliveries

@@ -6,7 +6,7 @@ import dgl
 import torch
 from torch import Tensor
 
-from models.interface import MemoryUpdate
+from memory.batch import MemoryUpdate
 
 
 def event_order(num_pos: int, device: torch.device) -> Tensor:

@@ -44,8 +44,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from common.errors import LaunchError
 from memory.shared import SharedMemoryStore, shared_memory_root
-from memory.store import MemoryStore, as_host_nodes, as_host_rows
-from models.interface import MemoryUpdate
+from memory.batch import MemoryUpdate
+from memory.store import MemoryStore
 from pipeline.policies import Policy
 from pipeline.profiler import STAGES, StageProfiler, minimal_staleness
 from pipeline.stages import chronological_batches
@@ -140,15 +140,6 @@ def _by_time(nodes: list[torch.Tensor], rows: list[torch.Tensor],
     return torch.cat(nodes)[order], torch.cat(rows)[order], all_times[order]
 
 
-def host_update(update: MemoryUpdate) -> MemoryUpdate:
-    """A detached CPU copy of an update in the store's dtypes, to send to the other ranks."""
-    return MemoryUpdate(
-        nodes=as_host_nodes(update.nodes), mem=as_host_rows(update.mem, torch.float32),
-        mem_ts=as_host_rows(update.mem_ts, torch.float64), mail_nodes=as_host_nodes(update.mail_nodes),
-        mail=as_host_rows(update.mail, torch.float32), mail_ts=as_host_rows(update.mail_ts, torch.float64),
-    )
-
-
 class MachineMemoryStore(SharedMemoryStore):
     """This machine's one memory store, shared by its ranks (memory/shared.py) and written by local rank 0.
 
@@ -165,18 +156,15 @@ class MachineMemoryStore(SharedMemoryStore):
         self.group = group
         self.timeout_s = timeout_s
 
-    def update(self, batch_index: int, nodes: torch.Tensor, mem: torch.Tensor, mem_ts: torch.Tensor,
-               mail_nodes: torch.Tensor, mail: torch.Tensor, mail_ts: torch.Tensor) -> None:
-        """Gather batch `batch_index`'s updates of all ranks; the writer merges, writes and commits them."""
-        local = host_update(MemoryUpdate(nodes, mem, mem_ts, mail_nodes, mail, mail_ts))
+    def update(self, version: int, update: MemoryUpdate) -> None:
+        """Gather batch `version`'s updates of all ranks; the writer merges, writes and commits them."""
+        local = update.to_host()
         gathered: list[MemoryUpdate | None] = [None] * dist.get_world_size(self.group)
         dist.all_gather_object(gathered, local, group=self.group)
         if not self.creator:
-            self.wait_for_commit(batch_index, self.timeout_s)
+            self.wait_for_commit(version, self.timeout_s)
             return
-        merged = merge_updates(gathered)
-        super().update(batch_index, merged.nodes, merged.mem, merged.mem_ts, merged.mail_nodes, merged.mail,
-                       merged.mail_ts)
+        super().update(version, merge_updates(gathered))
 
     def reset(self) -> None:
         """Zero the store for a new epoch (writer), with all ranks waiting on both sides."""

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from memory.store import MemoryBatch, as_host_nodes
+from memory.batch import MemoryBatch, as_host_nodes
 
 MEASURES = ("cosine", "coneighbour")
 NO_NEIGHBOUR = -1

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from common.errors import NonFiniteLossError
-from memory.store import MemoryBatch, MemoryStore
-from models.interface import MemoryUpdate, ModelInputs
+from memory.batch import MemoryBatch, MemoryUpdate
+from memory.store import MemoryStore
+from models.interface import ModelInputs
 from models.tgnn import TemporalModel
 from pipeline.device import CopyStream, to_device
 from pipeline.mitigation import SimilarityTable, mitigate
@@ -219,8 +220,7 @@ class LinkPredictionStages:
         """Stage 5: write the batch's new memory and mails back to the store (commits its version)."""
         if self.store is None or ctx.update is None:
             return
-        u = ctx.update
-        self.store.update(self.version_offset + i, u.nodes, u.mem, u.mem_ts, u.mail_nodes, u.mail, u.mail_ts)
+        self.store.update(self.version_offset + i, ctx.update)
         ctx.update = None
 
 

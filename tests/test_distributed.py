@@ -20,11 +20,11 @@ import torch.multiprocessing as mp
 
 from graph.split import chronological_split
 from graph.datasets import load_dataset
+from memory.batch import MemoryUpdate
 from memory.store import TABLE_NAMES, MemoryStore
-from models.interface import MemoryUpdate
 from pipeline.config import apply_overrides, load_config
 from pipeline.distributed import (
-    AgreedPolicy, AgreedStageTimes, MachineMemoryStore, Shard, host_update, init_world, merge_updates,
+    AgreedPolicy, AgreedStageTimes, MachineMemoryStore, Shard, init_world, merge_updates,
 )
 from pipeline.policies import MSPipe
 from pipeline.profiler import STAGES, StageProfiler, minimal_staleness
@@ -52,7 +52,7 @@ def update(nodes, mem_ts, mem_value, mail_nodes=None, mail_ts=None) -> MemoryUpd
 
 def apply(store: MemoryStore, batch: int, u: MemoryUpdate) -> None:
     """Write `u` as batch `batch`'s update."""
-    store.update(batch, u.nodes, u.mem, u.mem_ts, u.mail_nodes, u.mail, u.mail_ts)
+    store.update(batch, u)
 
 
 def test_shards_interleave_every_global_batch_and_fold_a_tail_shorter_than_the_world():
@@ -114,12 +114,12 @@ def run_rank(rank: int, port: int, out_dir: Path) -> None:
     recorded, stores = [], []
     gather_and_write = MachineMemoryStore.update
 
-    def recording_update(store, batch_index, *tensors):
+    def recording_update(store, batch_index, update):
         if batch_index == 0:
             recorded.clear()
-        recorded.append((batch_index, host_update(MemoryUpdate(*tensors))))
+        recorded.append((batch_index, update.to_host()))
         stores.append(store)
-        gather_and_write(store, batch_index, *tensors)
+        gather_and_write(store, batch_index, update)
 
     MachineMemoryStore.update = recording_update
     try:
@@ -153,7 +153,7 @@ def replay(per_rank_updates: list[list[MemoryUpdate]], store: MemoryStore) -> No
             latest[node] = values
         nodes = torch.tensor(list(latest))
         mem, mem_ts, mail = (torch.stack([values[i] for values in latest.values()]) for i in range(3))
-        store.update(batch, nodes, mem, mem_ts, nodes, mail, mem_ts)
+        store.update(batch, MemoryUpdate(nodes, mem, mem_ts, nodes, mail, mem_ts))
 
 
 def last_epoch_training_updates(updates: list[tuple[int, MemoryUpdate]], num_batches: int) -> list[MemoryUpdate]:

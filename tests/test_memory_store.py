@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common.errors import CheckpointError, UserError
-from memory import MemoryBatch, MemoryStore
+from memory import MemoryBatch, MemoryStore, MemoryUpdate
 
 DIM_MEM, DIM_MAIL = 4, 3
 
@@ -24,10 +24,10 @@ def write(store: MemoryStore, batch_index: int, nodes, values, mail_nodes=None, 
     values = torch.as_tensor(values, dtype=torch.float64)
     mail_nodes = nodes if mail_nodes is None else torch.as_tensor(mail_nodes)
     mail_values = values if mail_values is None else torch.as_tensor(mail_values, dtype=torch.float64)
-    store.update(
-        batch_index, nodes, values[:, None].expand(-1, DIM_MEM).float(), values,
+    store.update(batch_index, MemoryUpdate(
+        nodes, values[:, None].expand(-1, DIM_MEM).float(), values,
         mail_nodes, mail_values[:, None].expand(-1, DIM_MAIL).float(), mail_values,
-    )
+    ))
 
 
 def test_fresh_store_is_zero_and_never_written():
@@ -102,8 +102,8 @@ def test_concurrent_readers_never_see_a_torn_update():
     def writer() -> None:
         for b in range(num_batches):
             value = torch.full((num_nodes,), float(b), dtype=torch.float64)
-            store.update(b, nodes, value[:, None].expand(-1, dim).float(), value,
-                         nodes, torch.full((num_nodes, 2), float(b)), value)
+            store.update(b, MemoryUpdate(nodes, value[:, None].expand(-1, dim).float(), value,
+                                      nodes, torch.full((num_nodes, 2), float(b)), value))
         done.set()
 
     def reader() -> None:
@@ -212,8 +212,8 @@ def test_writing_a_tensor_that_requires_grad_stores_a_detached_copy():
     store = make_store()
     weights = torch.ones(2, DIM_MEM, requires_grad=True)
     mem = weights * 2
-    store.update(0, torch.tensor([0, 1]), mem, torch.tensor([1.0, 1.0], dtype=torch.float64),
-                 torch.tensor([0]), torch.ones(1, DIM_MAIL, requires_grad=True), torch.tensor([1.0]))
+    store.update(0, MemoryUpdate(torch.tensor([0, 1]), mem, torch.tensor([1.0, 1.0], dtype=torch.float64),
+                              torch.tensor([0]), torch.ones(1, DIM_MAIL, requires_grad=True), torch.tensor([1.0])))
     with torch.no_grad():
         mem.add_(5.0)
     batch = store.fetch(torch.tensor([0, 1]))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from memory.batch import MemoryUpdate
 from memory import MemoryStore
 from pipeline.mitigation import SimilarityTable, mitigate
 
@@ -17,7 +18,7 @@ def store_with(mem: list[list[float]], mem_ts: list[float], never_written: int =
     ts = torch.tensor(mem_ts, dtype=torch.float64)
     nodes = torch.arange(len(mem))
     store = MemoryStore(len(mem) + never_written, mem_tensor.shape[1], 1)
-    store.update(0, nodes, mem_tensor, ts, nodes, torch.zeros(len(mem), 1), ts)
+    store.update(0, MemoryUpdate(nodes, mem_tensor, ts, nodes, torch.zeros(len(mem), 1), ts))
     return store
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from graph.events import EventStream
 from graph.synthetic import synthetic_events
+from memory.batch import MemoryUpdate
 from memory.store import MemoryBatch, MemoryStore
 from models import ModelInputs, build_model
 from models.embedding import JodieProjection
@@ -88,7 +89,7 @@ def warmed_inputs(model: str, events: EventStream, num_neg: int = 1) -> tuple[to
     for index, batch in enumerate((np.arange(20, 30), np.arange(30, 40))):
         inputs = batch_inputs(events, batch, tiny_config(model), store, rng.integers(0, 12, len(batch)))
         _, _, update = net(inputs)
-        store.update(index, update.nodes, update.mem, update.mem_ts, update.mail_nodes, update.mail, update.mail_ts)
+        store.update(index, update)
     batch = np.arange(40, 50)
     return net, batch_inputs(events, batch, tiny_config(model), store, rng.integers(0, 12, len(batch) * num_neg))
 
@@ -184,8 +185,8 @@ def test_tgn_memory_and_mails_match_a_hand_computed_reference(update_time: str) 
     net = build_model(cfg, 4, 0, DIM_EDGE).eval()
     store = MemoryStore(4, DIM_MEM, net.dim_mail)
     stored_mem, stored_mail = torch.randn(3, DIM_MEM), torch.randn(2, net.dim_mail)
-    store.update(0, torch.tensor([0, 1, 2]), stored_mem, torch.tensor([t0 + 1, t0 + 2, t0 + 2]),
-                 torch.tensor([0, 1]), stored_mail, torch.tensor([t0 + 1, t0 + 2]))
+    store.update(0, MemoryUpdate(torch.tensor([0, 1, 2]), stored_mem, torch.tensor([t0 + 1, t0 + 2, t0 + 2]),
+                              torch.tensor([0, 1]), stored_mail, torch.tensor([t0 + 1, t0 + 2])))
     inputs = batch_inputs(history, np.array([2, 3]), tiny_config("tgn"), store, np.array([3, 0]))
     _, _, update = net(inputs)
 
@@ -208,7 +209,7 @@ def test_tgn_memory_and_mails_match_a_hand_computed_reference(update_time: str) 
         torch.cat([mem_1_at_12, mem_2, edge_12]), torch.cat([mem_2, mem_1_at_12, edge_12]),
     ]))
 
-    store.update(1, update.nodes, update.mem, update.mem_ts, update.mail_nodes, update.mail, update.mail_ts)
+    store.update(1, update)
     latest = store.fetch(torch.tensor([1]))
     torch.testing.assert_close(latest.mem[0], mem_1_at_12)
     assert latest.mem_ts.item() == t0 + 12
@@ -302,10 +303,10 @@ def apan_with_memory(num_nodes: int) -> tuple[torch.nn.Module, MemoryStore]:
     torch.manual_seed(0)
     net = build_model(tiny_config("apan"), num_nodes, 0, 0).eval()
     store = MemoryStore(num_nodes, DIM_MEM, net.dim_mail, net.mailbox_size)
-    store.update(0, torch.arange(num_nodes), torch.randn(num_nodes, DIM_MEM),
-                 torch.full((num_nodes,), UNIX_EPOCH_2020, dtype=torch.float64),
-                 torch.tensor([], dtype=torch.int64), torch.zeros(0, net.dim_mail),
-                 torch.tensor([], dtype=torch.float64))
+    store.update(0, MemoryUpdate(torch.arange(num_nodes), torch.randn(num_nodes, DIM_MEM),
+                              torch.full((num_nodes,), UNIX_EPOCH_2020, dtype=torch.float64),
+                              torch.tensor([], dtype=torch.int64), torch.zeros(0, net.dim_mail),
+                              torch.tensor([], dtype=torch.float64)))
     return net, store
 
 
@@ -341,7 +342,7 @@ def test_apan_mails_are_chronological_so_the_latest_one_is_kept() -> None:
     latest_for_0 = last_index(update.mail_nodes, 0)
     assert update.mail_ts[latest_for_0].item() == t0 + 6
     torch.testing.assert_close(update.mail[latest_for_0], update.mail[last_index(update.mail_nodes, 2)])
-    store.update(1, update.nodes, update.mem, update.mem_ts, update.mail_nodes, update.mail, update.mail_ts)
+    store.update(1, update)
     torch.testing.assert_close(store.fetch(torch.tensor([0])).mail[0, 0], update.mail[latest_for_0])
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from memory.batch import MemoryUpdate
 from memory.shared import FileReadWriteLock, SharedMemoryStore, shared_memory_root
 
 DIMS = {"num_nodes": 6, "dim_memory": 2, "dim_mail": 3, "mailbox_size": 2}
@@ -28,8 +29,8 @@ def write(store: SharedMemoryStore, batch: int, nodes: list[int], value: float) 
     """Batch `batch` sets memory `value` and one mail `value + 100` at time `value` on `nodes`."""
     n = len(nodes)
     ids = torch.tensor(nodes)
-    store.update(batch, ids, torch.full((n, DIMS["dim_memory"]), value), torch.full((n,), value), ids,
-                 torch.full((n, DIMS["dim_mail"]), value + 100), torch.full((n,), value))
+    store.update(batch, MemoryUpdate(ids, torch.full((n, DIMS["dim_memory"]), value), torch.full((n,), value),
+                                     ids, torch.full((n, DIMS["dim_mail"]), value + 100), torch.full((n,), value)))
 
 
 def test_an_attached_store_sees_the_creators_writes_and_commits(store_path):
