@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from common.errors import ConfigError
+from common.errors import ConfigError, one_line
 from common.registry import Registry
 from graph.negatives import NEGATIVE_STRATEGIES
 from models.embedding import EMBEDDINGS
@@ -208,6 +208,20 @@ def load_config(path: str | Path) -> dict:
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}:{where} invalid YAML") from None
     return validate_config(given, str(path), path.parent)
+
+
+def parse_settings(settings: list[str], source: str = "--set") -> dict[str, Any]:
+    """`KEY=VALUE` strings as `{dotted key: value}`, each value read as YAML (`16`, `true`, `[10, 10]`, `batch`)."""
+    overrides = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{source}: '{setting}' is not KEY=VALUE (e.g. memory.update_time=batch)")
+        try:
+            overrides[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{source}: value of '{key.strip()}' is not valid YAML ({one_line(error)})") from None
+    return overrides
 
 
 def apply_overrides(cfg: dict, overrides: dict[str, Any], source: str = "command line") -> dict:

@@ -46,6 +46,8 @@ the proportions torch.profiler measures on the following batches. The JSON names
 `accuracy`: trains each config on each dataset with each seed (`scripts/train.py`, one thread per run,
 `--jobs` runs at once) and records every validation and test metric of the best epoch, with mean and
 standard deviation over seeds: under each negative strategy the configs' `eval.negatives` lists.
+`--variant 'NAME:KEY=VALUE;KEY=VALUE'` (repeatable) runs every config once per variant, with those
+overrides (`train.py --set`): an ablation in one JSON.
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ import contextlib
 import dataclasses
 import json
 import gc
+import itertools
 import os
 import platform
 import resource
@@ -80,7 +83,7 @@ from graph.negatives import negative_seed, sample_negatives
 from graph.split import chronological_split
 from graph.synthetic import with_random_edge_features
 from pipeline.checkpoint import CHECKPOINT_NAME
-from pipeline.config import MODES, apply_overrides, load_config
+from pipeline.config import MODES, apply_overrides, load_config, parse_settings
 from pipeline.policies import available_cores, configure_threads
 from pipeline.runner import STAGES
 from pipeline.setup import build_setup, training_stages
@@ -112,7 +115,7 @@ TRAIN_VARIANTS: dict[str, dict] = {  # variant name -> config overrides
 }
 TRAIN_TABLE = ["variant", "events_per_s", "speedup", "ideal_speedup", "test_ap", "k", "staleness_mean",
                "staleness_max", "train_busy", *(f"{stage}_ms" for stage in STAGES)]
-ACCURACY_TABLE = ["config", "dataset", "seeds", "test_ap_mean", "test_ap@historical_mean", "test_ap@inductive_mean",
+ACCURACY_TABLE = ["config", "variant", "dataset", "seeds", "test_ap_mean", "test_ap@historical_mean", "test_ap@inductive_mean",
                   "test_auc_mean", "test_auc@historical_mean", "test_auc@inductive_mean", "test_mrr_all_mean"]
 ATTENTION_TABLE = ["roots", "edges", "dgl_ms", "torch_ms", "torch_over_dgl"]
 SOAK_TABLE = ["epoch", "rss_mb", "peak_rss_mb", "epoch_s", "test_ap"]
@@ -225,6 +228,9 @@ def add_accuracy_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default="uci,enron", help="comma-separated datasets")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs of every config")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE;...",
+                        help="a named set of config overrides every config also runs with, e.g. "
+                             "'batch:memory.update_time=batch' (repeatable; none: each config as it is)")
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
     parser.add_argument("--runs-dir", default="runs/accuracy", help="where each run writes its directory")
     parser.add_argument("--out", required=True, help="JSON file for the results")
@@ -721,39 +727,54 @@ def benchmark_breakdown(args: argparse.Namespace) -> dict:
     }
 
 
-def accuracy_run(config: str, data: str, seed: int, args: argparse.Namespace) -> dict:
-    """Train one (config, dataset, seed) in its own process on one thread; its results.json metrics."""
-    out = Path(args.runs_dir) / f"{Path(config).stem}_{data}_s{seed}"
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """`NAME:KEY=VALUE;KEY=VALUE` as the variant's name and its `--set` overrides (checked by `parse_settings`)."""
+    name, sep, settings = text.partition(":")
+    if not sep or not name.strip():
+        raise UserError(f"--variant: '{text}' is not NAME:KEY=VALUE;... (e.g. 'batch:memory.update_time=batch')")
+    overrides = [setting.strip() for setting in settings.split(";") if setting.strip()]
+    parse_settings(overrides, f"--variant {name.strip()}")
+    return name.strip(), overrides
+
+
+def accuracy_run(config: str, variant: tuple[str, list[str]], data: str, seed: int, args: argparse.Namespace) -> dict:
+    """Train one (config, variant, dataset, seed) in its own process on one thread; its results.json metrics."""
+    name, overrides = variant
+    out = Path(args.runs_dir) / "_".join(filter(None, (Path(config).stem, name, data, f"s{seed}")))
     command = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", config, "--data", data,
                "--seed", str(seed), "--threads", "1", "--no-progress", "--overwrite", "--out", str(out)]
     if args.epochs is not None:
         command += ["--epochs", str(args.epochs)]
+    for setting in overrides:
+        command += ["--set", setting]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise UserError(f"{' '.join(command[1:])} failed: {done.stderr.strip().splitlines()[-1:]}")
     results = json.loads((out / "results.json").read_text())
     metrics = {key: value for key, value in results.items()
                if isinstance(value, float) and key.startswith(("val_", "test_"))}
-    return {"config": config, "model": results["model"], "dataset": data, "seed": seed,
+    return {"config": config, "variant": name, "overrides": overrides, "model": results["model"], "dataset": data,
+            "seed": seed,
             "epochs": results["epochs"], "best_epoch": results["best_epoch"], **metrics}
 
 
 def benchmark_accuracy(args: argparse.Namespace) -> dict:
     """Every (config, dataset, seed) trained to its best validation epoch, `--jobs` at a time, with the
     mean and standard deviation over seeds of every test metric."""
-    plan = [(config, data, int(seed)) for config in args.configs.split(",") for data in args.data.split(",")
-            for seed in args.seeds.split(",")]
+    variants = [parse_variant(text) for text in args.variant] or [("", [])]
+    plan = [(config, variant, data, int(seed)) for config in args.configs.split(",") for variant in variants
+            for data in args.data.split(",") for seed in args.seeds.split(",")]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(lambda item: accuracy_run(*item, args), plan))
     summary = []
-    for config in args.configs.split(","):
-        for data in args.data.split(","):
-            group = [run for run in runs if run["config"] == config and run["dataset"] == data]
-            row = {"config": Path(config).stem, "model": group[0]["model"], "dataset": data, "seeds": len(group)}
-            for key in sorted({key for run in group for key in run if key.startswith("test_")}):
-                values = [run[key] for run in group]
-                row[f"{key}_mean"], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
-            summary.append(row)
+    for config, (name, overrides), data in itertools.product(args.configs.split(","), variants, args.data.split(",")):
+        group = [run for run in runs if (run["config"], run["variant"], run["dataset"]) == (config, name, data)]
+        row = {"config": Path(config).stem, "variant": name, "overrides": overrides, "model": group[0]["model"],
+               "dataset": data, "seeds": len(group)}
+        for key in sorted({key for run in group for key in run if key.startswith("test_")}):
+            values = [run[key] for run in group]
+            row[f"{key}_mean"], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
+        summary.append(row)
     return {"benchmark": "accuracy", "dataset": args.data, "command": " ".join(sys.argv), "commit": git_commit(),
             "versions": library_versions(), "runs": runs, "results": summary}
 

@@ -24,7 +24,7 @@ import torch
 from common.errors import UserError
 from graph.datasets import DEFAULT_DATASET
 from graph.events import EventStream
-from pipeline.config import MODES, apply_overrides, load_config
+from pipeline.config import MODES, apply_overrides, load_config, parse_settings
 from pipeline.device import resolve_device
 from pipeline.distributed import DEFAULT_TIMEOUT_S, LocalWorld, init_world
 from pipeline.policies import configure_threads
@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="staleness mitigation on/off (pipeline.mitigation.enabled)")
     parser.add_argument("--delayed-fetch", action=argparse.BooleanOptionalAction, default=None,
                         help="mspipe's delayed memory fetch on/off (pipeline.delayed_fetch)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. --set memory.update_time=batch (repeatable; applied last)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--threads", type=int, default=None, help="CPU cores torch may use (default: all available)")
@@ -72,6 +74,7 @@ def build_config(args: argparse.Namespace) -> dict:
         "pipeline.k": args.k,
         "pipeline.mitigation.enabled": args.mitigation,
         "pipeline.delayed_fetch": args.delayed_fetch,
+        **parse_settings(args.set),
     })
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +119,41 @@ def test_torch_only_attention_matches_dgl_with_roots_that_have_no_neighbours(ben
     key, value, query = torch.randn(5, 2, 4), torch.randn(5, 2, 4), torch.randn(3, 2, 4)
     torch.testing.assert_close(benchmark.attention_with_torch(dst, 3, key, value, query),
                                benchmark.attention_with_dgl(block, key, value, query))
+
+
+def test_accuracy_runs_every_variant_through_train_overrides_and_groups_rows_by_variant(benchmark, monkeypatch,
+                                                                                       tmp_path):
+    commands, run = [], subprocess.run
+
+    def fake_train(command, **kwargs):
+        if command[0] == "git":
+            return run(command, **kwargs)
+        commands.append(command)
+        out = Path(command[command.index("--out") + 1])
+        out.mkdir(parents=True)
+        seed, k = int(command[command.index("--seed") + 1]), 16 if "pipeline.k=16" in command else 1
+        (out / "results.json").write_text(json.dumps({"model": "tgn", "epochs": 1, "best_epoch": 0,
+                                                      "test_ap": 0.9 - 0.01 * k + 0.001 * seed}))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(benchmark.subprocess, "run", fake_train)
+    out = tmp_path / "accuracy.json"
+    assert benchmark.main(["accuracy", "--configs", "configs/dyglib/tgn.yml", "--data", "uci", "--seeds", "0,1",
+                           "--variant", "sequential:pipeline.mode=sequential",
+                           "--variant", "k16:pipeline.mode=fixed-k;pipeline.k=16",
+                           "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert len(commands) == 4
+    settings = [[c[i + 1] for i, part in enumerate(c) if part == "--set"] for c in commands]
+    assert settings.count(["pipeline.mode=sequential"]) == 2
+    assert settings.count(["pipeline.mode=fixed-k", "pipeline.k=16"]) == 2
+    rows = {row["variant"]: row for row in json.loads(out.read_text())["results"]}
+    assert rows["sequential"]["test_ap_mean"] == pytest.approx(0.8905)
+    assert rows["k16"]["test_ap_mean"] == pytest.approx(0.7405)
+    assert rows["k16"]["overrides"] == ["pipeline.mode=fixed-k", "pipeline.k=16"]
+
+
+def test_a_variant_without_a_name_or_with_a_bad_setting_is_refused(benchmark):
+    with pytest.raises(UserError, match="--variant"):
+        benchmark.parse_variant("pipeline.k=16")
+    with pytest.raises(UserError, match="--variant k16"):
+        benchmark.parse_variant("k16:pipeline.k")

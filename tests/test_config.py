@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError
-from pipeline.config import apply_overrides, load_config, validate_config
+from pipeline.config import apply_overrides, load_config, parse_settings, validate_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yml"))
 
@@ -73,6 +73,20 @@ def test_overrides_are_validated():
         apply_overrides(cfg, {"pipeline.k": 0})
     with pytest.raises(ConfigError, match="nosuch.key"):
         apply_overrides(cfg, {"nosuch.key": 1})
+
+
+def test_settings_are_read_as_yaml_and_validated_like_the_file():
+    overrides = parse_settings(["memory.update_time=batch", "pipeline.k=16", "pipeline.mitigation.enabled=true",
+                                "sampler.fanouts=[5, 5]"])
+    assert overrides == {"memory.update_time": "batch", "pipeline.k": 16, "pipeline.mitigation.enabled": True,
+                         "sampler.fanouts": [5, 5]}
+    cfg = apply_overrides(validate_config({}), overrides)
+    assert (cfg["memory"]["update_time"], cfg["pipeline"]["k"]) == ("batch", 16)
+    with pytest.raises(ConfigError, match="memory.update_time"):
+        apply_overrides(cfg, parse_settings(["memory.update_time=later"]))
+    for bad in ("memory.update_time", "=batch", "pipeline.k=[1"):
+        with pytest.raises(ConfigError, match="--set"):
+            parse_settings([bad])
 
 
 def test_memoryless_model_needs_attention():
