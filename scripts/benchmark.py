@@ -337,7 +337,7 @@ def benchmark_train(args: argparse.Namespace) -> dict:
         "benchmark": "train", "dataset": events.name, "model": base["model"], "num_events": events.num_events,
         "edge_feat_dim": args.edge_feat_dim, "epochs": args.epochs, "repeat": args.repeat, "seed": args.seed,
         "batch_size": base["train"]["batch_size"], "cores": cores, "torch_threads": plan.intra_op,
-        "speedup_reference": rows[0]["variant"],
+        "speedup_reference": rows[0]["variant"], "command": " ".join(sys.argv), "commit": git_commit(),
         "versions": library_versions(),
         "machine": platform.processor() or platform.machine(),
         "results": rows,
