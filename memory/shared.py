@@ -6,7 +6,7 @@ others attach to them. Once all have attached, the creator unlinks the files: th
 as a process maps it and nothing is left behind, even after a crash. A lock file that stays until
 `close()` serialises writers against readers across processes (`flock`, many readers or one writer),
 and the committed version is a shared counter, so a fetch in any process can wait for any version.
-Who writes, and when, is the caller's business (pipeline/distributed.py: one writer per machine).
+Who writes, and when, is the caller's business (pipeline/run/distributed.py: one writer per machine).
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater
 from models.predictor import PREDICTORS
 from models.write_back import memory_update, neighbour_deliveries
 
-# The defaults of the config's model sections (TGL's); pipeline/config.py validates configs against them.
+# The defaults of the config's model sections (TGL's); pipeline/run/config.py validates configs against them.
 # `memory.normalize` L2-normalises each updated memory (JODIE).
 # `memory.update_time` is the time an input node's memory is brought to: "query", each input slot's own time
 # (TGL), or "batch", the batch's first event time, which makes the update a function of the node alone.

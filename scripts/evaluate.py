@@ -11,9 +11,9 @@ from pathlib import Path
 from _cli import add_data_arguments, load_data, run_cli
 
 from graph.datasets import DEFAULT_DATASET
-from pipeline.checkpoint import CHECKPOINT_NAME, dataset_fingerprint, load_checkpoint
-from pipeline.device import resolve_device
-from pipeline.trainer import evaluate_checkpoint
+from pipeline.run.checkpoint import CHECKPOINT_NAME, dataset_fingerprint, load_checkpoint
+from pipeline.engine.device import resolve_device
+from pipeline.run.trainer import evaluate_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,9 +14,9 @@ from pathlib import Path
 from _cli import run_cli
 
 from common.errors import UserError
-from pipeline.reporting import PIPELINE_LOG
-from pipeline.runner import StageEvent
-from pipeline.timeline import timeline_figure
+from pipeline.run.reporting import PIPELINE_LOG
+from pipeline.engine.runner import StageEvent
+from pipeline.run.timeline import timeline_figure
 
 
 def read_events(path: Path, first: int, last: int | None) -> list[StageEvent]:

@@ -2,7 +2,7 @@
 `scripts/benchmark.py compare` measures this project's TGN against.
 
 It trains on this project's `EventStream` and `Split`, with the same training negatives (seeded per epoch
-and batch) and the same fixed evaluation negatives as `pipeline.trainer.train`, so the two systems see
+and batch) and the same fixed evaluation negatives as `pipeline.run.trainer.train`, so the two systems see
 exactly the same events and differ only in their implementation. torch_geometric is an optional
 dependency (`pip install -e .[bench]`), imported only when the reference runs.
 """
@@ -18,8 +18,8 @@ from common.errors import UserError, one_line
 from graph.events import EventStream
 from graph.negatives import eval_negatives, negative_seed, sample_negatives
 from graph.split import Split
-from pipeline.evaluation import ranking_metrics
-from pipeline.stages import chronological_batches, link_prediction_loss
+from pipeline.run.evaluation import ranking_metrics
+from pipeline.engine.stages import chronological_batches, link_prediction_loss
 
 PYG_VERSION = "2.8.1"  # the version the comparison was written and measured with (pyproject's `bench` extra)
 INSTALL_HINT = f"pip install torch_geometric=={PYG_VERSION} (or pip install -e .[bench])"

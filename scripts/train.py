@@ -24,12 +24,12 @@ import torch
 from common.errors import UserError
 from graph.datasets import DEFAULT_DATASET
 from graph.events import EventStream
-from pipeline.config import MODES, apply_overrides, load_config, parse_settings
-from pipeline.device import resolve_device
-from pipeline.distributed import DEFAULT_TIMEOUT_S, LocalWorld, init_world
-from pipeline.policies import configure_threads
-from pipeline.reporting import prepare_run_dir
-from pipeline.trainer import train
+from pipeline.run.config import MODES, apply_overrides, load_config, parse_settings
+from pipeline.engine.device import resolve_device
+from pipeline.run.distributed import DEFAULT_TIMEOUT_S, LocalWorld, init_world
+from pipeline.engine.policies import configure_threads
+from pipeline.run.reporting import prepare_run_dir
+from pipeline.run.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 

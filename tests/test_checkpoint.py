@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from graph.synthetic import synthetic_events
-from pipeline.checkpoint import (
+from pipeline.run.checkpoint import (
     CheckpointError, config_fingerprint, dataset_fingerprint, load_checkpoint, save_checkpoint,
 )
-from pipeline.config import validate_config
+from pipeline.run.config import validate_config
 
 
 @pytest.fixture()

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError
-from pipeline.config import apply_overrides, load_config, parse_settings, validate_config
+from pipeline.run.config import apply_overrides, load_config, parse_settings, validate_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yml"))
 

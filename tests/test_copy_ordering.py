@@ -8,11 +8,11 @@ import contextlib
 import torch
 from torch import nn
 
-import pipeline.stages as stages_module
+import pipeline.engine.stages as stages_module
 from graph.synthetic import synthetic_events
 from memory.store import MemoryBatch
-from pipeline.config import validate_config
-from pipeline.setup import build_setup, training_stages
+from pipeline.run.config import validate_config
+from pipeline.run.setup import build_setup, training_stages
 
 
 class RecordingCopies:

@@ -1,4 +1,4 @@
-"""Data-parallel training (pipeline/distributed.py): batch sharding and update merging as pure functions,
+"""Data-parallel training (pipeline/run/distributed.py): batch sharding and update merging as pure functions,
 two gloo processes training TGN together on one shared memory store (merged memory against what one
 process writes for the same global batches, identical metrics on both ranks), and a rank that crashes
 under torchrun."""
@@ -22,13 +22,13 @@ from graph.split import chronological_split
 from graph.datasets import load_dataset
 from memory.batch import MemoryUpdate
 from memory.store import TABLE_NAMES, MemoryStore
-from pipeline.config import apply_overrides, load_config
-from pipeline.distributed import (
+from pipeline.run.config import apply_overrides, load_config
+from pipeline.run.distributed import (
     AgreedPolicy, AgreedStageTimes, MachineMemoryStore, Shard, init_world, merge_updates,
 )
-from pipeline.policies import MSPipe
-from pipeline.profiler import STAGES, StageProfiler, minimal_staleness
-from pipeline.trainer import train
+from pipeline.engine.policies import MSPipe
+from pipeline.engine.profiler import STAGES, StageProfiler, minimal_staleness
+from pipeline.run.trainer import train
 
 WORLD_SIZE = 2
 TGN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tgn.yml"

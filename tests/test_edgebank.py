@@ -12,10 +12,10 @@ import torch
 from common.errors import ConfigError
 from graph.events import EventStream
 from models.edgebank import EdgeBank
-from pipeline.baselines import rank_all_destinations, true_destinations
-from pipeline.config import validate_config
-from pipeline.evaluation import ranking_summary, ranks_against_candidates
-from pipeline.trainer import train
+from pipeline.run.baselines import rank_all_destinations, true_destinations
+from pipeline.run.config import validate_config
+from pipeline.run.evaluation import ranking_summary, ranks_against_candidates
+from pipeline.run.trainer import train
 
 # directed events 0->1 (t 1), 1->2 (t 2), 0->1 (t 3), 2->0 (t 10)
 SRC, DST, T = np.array([0, 1, 0, 2]), np.array([1, 2, 1, 0]), np.array([1.0, 2.0, 3.0, 10.0])

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from pipeline.evaluation import batch_mean_metrics, ranking_metrics
+from pipeline.run.evaluation import batch_mean_metrics, ranking_metrics
 
 
 def test_perfect_and_inverted_scores():

@@ -25,10 +25,10 @@ import yaml
 
 from graph.datasets import load_dataset
 from graph.synthetic import synthetic_events
-from pipeline.checkpoint import CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint
-from pipeline.config import apply_overrides, load_config
-from pipeline.stages import LinkPredictionStages
-from pipeline.trainer import train
+from pipeline.run.checkpoint import CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint
+from pipeline.run.config import apply_overrides, load_config
+from pipeline.engine.stages import LinkPredictionStages
+from pipeline.run.trainer import train
 
 pytestmark = pytest.mark.faults
 
@@ -262,7 +262,7 @@ def test_stage_fault_stops_the_run_with_stage_and_batch_and_keeps_the_checkpoint
 def test_stage_fault_on_the_command_line_is_one_line_and_exit_1(scripts_dir, config_file, data_file, tmp_path):
     inject_and_train = (
         "import runpy, sys\n"
-        "from pipeline.stages import LinkPredictionStages\n"
+        "from pipeline.engine.stages import LinkPredictionStages\n"
         "def broken(self, i, ctx, staleness): raise RuntimeError('injected into fetch_memory')\n"
         "LinkPredictionStages.fetch_memory = broken\n"
         "sys.path.insert(0, sys.argv[1]); sys.argv = sys.argv[2:]\n"

@@ -9,8 +9,8 @@ import torch
 
 from common.errors import ConfigError
 from graph.negatives import edge_negatives
-from pipeline.config import validate_config
-from pipeline.trainer import train
+from pipeline.run.config import validate_config
+from pipeline.run.trainer import train
 
 # (src, dst, t) of a six-event stream; the last three events are scored in batches [3, 4] and [5]
 SRC = np.array([0, 1, 2, 0, 1, 2])

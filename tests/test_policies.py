@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from common.errors import UserError
-from pipeline.policies import (
+from pipeline.engine.policies import (
     FixedK, MSPipe, Presample, Sequential, ThreadPlan, configure_threads, delayed_fetch_start, make_policy,
     thread_plan,
 )
-from pipeline.profiler import STAGES, StageProfiler, minimal_staleness
+from pipeline.engine.profiler import STAGES, StageProfiler, minimal_staleness
 
 
 def taus(sample=0.0, fetch_features=0.0, fetch_memory=0.0, train=0.0, update_memory=0.0) -> dict[str, float]:

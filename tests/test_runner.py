@@ -10,9 +10,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline.policies import FixedK, MSPipe, Policy, Presample, Sequential
-from pipeline.profiler import StageProfiler, minimal_staleness
-from pipeline.runner import STAGES, RunStats, StageEvent, run_batches
+from pipeline.engine.policies import FixedK, MSPipe, Policy, Presample, Sequential
+from pipeline.engine.profiler import StageProfiler, minimal_staleness
+from pipeline.engine.runner import STAGES, RunStats, StageEvent, run_batches
 
 MS = 1e-3
 # Train-bound: P = 12 ms, (fm + train + update) / P = 16 / 12, so k_min = 2; sum / max = 28 / 12.

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.profiler import STAGES
-from pipeline.runner import StageEvent
-from pipeline.timeline import timeline_figure
+from pipeline.engine.profiler import STAGES
+from pipeline.engine.runner import StageEvent
+from pipeline.run.timeline import timeline_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

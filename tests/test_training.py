@@ -11,13 +11,13 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import pipeline.stages as stages_module
+import pipeline.engine.stages as stages_module
 from common.errors import NonFiniteLossError
 from graph.synthetic import synthetic_events
-from pipeline.checkpoint import CHECKPOINT_NAME
-from pipeline.config import validate_config
-from pipeline.setup import build_setup, training_stages
-from pipeline.trainer import train
+from pipeline.run.checkpoint import CHECKPOINT_NAME
+from pipeline.run.config import validate_config
+from pipeline.run.setup import build_setup, training_stages
+from pipeline.run.trainer import train
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SMALL = {

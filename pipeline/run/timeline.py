@@ -14,8 +14,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipeline.profiler import STAGES
-from pipeline.runner import StageEvent
+from pipeline.engine.profiler import STAGES
+from pipeline.engine.runner import StageEvent
 
 PALETTE = "tab10"
 

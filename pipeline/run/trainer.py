@@ -16,19 +16,19 @@ import torch
 from tqdm import tqdm
 
 from graph.events import EventStream
-from pipeline.baselines import BASELINES, run_baseline
-from pipeline.checkpoint import (
+from pipeline.run.baselines import BASELINES, run_baseline
+from pipeline.run.checkpoint import (
     CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint, save_checkpoint,
 )
-from pipeline.config import validate_config
-from pipeline.distributed import LocalWorld
-from pipeline.evaluation import split_metrics
-from pipeline.policies import Policy, make_policy
-from pipeline.profiler import StageProfiler
-from pipeline.reporting import RunLog
-from pipeline.runner import STAGES, RunStats, run_batches
-from pipeline.setup import RunSetup, build_setup, evaluation_stages, negative_columns, training_stages
-from pipeline.stages import LinkPredictionStages
+from pipeline.run.config import validate_config
+from pipeline.run.distributed import LocalWorld
+from pipeline.run.evaluation import split_metrics
+from pipeline.engine.policies import Policy, make_policy
+from pipeline.engine.profiler import StageProfiler
+from pipeline.run.reporting import RunLog
+from pipeline.engine.runner import STAGES, RunStats, run_batches
+from pipeline.run.setup import RunSetup, build_setup, evaluation_stages, negative_columns, training_stages
+from pipeline.engine.stages import LinkPredictionStages
 
 
 @dataclass
@@ -104,8 +104,8 @@ def train(cfg: dict, events: EventStream, out_dir: Path, device: torch.device, s
           world: LocalWorld | None = None) -> dict[str, Any]:
     """Train `cfg` on `events`, writing logs, checkpoints and results into `out_dir`; return the results.
 
-    `world` makes this process one rank of a data-parallel run (pipeline/distributed.py); default: alone.
-    A model that needs no training (`model: edgebank`) is only scored (pipeline/baselines.py).
+    `world` makes this process one rank of a data-parallel run (pipeline/run/distributed.py); default: alone.
+    A model that needs no training (`model: edgebank`) is only scored (pipeline/run/baselines.py).
     """
     if cfg["model"] in BASELINES:
         return run_baseline(cfg, events, out_dir, seed)

@@ -21,8 +21,8 @@ from memory.batch import MemoryBatch, MemoryUpdate
 from memory.store import MemoryStore
 from models.interface import ModelInputs
 from models.tgnn import TemporalModel
-from pipeline.device import CopyStream, to_device
-from pipeline.mitigation import SimilarityTable, mitigate
+from pipeline.engine.device import CopyStream, to_device
+from pipeline.engine.mitigation import SimilarityTable, mitigate
 from sampler.temporal import TemporalSampler
 
 

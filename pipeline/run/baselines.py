@@ -12,9 +12,9 @@ import numpy as np
 from graph.events import EventStream
 from graph.split import chronological_split
 from models.edgebank import EdgeBank
-from pipeline.evaluation import ranking_summary, ranks_against_candidates, split_metrics
-from pipeline.reporting import RunLog
-from pipeline.setup import negative_columns, require_every_part, split_negatives
+from pipeline.run.evaluation import ranking_summary, ranks_against_candidates, split_metrics
+from pipeline.run.reporting import RunLog
+from pipeline.run.setup import negative_columns, require_every_part, split_negatives
 
 BASELINES = ("edgebank",)
 

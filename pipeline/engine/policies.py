@@ -1,6 +1,6 @@
 """Schedulers of the training pipeline: what distinguishes one mode from another (docs/method.md §7).
 
-The runner (`pipeline.runner`) enforces the rules every mode shares: each stage serves one batch at a
+The runner (`pipeline.engine.runner`) enforces the rules every mode shares: each stage serves one batch at a
 time in batch order, a batch's stages run in order, feature fetch and memory fetch never overlap, and at
 most `max_in_flight` batches are between sampling and memory update. A policy only decides
 
@@ -17,7 +17,7 @@ Modes:
 - `FixedK(k)`: the full pipeline with a user-given bound; `FixedK(1)` computes exactly what
   `Sequential` computes.
 - `MSPipe`: warm-up batches run sequentially to measure stage times, then every batch gets the minimal
-  bound computed online (`pipeline.profiler.minimal_staleness`), and the memory fetch is delayed to the
+  bound computed online (`pipeline.engine.profiler.minimal_staleness`), and the memory fetch is delayed to the
   latest start that still has it ready when training is due, so it sees every update finished by then.
 
 `SCHEDULERS` holds a factory per mode, called with the config's `pipeline` section; `pipeline.mode`
@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from common.registry import Registry
-from pipeline.profiler import StageProfiler
+from pipeline.engine.profiler import StageProfiler
 
 logger = logging.getLogger(__name__)
 

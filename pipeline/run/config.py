@@ -24,8 +24,8 @@ from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS
 from models.predictor import PREDICTORS
 from models.tgnn import EMBEDDING_DEFAULTS, MEMORY_DEFAULTS, PREDICTOR_DEFAULTS, UPDATE_TIMES
-from pipeline.plugins import load_plugins
-from pipeline.policies import SCHEDULERS
+from pipeline.run.plugins import load_plugins
+from pipeline.engine.policies import SCHEDULERS
 from sampler.temporal import STRATEGIES
 
 MODES = SCHEDULERS.names()  # the built-in modes; a plugin's scheduler is selected in the YAML
@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
         "test_ratio": 0.15,
         "inductive_ratio": 0.1,
     },
-    "edgebank": {  # read when model is edgebank (pipeline/baselines.py)
+    "edgebank": {  # read when model is edgebank (pipeline/run/baselines.py)
         "memory": "unlimited",
         "window_ratio": 0.15,
     },

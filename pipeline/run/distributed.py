@@ -46,9 +46,9 @@ from common.errors import LaunchError
 from memory.shared import SharedMemoryStore, shared_memory_root
 from memory.batch import MemoryUpdate
 from memory.store import MemoryStore
-from pipeline.policies import Policy
-from pipeline.profiler import STAGES, StageProfiler, minimal_staleness
-from pipeline.stages import chronological_batches
+from pipeline.engine.policies import Policy
+from pipeline.engine.profiler import STAGES, StageProfiler, minimal_staleness
+from pipeline.engine.stages import chronological_batches
 
 DEFAULT_TIMEOUT_S = 60.0
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

@@ -49,8 +49,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.policies import Policy
-from pipeline.profiler import STAGES, StageProfiler
+from pipeline.engine.policies import Policy
+from pipeline.engine.profiler import STAGES, StageProfiler
 
 __all__ = ["STAGES", "StageFunctions", "StageEvent", "RunStats", "run_batches"]
 

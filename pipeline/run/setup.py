@@ -1,7 +1,7 @@
 """Builds everything a run needs from a validated config and an event stream: the split, the samplers,
 the model, the optimizer, the memory store, the negatives and the stage functions for each split.
 
-The world (`LocalWorld` or `DistributedWorld`, pipeline/distributed.py) decides what differs when several
+The world (`LocalWorld` or `DistributedWorld`, pipeline/run/distributed.py) decides what differs when several
 processes train together: each process's share of every batch, the memory store, the module the train
 stage calls and the learning rate. A single process (`LocalWorld`, the default) trains on whole batches
 with a plain store and model."""
@@ -18,10 +18,10 @@ from graph.negatives import edge_negatives, eval_negatives, named_seed, negative
 from graph.split import Split, chronological_split
 from memory.store import MemoryStore
 from models.tgnn import TemporalModel, build_model
-from pipeline.device import host_tensor, pins_host_memory
-from pipeline.distributed import LocalWorld
-from pipeline.mitigation import SimilarityTable
-from pipeline.stages import LinkPredictionStages, Mitigation, StreamTensors
+from pipeline.engine.device import host_tensor, pins_host_memory
+from pipeline.run.distributed import LocalWorld
+from pipeline.engine.mitigation import SimilarityTable
+from pipeline.engine.stages import LinkPredictionStages, Mitigation, StreamTensors
 from sampler.tcsr import TCSR
 from sampler.temporal import TemporalSampler
 

@@ -10,11 +10,11 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from pipeline.runner import RunStats
-from pipeline.timeline import timeline_figure
+from pipeline.engine.runner import RunStats
+from pipeline.run.timeline import timeline_figure
 
 from common.errors import UserError
-from pipeline.checkpoint import CHECKPOINT_NAME as CHECKPOINT
+from pipeline.run.checkpoint import CHECKPOINT_NAME as CHECKPOINT
 
 PIPELINE_LOG = "pipeline_events.csv"
 RESULTS = "results.json"
