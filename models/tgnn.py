@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from common.errors import UserError
+from memory.batch import MemoryUpdate
 from models.distinct import Groups, group, group_pairs
 from models.embedding import build_embedding
-from memory.batch import MemoryUpdate
 from models.interface import ModelInputs
 from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater
 from models.predictor import PREDICTORS

@@ -82,12 +82,12 @@ from graph.events import EventStream, event_stream_from_raw
 from graph.negatives import negative_seed, sample_negatives
 from graph.split import chronological_split
 from graph.synthetic import with_random_edge_features
+from pipeline.engine.runner import STAGES
+from pipeline.engine.stages import TRAIN_STEP_PARTS, LinkPredictionStages
+from pipeline.engine.threads import available_cores, configure_threads
 from pipeline.run.checkpoint import CHECKPOINT_NAME
 from pipeline.run.config import MODES, apply_overrides, load_config, parse_settings
-from pipeline.engine.policies import available_cores, configure_threads
-from pipeline.engine.runner import STAGES
 from pipeline.run.setup import build_setup, training_stages
-from pipeline.engine.stages import TRAIN_STEP_PARTS, LinkPredictionStages
 from pipeline.run.trainer import train
 from sampler import TCSR, TemporalSampler
 

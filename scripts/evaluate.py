@@ -11,8 +11,8 @@ from pathlib import Path
 from _cli import add_data_arguments, load_data, run_cli
 
 from graph.datasets import DEFAULT_DATASET
-from pipeline.run.checkpoint import CHECKPOINT_NAME, dataset_fingerprint, load_checkpoint
 from pipeline.engine.device import resolve_device
+from pipeline.run.checkpoint import CHECKPOINT_NAME, dataset_fingerprint, load_checkpoint
 from pipeline.run.trainer import evaluate_checkpoint
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from _cli import run_cli
 
 from common.errors import UserError
-from pipeline.run.reporting import PIPELINE_LOG
 from pipeline.engine.runner import StageEvent
+from pipeline.run.reporting import PIPELINE_LOG
 from pipeline.run.timeline import timeline_figure
 
 

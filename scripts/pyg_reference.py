@@ -18,8 +18,8 @@ from common.errors import UserError, one_line
 from graph.events import EventStream
 from graph.negatives import eval_negatives, negative_seed, sample_negatives
 from graph.split import Split
-from pipeline.run.evaluation import ranking_metrics
 from pipeline.engine.stages import chronological_batches, link_prediction_loss
+from pipeline.run.evaluation import ranking_metrics
 
 PYG_VERSION = "2.8.1"  # the version the comparison was written and measured with (pyproject's `bench` extra)
 INSTALL_HINT = f"pip install torch_geometric=={PYG_VERSION} (or pip install -e .[bench])"

@@ -24,11 +24,12 @@ import torch
 from common.errors import UserError
 from graph.datasets import DEFAULT_DATASET
 from graph.events import EventStream
-from pipeline.run.config import MODES, apply_overrides, load_config, parse_settings
 from pipeline.engine.device import resolve_device
+from pipeline.engine.threads import configure_threads
+from pipeline.run.checkpoint import CHECKPOINT_NAME
+from pipeline.run.config import MODES, apply_overrides, load_config, parse_settings
 from pipeline.run.distributed import DEFAULT_TIMEOUT_S, LocalWorld, init_world
-from pipeline.engine.policies import configure_threads
-from pipeline.run.reporting import prepare_run_dir
+from pipeline.run.reporting import RUN_FILES
 from pipeline.run.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,6 +77,31 @@ def build_config(args: argparse.Namespace) -> dict:
         "pipeline.delayed_fetch": args.delayed_fetch,
         **parse_settings(args.set),
     })
+
+
+def run_files(out_dir: Path) -> list[Path]:
+    """What an earlier run left in `out_dir`: its results, checkpoint, logs and TensorBoard event files."""
+    return [p for p in out_dir.iterdir() if p.name in RUN_FILES or p.name.startswith("events.out.tfevents")]
+
+
+def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path:
+    """Check the run directory before training: never overwrite a run unless asked, fail early if unwritable."""
+    if resume:
+        if not (out_dir / CHECKPOINT_NAME).is_file():
+            raise UserError(f"{out_dir}: --resume given but there is no {CHECKPOINT_NAME} to resume from")
+    elif out_dir.is_dir() and run_files(out_dir):
+        if not overwrite:
+            raise UserError(f"{out_dir}: already holds a run; pass --overwrite to replace it or --resume to continue it")
+        for path in run_files(out_dir):
+            path.unlink()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"{out_dir}: cannot write to the run directory ({err.strerror or err})") from None
+    return out_dir
 
 
 def stop_on_signals() -> threading.Event:

@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from graph.split import chronological_split
 from graph.datasets import load_dataset
+from graph.split import chronological_split
 from memory.batch import MemoryUpdate
 from memory.store import TABLE_NAMES, MemoryStore
 from pipeline.run.config import apply_overrides, load_config

@@ -25,9 +25,9 @@ import yaml
 
 from graph.datasets import load_dataset
 from graph.synthetic import synthetic_events
+from pipeline.engine.stages import LinkPredictionStages
 from pipeline.run.checkpoint import CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint
 from pipeline.run.config import apply_overrides, load_config
-from pipeline.engine.stages import LinkPredictionStages
 from pipeline.run.trainer import train
 
 pytestmark = pytest.mark.faults

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from memory.batch import MemoryUpdate
 from memory import MemoryStore
+from memory.batch import MemoryUpdate
 from pipeline.engine.mitigation import SimilarityTable, mitigate
 
 

@@ -9,10 +9,10 @@ import torch
 
 from common.errors import UserError
 from pipeline.engine.policies import (
-    FixedK, MSPipe, Presample, Sequential, ThreadPlan, configure_threads, delayed_fetch_start, make_policy,
-    thread_plan,
+    FixedK, MSPipe, Presample, Sequential, delayed_fetch_start, make_policy,
 )
 from pipeline.engine.profiler import STAGES, StageProfiler, minimal_staleness
+from pipeline.engine.threads import ThreadPlan, configure_threads, thread_plan
 
 
 def taus(sample=0.0, fetch_features=0.0, fetch_memory=0.0, train=0.0, update_memory=0.0) -> dict[str, float]:

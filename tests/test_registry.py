@@ -15,8 +15,8 @@ from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS, MemoryRows, build_updater
 from models.predictor import PREDICTORS
 from models.tgnn import build_model
-from pipeline.run.config import apply_overrides, load_config, validate_config
 from pipeline.engine.policies import SCHEDULERS, make_policy
+from pipeline.run.config import apply_overrides, load_config, validate_config
 from sampler.temporal import STRATEGIES
 
 TOY_UPDATER = Path(__file__).resolve().parents[1] / "examples" / "toy_updater.py"

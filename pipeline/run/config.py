@@ -24,8 +24,8 @@ from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS
 from models.predictor import PREDICTORS
 from models.tgnn import EMBEDDING_DEFAULTS, MEMORY_DEFAULTS, PREDICTOR_DEFAULTS, UPDATE_TIMES
-from pipeline.run.plugins import load_plugins
 from pipeline.engine.policies import SCHEDULERS
+from pipeline.run.plugins import load_plugins
 from sampler.temporal import STRATEGIES
 
 MODES = SCHEDULERS.names()  # the built-in modes; a plugin's scheduler is selected in the YAML

@@ -43,8 +43,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from common.errors import LaunchError
-from memory.shared import SharedMemoryStore, shared_memory_root
 from memory.batch import MemoryUpdate
+from memory.shared import SharedMemoryStore, shared_memory_root
 from memory.store import MemoryStore
 from pipeline.engine.policies import Policy
 from pipeline.engine.profiler import STAGES, StageProfiler, minimal_staleness

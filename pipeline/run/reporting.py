@@ -11,39 +11,13 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 
 from pipeline.engine.runner import RunStats
-from pipeline.run.timeline import timeline_figure
-
-from common.errors import UserError
 from pipeline.run.checkpoint import CHECKPOINT_NAME as CHECKPOINT
+from pipeline.run.timeline import timeline_figure
 
 PIPELINE_LOG = "pipeline_events.csv"
 RESULTS = "results.json"
 TIMELINE = "timeline.png"
-RUN_FILES = (RESULTS, CHECKPOINT, PIPELINE_LOG, TIMELINE)
-
-
-def _run_files(out_dir: Path) -> list[Path]:
-    return [p for p in out_dir.iterdir() if p.name in RUN_FILES or p.name.startswith("events.out.tfevents")]
-
-
-def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path:
-    """Check the run directory before training: never overwrite a run unless asked, fail early if unwritable."""
-    if resume:
-        if not (out_dir / CHECKPOINT).is_file():
-            raise UserError(f"{out_dir}: --resume given but there is no {CHECKPOINT} to resume from")
-    elif out_dir.is_dir() and _run_files(out_dir):
-        if not overwrite:
-            raise UserError(f"{out_dir}: already holds a run; pass --overwrite to replace it or --resume to continue it")
-        for path in _run_files(out_dir):
-            path.unlink()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"{out_dir}: cannot write to the run directory ({err.strerror or err})") from None
-    return out_dir
+RUN_FILES = (RESULTS, CHECKPOINT, PIPELINE_LOG, TIMELINE)  # what a run writes into its directory
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

@@ -19,9 +19,9 @@ from graph.split import Split, chronological_split
 from memory.store import MemoryStore
 from models.tgnn import TemporalModel, build_model
 from pipeline.engine.device import host_tensor, pins_host_memory
-from pipeline.run.distributed import LocalWorld
 from pipeline.engine.mitigation import SimilarityTable
 from pipeline.engine.stages import LinkPredictionStages, Mitigation, StreamTensors
+from pipeline.run.distributed import LocalWorld
 from sampler.tcsr import TCSR
 from sampler.temporal import TemporalSampler
 

@@ -20,15 +20,15 @@ from pipeline.run.baselines import BASELINES, run_baseline
 from pipeline.run.checkpoint import (
     CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint, save_checkpoint,
 )
+from pipeline.engine.policies import Policy, make_policy
+from pipeline.engine.profiler import StageProfiler
+from pipeline.engine.runner import STAGES, RunStats, run_batches
+from pipeline.engine.stages import LinkPredictionStages
 from pipeline.run.config import validate_config
 from pipeline.run.distributed import LocalWorld
 from pipeline.run.evaluation import split_metrics
-from pipeline.engine.policies import Policy, make_policy
-from pipeline.engine.profiler import StageProfiler
 from pipeline.run.reporting import RunLog
-from pipeline.engine.runner import STAGES, RunStats, run_batches
 from pipeline.run.setup import RunSetup, build_setup, evaluation_stages, negative_columns, training_stages
-from pipeline.engine.stages import LinkPredictionStages
 
 
 @dataclass
