@@ -126,14 +126,13 @@ class TemporalModel(nn.Module):
                              inputs.event_edge_feat(), deliveries, partner)
 
 
-def build_model(cfg: dict, num_nodes: int, dim_node_feat: int, dim_edge_feat: int) -> TemporalModel:
+def build_model(cfg: dict, dim_node_feat: int, dim_edge_feat: int) -> TemporalModel:
     """The model a validated config describes, for a stream with the given feature sizes.
 
     Reads `memory` (or `memory: null` for a memory-less model), `embedding` and `predictor`, each part
     looked up by name in its registry; missing keys take the TGL defaults. The mailbox transformer takes
     `embedding.heads` and `embedding.dropout` (APAN's identity embedding uses neither, and the memory
-    section has no such keys). `num_nodes` is accepted for models with per-node parameters; none of the
-    current ones has any.
+    section has no such keys).
     """
     emb_cfg = {**EMBEDDING_DEFAULTS, **cfg.get("embedding", {})}
     mem_cfg = cfg.get("memory", MEMORY_DEFAULTS)

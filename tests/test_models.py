@@ -78,7 +78,7 @@ def batch_inputs(events: EventStream, batch: np.ndarray, cfg: dict, store: Memor
 def model_and_store(model: str, events: EventStream) -> tuple[torch.nn.Module, MemoryStore]:
     """A seeded tiny model of kind `model` and an empty memory store shaped for it."""
     torch.manual_seed(0)
-    net = build_model(tiny_config(model), events.num_nodes, events.dim_node_feat, events.dim_edge_feat)
+    net = build_model(tiny_config(model), events.dim_node_feat, events.dim_edge_feat)
     return net, MemoryStore(events.num_nodes, net.dim_memory, net.dim_mail, net.mailbox_size)
 
 
@@ -182,7 +182,7 @@ def test_tgn_memory_and_mails_match_a_hand_computed_reference(update_time: str) 
     torch.manual_seed(0)
     cfg = tiny_config("tgn")
     cfg["memory"]["update_time"] = update_time
-    net = build_model(cfg, 4, 0, DIM_EDGE).eval()
+    net = build_model(cfg, 0, DIM_EDGE).eval()
     store = MemoryStore(4, DIM_MEM, net.dim_mail)
     stored_mem, stored_mail = torch.randn(3, DIM_MEM), torch.randn(2, net.dim_mail)
     store.update(0, MemoryUpdate(torch.tensor([0, 1, 2]), stored_mem, torch.tensor([t0 + 1, t0 + 2, t0 + 2]),
@@ -240,8 +240,8 @@ def test_normalize_puts_updated_memories_on_the_unit_sphere_and_leaves_the_rest(
 def test_jodie_config_normalizes_its_memory() -> None:
     cfg = tiny_config("jodie")
     cfg["memory"]["normalize"] = True
-    assert build_model(cfg, 12, 0, 0).updater.normalize_output
-    assert not build_model(tiny_config("tgn"), 12, 0, 0).updater.normalize_output
+    assert build_model(cfg, 0, 0).updater.normalize_output
+    assert not build_model(tiny_config("tgn"), 0, 0).updater.normalize_output
 
 
 def test_mailbox_attention_ignores_empty_slots() -> None:
@@ -301,7 +301,7 @@ def test_a_few_steps_on_a_repeated_batch_reduce_the_loss(model: str) -> None:
 def apan_with_memory(num_nodes: int) -> tuple[torch.nn.Module, MemoryStore]:
     """An APAN model and a store where every node has distinct memory but no mail yet."""
     torch.manual_seed(0)
-    net = build_model(tiny_config("apan"), num_nodes, 0, 0).eval()
+    net = build_model(tiny_config("apan"), 0, 0).eval()
     store = MemoryStore(num_nodes, DIM_MEM, net.dim_mail, net.mailbox_size)
     store.update(0, MemoryUpdate(torch.arange(num_nodes), torch.randn(num_nodes, DIM_MEM),
                               torch.full((num_nodes,), UNIX_EPOCH_2020, dtype=torch.float64),
@@ -416,14 +416,14 @@ def test_jodie_projection_drops_out_in_training_only() -> None:
 def test_memoryless_attention_model_returns_no_update() -> None:
     events = unix_stream()
     cfg = {**tiny_config("tgn"), "memory": None}
-    net = build_model(cfg, events.num_nodes, events.dim_node_feat, events.dim_edge_feat)
+    net = build_model(cfg, events.dim_node_feat, events.dim_edge_feat)
     pos, neg, update = net(batch_inputs(events, np.arange(40, 50), cfg, None, np.arange(10) % 12))
     assert not net.uses_memory and update is None
     assert pos.shape == neg.shape == (10,) and torch.isfinite(pos).all()
 
 
 def test_build_model_falls_back_to_tgl_defaults() -> None:
-    net = build_model({}, num_nodes=10, dim_node_feat=0, dim_edge_feat=4)
+    net = build_model({}, dim_node_feat=0, dim_edge_feat=4)
     assert net.uses_memory and net.dim_memory == 100 and net.dim_mail == 204 and net.mailbox_size == 1
     assert net.embedding.dim_out == 100
 

@@ -107,4 +107,4 @@ def test_dyrep_mails_carry_the_partner_embedding(events):
 def test_dyrep_refuses_embeddings_wider_than_the_memory():
     cfg = small_config("dyrep", **{"embedding.dim_out": 32})
     with pytest.raises(UserError, match="'embedding.dim_out' \\(32\\) must equal 'memory.dim' \\(16\\)"):
-        build_model(cfg, num_nodes=10, dim_node_feat=0, dim_edge_feat=0)
+        build_model(cfg, dim_node_feat=0, dim_edge_feat=0)

@@ -77,7 +77,7 @@ def test_a_plugin_file_relative_to_the_config_makes_its_part_valid(tmp_path):
     cfg = load_config(path)
     assert cfg["plugins"] == [str(TOY_UPDATER)]
     assert "decay" in UPDATERS
-    model = build_model(cfg, num_nodes=5, dim_node_feat=0, dim_edge_feat=0)
+    model = build_model(cfg, dim_node_feat=0, dim_edge_feat=0)
     assert type(model.updater).__name__ == "DecayUpdater"
     assert apply_overrides(cfg, {"train.epochs": 2})["memory"]["updater"] == "decay"
 

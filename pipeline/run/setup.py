@@ -91,7 +91,7 @@ def build_setup(cfg: dict, events: EventStream, device: torch.device, seed: int,
         edge_feat=None if events.edge_feat is None else host_tensor(events.edge_feat, device),
         node_feat=None if events.node_feat is None else host_tensor(events.node_feat, device),
     )
-    model = build_model(cfg, events.num_nodes, events.dim_node_feat, events.dim_edge_feat).to(device)
+    model = build_model(cfg, events.dim_node_feat, events.dim_edge_feat).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=world.learning_rate(cfg["train"]["lr"]),
                                  weight_decay=cfg["train"]["weight_decay"],
                                  foreach=True)  # one multi-tensor update; torch picks it by default on CUDA only
