@@ -16,8 +16,9 @@ def _stable_seed(*keys: int) -> int:
     return int(state >> np.uint64(1))
 
 
-def negative_seed(base_seed: int, epoch: int, batch_index: int) -> int:
-    """The seed of one batch of one epoch, so its draws do not depend on which thread samples it or when."""
+def batch_seed(base_seed: int, epoch: int, batch_index: int) -> int:
+    """The seed of one batch of one epoch for any of its random draws (negatives; neighbour sampling with a
+    different `base_seed`), so they do not depend on which thread draws them or when."""
     return _stable_seed(base_seed, epoch, batch_index)
 
 

@@ -79,7 +79,7 @@ from _cli import add_data_arguments, load_data
 from common.errors import UserError
 from graph.datasets import load_dataset
 from graph.events import EventStream, event_stream_from_raw
-from graph.negatives import negative_seed, sample_negatives
+from graph.negatives import batch_seed, sample_negatives
 from graph.split import chronological_split
 from graph.synthetic import with_random_edge_features
 from pipeline.engine.runner import STAGES
@@ -351,7 +351,7 @@ def root_batches(events: EventStream, batch_size: int, seed: int) -> list[tuple[
     for index, begin in enumerate(range(0, events.num_events, batch_size)):
         rows = slice(begin, begin + batch_size)
         size = len(events.src[rows])
-        negatives = sample_negatives(candidates, size, negative_seed(seed, 0, index))
+        negatives = sample_negatives(candidates, size, batch_seed(seed, 0, index))
         roots = np.concatenate([events.src[rows], events.dst[rows], negatives])
         batches.append((roots, np.tile(events.t[rows], 3)))
     return batches

@@ -16,7 +16,7 @@ import torch
 
 from common.errors import UserError, one_line
 from graph.events import EventStream
-from graph.negatives import eval_negatives, negative_seed, sample_negatives
+from graph.negatives import batch_seed, eval_negatives, sample_negatives
 from graph.split import Split
 from pipeline.engine.stages import chronological_batches, link_prediction_loss
 from pipeline.run.evaluation import ranking_metrics
@@ -131,7 +131,7 @@ def train_epoch(tgn: PygTGN, optimizer: torch.optim.Optimizer, train: np.ndarray
     started = time.perf_counter()
     for i, batch in enumerate(chronological_batches(train, batch_size)):
         optimizer.zero_grad()
-        pos_out, neg_out = tgn.step(batch, sample_negatives(candidates, len(batch), negative_seed(seed, epoch, i)))
+        pos_out, neg_out = tgn.step(batch, sample_negatives(candidates, len(batch), batch_seed(seed, epoch, i)))
         loss = link_prediction_loss(pos_out, neg_out)
         loss.backward()
         optimizer.step()

@@ -14,7 +14,7 @@ import torch
 
 from common.errors import DataError
 from graph.events import EventStream
-from graph.negatives import edge_negatives, eval_negatives, named_seed, negative_seed, sample_negatives
+from graph.negatives import batch_seed, edge_negatives, eval_negatives, named_seed, sample_negatives
 from graph.split import Split, chronological_split
 from memory.store import MemoryStore
 from models.tgnn import TemporalModel, build_model
@@ -136,13 +136,13 @@ def training_stages(setup: RunSetup, epoch: int) -> LinkPredictionStages:
 
     def negatives(i: int, events: np.ndarray) -> tuple[np.ndarray, None]:
         size = len(global_batches[i])
-        drawn = sample_negatives(setup.train_candidates, (num_neg, size), negative_seed(setup.seed, epoch, i))
+        drawn = sample_negatives(setup.train_candidates, (num_neg, size), batch_seed(setup.seed, epoch, i))
         return drawn[:, shard.share(size)].reshape(-1), None
 
     return LinkPredictionStages(
         batches=batches, stream=setup.stream, sampler=setup.train_sampler, negatives=negatives,
         num_neg=num_neg, model=setup.train_module, store=setup.store, device=setup.device,
-        optimizer=setup.optimizer, sample_seed=lambda i: negative_seed(setup.seed + 1, epoch, i),
+        optimizer=setup.optimizer, sample_seed=lambda i: batch_seed(setup.seed + 1, epoch, i),
         mitigation=setup.mitigation,
     )
 
@@ -194,5 +194,5 @@ def evaluation_stages(setup: RunSetup, split_name: str, indices: np.ndarray, ver
     return LinkPredictionStages(
         batches=batches, stream=setup.stream, sampler=setup.eval_sampler, negatives=negatives,
         num_neg=neg_dst.shape[1], model=setup.model, store=setup.store, device=setup.device,
-        version_offset=version_offset, sample_seed=lambda i: negative_seed(setup.seed + 2, 0, i),
+        version_offset=version_offset, sample_seed=lambda i: batch_seed(setup.seed + 2, 0, i),
     )
