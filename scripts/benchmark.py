@@ -750,12 +750,18 @@ def accuracy_run(config: str, variant: tuple[str, list[str]], data: str, seed: i
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise UserError(f"{' '.join(command[1:])} failed: {done.stderr.strip().splitlines()[-1:]}")
-    results = json.loads((out / "results.json").read_text())
+    return {"config": config, "variant": name, "overrides": overrides, "dataset": data, "seed": seed,
+            **run_summary(json.loads((out / "results.json").read_text()))}
+
+
+def run_summary(results: dict) -> dict:
+    """What `accuracy` keeps of a run's results.json: its best epoch's metrics, and the staleness it trained
+    with (mean staleness seen, roots mitigated per epoch)."""
     metrics = {key: value for key, value in results.items()
                if isinstance(value, float) and key.startswith(("val_", "test_"))}
-    return {"config": config, "variant": name, "overrides": overrides, "model": results["model"], "dataset": data,
-            "seed": seed,
-            "epochs": results["epochs"], "best_epoch": results["best_epoch"], **metrics}
+    return {"model": results["model"], "epochs": results["epochs"], "best_epoch": results["best_epoch"],
+            "staleness_mean_seen": results["staleness"]["mean_seen"],
+            "mitigated_roots": [epoch["mitigated_roots"] for epoch in results["history"]], **metrics}
 
 
 def benchmark_accuracy(args: argparse.Namespace) -> dict:

@@ -132,8 +132,9 @@ def test_accuracy_runs_every_variant_through_train_overrides_and_groups_rows_by_
         out = Path(command[command.index("--out") + 1])
         out.mkdir(parents=True)
         seed, k = int(command[command.index("--seed") + 1]), 16 if "pipeline.k=16" in command else 1
-        (out / "results.json").write_text(json.dumps({"model": "tgn", "epochs": 1, "best_epoch": 0,
-                                                      "test_ap": 0.9 - 0.01 * k + 0.001 * seed}))
+        (out / "results.json").write_text(json.dumps({
+            "model": "tgn", "epochs": 1, "best_epoch": 0, "test_ap": 0.9 - 0.01 * k + 0.001 * seed,
+            "staleness": {"mean_seen": k - 1.0}, "history": [{"mitigated_roots": 0}]}))
         return subprocess.CompletedProcess(command, 0, "", "")
 
     monkeypatch.setattr(benchmark.subprocess, "run", fake_train)
@@ -150,6 +151,8 @@ def test_accuracy_runs_every_variant_through_train_overrides_and_groups_rows_by_
     assert rows["sequential"]["test_ap_mean"] == pytest.approx(0.8905)
     assert rows["k16"]["test_ap_mean"] == pytest.approx(0.7405)
     assert rows["k16"]["overrides"] == ["pipeline.mode=fixed-k", "pipeline.k=16"]
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted(run["staleness_mean_seen"] for run in runs) == [0.0, 0.0, 15.0, 15.0]
 
 
 def test_a_variant_without_a_name_or_with_a_bad_setting_is_refused(benchmark):
