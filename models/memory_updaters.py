@@ -41,6 +41,8 @@ class MemoryRows:
 
     `row` numbers the distinct stored rows (`MemoryBatch.row`): rows with equal `row` hold equal memory and
     mails, so an updater may compute what depends on them alone once per distinct row. None: all distinct.
+    `gap_scale` (a 0-d tensor, for updaters with `reads_gap_scale`) is the batch's typical gap between a
+    query and its mails (`source_gap_scale`), shared by all rows.
     """
 
     mem: Tensor
@@ -50,6 +52,7 @@ class MemoryRows:
     mail_count: Tensor
     ts: Tensor
     row: Tensor | None = None
+    gap_scale: Tensor | None = None
 
     @classmethod
     def first(cls, memory: MemoryBatch, ts: Tensor, count: int) -> MemoryRows:
@@ -58,14 +61,29 @@ class MemoryRows:
                    memory.mail_count[:count], ts[:count], memory.row[:count])
 
     def select(self, index: Tensor) -> MemoryRows:
-        """The rows at `index`."""
-        return MemoryRows(*(None if value is None else value[index]
-                            for value in (getattr(self, f.name) for f in fields(self))))
+        """The rows at `index` (the batch-wide `gap_scale` is kept as it is)."""
+        return MemoryRows(*(value if value is None or f.name == "gap_scale" else value[index]
+                            for f, value in ((f, getattr(self, f.name)) for f in fields(self))))
+
+    def mail_gaps(self) -> Tensor:
+        """`(n, slots)` time from each mail to the row's query time (float32)."""
+        return elapsed(self.ts.unsqueeze(1), self.mail_ts)
 
     def distinct_rows(self) -> Groups:
         """The rows grouped by the stored row they hold."""
         keys = self.row if self.row is not None else torch.arange(len(self.mem), device=self.mem.device)
         return group(keys)
+
+
+def source_gap_scale(rows: MemoryRows, num_sources: int) -> Tensor:
+    """The mean gap between the batch's sources (its first `num_sources` rows) and their filled mail slots,
+    at least 1 (1 without any mail).
+
+    A query names its source and time, so this reads nothing of the destinations it is scored against.
+    """
+    sources = rows.select(torch.arange(num_sources, device=rows.mem.device))
+    gaps = sources.mail_gaps()[filled_slots(sources.mail_count, sources.mail.shape[1])].clamp(min=0)
+    return gaps.mean().clamp(min=1.0) if len(gaps) else gaps.new_ones(())
 
 
 class MemoryUpdater(nn.Module, ABC):
@@ -76,10 +94,12 @@ class MemoryUpdater(nn.Module, ABC):
     `normalize_output` (config `memory.normalize`) L2-normalises every updated memory, as JODIE does: a
     plain RNN cell applied hundreds of times per node and epoch otherwise lets the memory's end state
     depend on the whole trajectory, and evaluation AP jumps from epoch to epoch.
+    `reads_gap_scale`: the model gives the rows the batch's `gap_scale` (`source_gap_scale`).
     """
 
     mails_carry_embedding: bool = False
     normalize_output: bool = False
+    reads_gap_scale: bool = False
 
     def forward(self, rows: MemoryRows) -> Tensor:
         """New memory `(n, d_m)`; differentiable in the updater's parameters, never in the stored rows."""
@@ -126,7 +146,16 @@ class RecurrentUpdater(MemoryUpdater):
 
 class MailboxTransformerUpdater(MemoryUpdater):
     """APAN's updater as in TGL: the memory attends over the filled mailbox slots with their time encodings,
-    then residual, layer norm, linear, dropout and ReLU. Empty slots are masked out (TGL attends to them)."""
+    then residual, layer norm, linear, dropout and ReLU. Empty slots are masked out (TGL attends to them).
+
+    Unlike TGL, a mail's gap is encoded relative to the batch's typical gap (`MemoryRows.gap_scale`).
+    With raw gaps, APAN learns what an hours-long gap means in the training period and applies it where
+    gaps are several times longer: on UCI, validation AP 0.80 and test AP at chance (0.50 to 0.55).
+    Relative gaps keep the order of a node's mails and how recent they are against the batch's other
+    queries, whatever the period's pace.
+    """
+
+    reads_gap_scale = True
 
     def __init__(self, dim_memory: int, dim_mail: int, dim_time: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -145,7 +174,8 @@ class MailboxTransformerUpdater(MemoryUpdater):
     def update(self, rows: MemoryRows) -> Tensor:
         """Multi-head attention of each node's memory over its mailbox slots."""
         num_rows, slots, _ = rows.mail.shape
-        time_feat = self.time_encoding(elapsed(rows.ts.unsqueeze(1), rows.mail_ts))
+        gaps = rows.mail_gaps().clamp(min=0)
+        time_feat = self.time_encoding(gaps if rows.gap_scale is None else gaps / rows.gap_scale)
         mails = torch.cat([rows.mail, time_feat], dim=2)
         query = self.w_q(rows.mem).view(num_rows, 1, self.heads, self.head_dim)
         key = self.w_k(mails).view(num_rows, slots, self.heads, self.head_dim)

@@ -17,7 +17,7 @@ from memory.batch import MemoryUpdate
 from models.distinct import Groups, group, group_pairs
 from models.embedding import build_embedding
 from models.interface import ModelInputs
-from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater
+from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater, source_gap_scale
 from models.predictor import PREDICTORS
 from models.write_back import memory_update, neighbour_deliveries
 
@@ -80,7 +80,10 @@ class TemporalModel(nn.Module):
             states = group(inputs.blocks[0].srcdata["ID"][:count])
         else:
             update_ts, states = self._update_times(inputs, count)
-            rows = MemoryRows.first(inputs.memory, update_ts, count).select(states.first)
+            rows = MemoryRows.first(inputs.memory, update_ts, count)
+            if self.updater.reads_gap_scale:
+                rows = replace(rows, gap_scale=source_gap_scale(rows, inputs.num_pos))
+            rows = rows.select(states.first)
             new_mem = self.updater(rows).index_select(0, states.index)
         state = self._node_state(new_mem, inputs, count)
         embeddings = self.embedding(state, replace(inputs, input_states=states))

@@ -3,6 +3,7 @@ TGN / JODIE / APAN write-back semantics, on tiny synthetic or hand-made graphs."
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 import math
 
 import dgl
@@ -17,7 +18,7 @@ from memory.batch import MemoryUpdate
 from memory.store import MemoryBatch, MemoryStore
 from models import ModelInputs, build_model
 from models.embedding import JodieProjection
-from models.memory_updaters import MemoryRows, build_updater
+from models.memory_updaters import MemoryRows, build_updater, source_gap_scale
 from models.predictor import EdgePredictor
 from models.time_encoding import TimeEncoding, elapsed
 from sampler.tcsr import TCSR
@@ -254,6 +255,28 @@ def test_mailbox_attention_ignores_empty_slots() -> None:
     before, after = updater(rows), updater(altered)
     torch.testing.assert_close(after[0], before[0], rtol=0, atol=0)
     assert not torch.allclose(after[1], before[1])
+
+
+def test_mailbox_attention_reads_gaps_relative_to_the_batch_scale() -> None:
+    """A period whose gaps are all k times longer, with a k times larger scale, gives the same memories."""
+    torch.manual_seed(0)
+    updater = build_updater("transformer", DIM_MEM, 2 * DIM_MEM, DIM_TIME, heads=2, dropout=0.0)
+    rows = updater_rows([2, 6, 1], slots=4)
+    scale = torch.tensor(30.0)
+    slower = replace(rows, mail_ts=rows.ts[:, None] - 7 * (rows.ts[:, None] - rows.mail_ts), gap_scale=7 * scale)
+    torch.testing.assert_close(updater(slower), updater(replace(rows, gap_scale=scale)))
+    assert not torch.allclose(updater(replace(slower, gap_scale=scale)), updater(replace(rows, gap_scale=scale)))
+
+
+def test_gap_scale_reads_the_sources_filled_slots_only() -> None:
+    rows = updater_rows([2, 1, 3, 0], slots=4)
+    gaps = (rows.ts[:, None] - rows.mail_ts).float()
+    expected = torch.cat([gaps[0, :2], gaps[1, :1]]).mean()
+    torch.testing.assert_close(source_gap_scale(rows, num_sources=2), expected)
+    destinations_changed = replace(rows, mail_ts=torch.cat([rows.mail_ts[:2], rows.mail_ts[2:] - 1e6]))
+    torch.testing.assert_close(source_gap_scale(destinations_changed, num_sources=2), expected)
+    assert source_gap_scale(rows, num_sources=0) == 1.0
+    assert source_gap_scale(replace(rows, mail_count=torch.zeros(4, dtype=torch.int64)), num_sources=2) == 1.0
 
 
 @pytest.mark.parametrize("model", ["tgn", "jodie", "apan"])
