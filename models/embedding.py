@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from common.registry import Registry
 from models.attention import TemporalAttention
+from models.config import EmbeddingConfig
 from models.interface import ModelInputs
 from models.time_encoding import elapsed
 
@@ -124,11 +125,7 @@ def identity_embedding(spec: EmbeddingSpec) -> nn.Module:
     return IdentityEmbedding(spec.dim_in)
 
 
-def build_embedding(module: str, dim_in: int, dim_edge: int, cfg: dict) -> nn.Module:
-    """The embedding registered as `module` over node states of `dim_in`.
-
-    `cfg` is the config's `embedding` section (layers, heads, dim_out, dim_time, dropout).
-    """
-    spec = EmbeddingSpec(dim_in, dim_edge, cfg["layers"], cfg["heads"], cfg["dim_out"], cfg["dim_time"],
-                         cfg["dropout"])
-    return EMBEDDINGS.get(module)(spec)
+def build_embedding(cfg: EmbeddingConfig, dim_in: int, dim_edge: int) -> nn.Module:
+    """The embedding registered as `cfg.module` over node states of `dim_in`."""
+    spec = EmbeddingSpec(dim_in, dim_edge, cfg.layers, cfg.heads, cfg.dim_out, cfg.dim_time, cfg.dropout)
+    return EMBEDDINGS.get(cfg.module)(spec)

@@ -14,24 +14,13 @@ from torch import Tensor, nn
 
 from common.errors import UserError
 from memory.batch import MemoryUpdate
+from models.config import UPDATE_TIMES, MemoryConfig, ModelSections
 from models.distinct import Groups, group, group_pairs
 from models.embedding import build_embedding
 from models.interface import ModelInputs
 from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater, source_gap_scale
 from models.predictor import PREDICTORS
 from models.write_back import memory_update, neighbour_deliveries
-
-# The defaults of the config's model sections (TGL's); pipeline/run/config.py validates configs against them.
-# `memory.normalize` L2-normalises each updated memory (JODIE).
-# `memory.update_time` is the time an input node's memory is brought to: "query", each input slot's own time
-# (TGL), or "batch", the batch's first event time, which makes the update a function of the node alone.
-MEMORY_DEFAULTS = {"dim": 100, "dim_time": 100, "mailbox_size": 1, "updater": "gru", "deliver_to": "self",
-                   "normalize": False, "update_time": "query"}
-UPDATE_TIMES = ("query", "batch")
-EMBEDDING_DEFAULTS = {"module": "attention", "layers": 1, "heads": 2, "dim_out": 100, "dim_time": 100,
-                      "dropout": 0.1}
-PREDICTOR_DEFAULTS = {"module": "mlp"}
-
 
 @dataclass(frozen=True)
 class MemoryLayout:
@@ -57,7 +46,7 @@ class TemporalModel(nn.Module):
 
     def __init__(self, embedding: nn.Module, predictor: nn.Module, updater: MemoryUpdater | None = None,
                  layout: MemoryLayout | None = None, node_feat_map: nn.Module | None = None,
-                 update_time: str = "query") -> None:
+                 update_time: str = MemoryConfig.update_time) -> None:
         super().__init__()
         if update_time not in UPDATE_TIMES:
             raise ValueError(f"update_time must be one of {UPDATE_TIMES}, got '{update_time}'")
@@ -129,30 +118,27 @@ class TemporalModel(nn.Module):
                              inputs.event_edge_feat(), deliveries, partner)
 
 
-def build_model(cfg: dict, dim_node_feat: int, dim_edge_feat: int) -> TemporalModel:
+def build_model(cfg: ModelSections, dim_node_feat: int, dim_edge_feat: int) -> TemporalModel:
     """The model a validated config describes, for a stream with the given feature sizes.
 
-    Reads `memory` (or `memory: null` for a memory-less model), `embedding` and `predictor`, each part
-    looked up by name in its registry; missing keys take the TGL defaults. The mailbox transformer takes
-    `embedding.heads` and `embedding.dropout` (APAN's identity embedding uses neither, and the memory
-    section has no such keys).
+    Reads the `memory` (None for a memory-less model), `embedding` and `predictor` sections, each part
+    looked up by name in its registry. The mailbox transformer takes `embedding.heads` and
+    `embedding.dropout` (APAN's identity embedding uses neither, and the memory section has no such keys).
     """
-    emb_cfg = {**EMBEDDING_DEFAULTS, **cfg.get("embedding", {})}
-    mem_cfg = cfg.get("memory", MEMORY_DEFAULTS)
+    mem_cfg, emb_cfg = cfg.memory, cfg.embedding
     updater, layout, node_feat_map = None, None, None
     dim_state = dim_node_feat
     if mem_cfg is not None:
-        mem_cfg = {**MEMORY_DEFAULTS, **mem_cfg}
-        layout = MemoryLayout(mem_cfg["dim"], 2 * mem_cfg["dim"] + dim_edge_feat, mem_cfg["mailbox_size"],
-                              mem_cfg["deliver_to"] == "neighbours")
-        updater = build_updater(mem_cfg["updater"], layout.dim_memory, layout.dim_mail, mem_cfg["dim_time"],
-                                emb_cfg["heads"], emb_cfg["dropout"], mem_cfg["normalize"])
+        layout = MemoryLayout(mem_cfg.dim, 2 * mem_cfg.dim + dim_edge_feat, mem_cfg.mailbox_size,
+                              mem_cfg.deliver_to == "neighbours")
+        updater = build_updater(mem_cfg.updater, layout.dim_memory, layout.dim_mail, mem_cfg.dim_time,
+                                emb_cfg.heads, emb_cfg.dropout, mem_cfg.normalize)
         node_feat_map = nn.Linear(dim_node_feat, layout.dim_memory) if dim_node_feat > 0 else None
         dim_state = layout.dim_memory
-    embedding = build_embedding(emb_cfg["module"], dim_state, dim_edge_feat, emb_cfg)
+    embedding = build_embedding(emb_cfg, dim_state, dim_edge_feat)
     if updater is not None and updater.mails_carry_embedding and embedding.dim_out != layout.dim_memory:
-        raise UserError(f"memory updater '{mem_cfg['updater']}' writes embeddings into mails: key "
+        raise UserError(f"memory updater '{mem_cfg.updater}' writes embeddings into mails: key "
                         f"'embedding.dim_out' ({embedding.dim_out}) must equal 'memory.dim' ({layout.dim_memory})")
-    predictor = PREDICTORS.get({**PREDICTOR_DEFAULTS, **cfg.get("predictor", {})}["module"])(embedding.dim_out)
+    predictor = PREDICTORS.get(cfg.predictor.module)(embedding.dim_out)
     return TemporalModel(embedding, predictor, updater, layout, node_feat_map,
-                         mem_cfg["update_time"] if mem_cfg is not None else "query")
+                         mem_cfg.update_time if mem_cfg is not None else MemoryConfig.update_time)

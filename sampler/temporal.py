@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from common.registry import Registry
+from sampler.config import SamplerConfig
 from sampler.tcsr import TCSR
 
 
@@ -110,7 +111,7 @@ class TemporalSampler:
     sampled ahead of time, out of order or in parallel threads.
     """
 
-    def __init__(self, tcsr: TCSR, fanouts: list[int], strategy: str = "recent", seed: int = 0):
+    def __init__(self, tcsr: TCSR, fanouts: list[int], strategy: str = SamplerConfig.strategy, seed: int = 0):
         self._find = STRATEGIES.get(strategy)
         if not fanouts or any(int(f) < 0 for f in fanouts):
             raise ValueError(f"fanouts must be a non-empty list of non-negative ints, got {fanouts}")

@@ -334,9 +334,9 @@ def benchmark_train(args: argparse.Namespace) -> dict:
     for row in rows:
         row["speedup"] = row["events_per_s"] / reference
     return {
-        "benchmark": "train", "dataset": events.name, "model": base["model"], "num_events": events.num_events,
+        "benchmark": "train", "dataset": events.name, "model": base.model, "num_events": events.num_events,
         "edge_feat_dim": args.edge_feat_dim, "epochs": args.epochs, "repeat": args.repeat, "seed": args.seed,
-        "batch_size": base["train"]["batch_size"], "cores": cores, "torch_threads": plan.intra_op,
+        "batch_size": base.train.batch_size, "cores": cores, "torch_threads": plan.intra_op,
         "speedup_reference": rows[0]["variant"], "command": " ".join(sys.argv), "commit": git_commit(),
         "versions": library_versions(),
         "machine": platform.processor() or platform.machine(),
@@ -519,9 +519,9 @@ def benchmark_soak(args: argparse.Namespace) -> dict:
           f"(limit +{verdict['rss_growth_limit_mb']:.0f} MB): {'stable' if verdict['memory_stable'] else 'GROWING'}",
           flush=True)
     return {
-        "benchmark": "soak", "dataset": events.name, "model": cfg["model"], "mode": args.mode,
+        "benchmark": "soak", "dataset": events.name, "model": cfg.model, "mode": args.mode,
         "num_events": events.num_events, "epochs": args.epochs, "seed": args.seed,
-        "batch_size": cfg["train"]["batch_size"], "torch_threads": plan.intra_op,
+        "batch_size": cfg.train.batch_size, "torch_threads": plan.intra_op,
         "rss_before_training_mb": start_mb, "peak_rss_mb": peak_resident_mb(), **verdict,
         "machine": platform.processor() or platform.machine(),
         "results": rows,

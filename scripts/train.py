@@ -27,7 +27,7 @@ from graph.events import EventStream
 from pipeline.engine.device import resolve_device
 from pipeline.engine.threads import configure_threads
 from pipeline.run.checkpoint import CHECKPOINT_NAME
-from pipeline.run.config import MODES, apply_overrides, load_config, parse_settings
+from pipeline.run.config import MODES, RunConfig, apply_overrides, load_config, parse_settings
 from pipeline.run.distributed import DEFAULT_TIMEOUT_S, LocalWorld, init_world
 from pipeline.run.reporting import RUN_FILES
 from pipeline.run.trainer import train
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_config(args: argparse.Namespace) -> dict:
+def build_config(args: argparse.Namespace) -> RunConfig:
     cfg = load_config(args.config)
     return apply_overrides(cfg, {
         "train.epochs": args.epochs,
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train_as(world: LocalWorld, args: argparse.Namespace, cfg: dict, events: EventStream,
+def train_as(world: LocalWorld, args: argparse.Namespace, cfg: RunConfig, events: EventStream,
              device: torch.device) -> dict:
     """Train as this process's part of `world`: rank 0 writes --out, rank r > 0 its own copy in rank<r>/."""
     out = Path(args.out) if world.rank == 0 else Path(args.out) / f"rank{world.rank}"

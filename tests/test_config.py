@@ -1,11 +1,15 @@
 """Config loading: defaults fill what a YAML omits; unknown keys, wrong types and bad values are refused
 with a message naming the file and the key."""
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from common.errors import ConfigError
-from pipeline.run.config import apply_overrides, load_config, parse_settings, validate_config
+from models.config import MemoryConfig
+from pipeline.engine.config import PipelineConfig
+from pipeline.engine.policies import MSPipe
+from pipeline.run.config import RunConfig, apply_overrides, load_config, parse_settings, validate_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yml"))
 
@@ -13,15 +17,33 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yml"
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
 def test_shipped_configs_are_valid(path):
     cfg = load_config(path)
-    assert cfg["model"] in ("tgn", "jodie", "apan", "tgat", "dyrep", "edgebank")
-    assert cfg["train"]["batch_size"] in (200, 600)
+    assert cfg.model in ("tgn", "jodie", "apan", "tgat", "dyrep", "edgebank")
+    assert cfg.train.batch_size in (200, 600)
+
+
+@pytest.mark.parametrize("path", CONFIGS[:3], ids=lambda p: p.name)
+def test_a_config_is_a_frozen_record_that_round_trips_through_plain_data(path):
+    cfg = load_config(path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.lr = 1.0
+    assert validate_config(cfg.to_dict()) == cfg
+
+
+def test_each_default_has_one_source():
+    """The YAML defaults, the model's and the schedulers' defaults all read the section records."""
+    assert validate_config({}) == RunConfig()
+    assert validate_config({"memory": None}).memory is None
+    assert RunConfig().memory == MemoryConfig()
+    default = MSPipe()
+    assert (default.k_max, default.warmup_batches, default.delayed_fetch) == (
+        PipelineConfig.k_max, PipelineConfig.warmup_batches, PipelineConfig.delayed_fetch)
 
 
 def test_defaults_fill_missing_keys():
     cfg = validate_config({"train": {"lr": 0.001}})
-    assert cfg["train"]["lr"] == 0.001
-    assert cfg["train"]["batch_size"] == 600
-    assert cfg["pipeline"]["mitigation"]["quantile"] == 0.99
+    assert cfg.train.lr == 0.001
+    assert cfg.train.batch_size == 600
+    assert cfg.pipeline.mitigation.quantile == 0.99
 
 
 def write(tmp_path, text):
@@ -68,7 +90,7 @@ def test_invalid_yaml_and_missing_file(tmp_path):
 
 def test_overrides_are_validated():
     cfg = validate_config({})
-    assert apply_overrides(cfg, {"train.epochs": 3, "pipeline.k": None})["train"]["epochs"] == 3
+    assert apply_overrides(cfg, {"train.epochs": 3, "pipeline.k": None}).train.epochs == 3
     with pytest.raises(ConfigError, match="pipeline.k"):
         apply_overrides(cfg, {"pipeline.k": 0})
     with pytest.raises(ConfigError, match="nosuch.key"):
@@ -81,7 +103,7 @@ def test_settings_are_read_as_yaml_and_validated_like_the_file():
     assert overrides == {"memory.update_time": "batch", "pipeline.k": 16, "pipeline.mitigation.enabled": True,
                          "sampler.fanouts": [5, 5]}
     cfg = apply_overrides(validate_config({}), overrides)
-    assert (cfg["memory"]["update_time"], cfg["pipeline"]["k"]) == ("batch", 16)
+    assert (cfg.memory.update_time, cfg.pipeline.k) == ("batch", 16)
     with pytest.raises(ConfigError, match="memory.update_time"):
         apply_overrides(cfg, parse_settings(["memory.update_time=later"]))
     for bad in ("memory.update_time", "=batch", "pipeline.k=[1"):
@@ -91,6 +113,6 @@ def test_settings_are_read_as_yaml_and_validated_like_the_file():
 
 def test_memoryless_model_needs_attention():
     cfg = validate_config({"memory": None})
-    assert cfg["memory"] is None
+    assert cfg.memory is None
     with pytest.raises(ConfigError, match="embedding.module"):
         validate_config({"memory": None, "embedding": {"module": "jodie"}})

@@ -176,7 +176,7 @@ def single_process_run(tmp_path_factory):
     """The same training in one process, at the same global batch and the 2-rank run's optimizer lr."""
     torch.set_num_threads(1)
     cfg = tgn_two_epochs()
-    cfg = apply_overrides(cfg, {"train.lr": cfg["train"]["lr"] * math.sqrt(WORLD_SIZE)})
+    cfg = apply_overrides(cfg, {"train.lr": cfg.train.lr * math.sqrt(WORLD_SIZE)})
     return train(cfg, load_dataset("uci"), tmp_path_factory.mktemp("single"), torch.device("cpu"), seed=0,
                  show_progress=False)
 
@@ -184,12 +184,12 @@ def single_process_run(tmp_path_factory):
 def test_two_ranks_merge_every_update_and_agree_on_memory_and_metrics(two_rank_run):
     cfg = tgn_two_epochs()
     events = load_dataset("uci")
-    split = chronological_split(events, val_ratio=cfg["eval"]["val_ratio"], test_ratio=cfg["eval"]["test_ratio"],
-                                inductive_ratio=cfg["eval"]["inductive_ratio"], seed=0)
-    num_batches = len(Shard(0, WORLD_SIZE).global_batches(split.train, cfg["train"]["batch_size"]))
+    split = chronological_split(events, val_ratio=cfg.eval.val_ratio, test_ratio=cfg.eval.test_ratio,
+                                inductive_ratio=cfg.eval.inductive_ratio, seed=0)
+    num_batches = len(Shard(0, WORLD_SIZE).global_batches(split.train, cfg.train.batch_size))
     per_rank = [last_epoch_training_updates(run["updates"], num_batches) for run in two_rank_run]
 
-    reference = MemoryStore(events.num_nodes, cfg["memory"]["dim"], per_rank[0][0].mail.shape[1])
+    reference = MemoryStore(events.num_nodes, cfg.memory.dim, per_rank[0][0].mail.shape[1])
     replay(per_rank, reference)
     expected = reference.state_dict()
     for run in two_rank_run:

@@ -21,6 +21,7 @@ from models.embedding import JodieProjection
 from models.memory_updaters import MemoryRows, build_updater, source_gap_scale
 from models.predictor import EdgePredictor
 from models.time_encoding import TimeEncoding, elapsed
+from pipeline.run.config import RunConfig, validate_config
 from sampler.tcsr import TCSR
 from sampler.temporal import TemporalSampler
 
@@ -28,7 +29,7 @@ DIM_MEM, DIM_TIME, DIM_EDGE, DIM_NODE = 8, 4, 3, 5
 UNIX_EPOCH_2020 = 1.6e9
 
 
-def tiny_config(model: str) -> dict:
+def tiny_config(model: str) -> RunConfig:
     """The TGL reference configs of TGN, JODIE and APAN with small dimensions and no dropout."""
     shape = {
         "tgn": ([2], "gru", 1, "self", "attention"),
@@ -37,14 +38,14 @@ def tiny_config(model: str) -> dict:
         "apan": ([2], "transformer", 3, "neighbours", "identity"),
     }[model]
     fanouts, updater, mailbox_size, deliver_to, module = shape
-    return {
+    return validate_config({
         "model": model.rstrip("2"),
         "sampler": {"strategy": "recent", "fanouts": fanouts},
         "memory": {"dim": DIM_MEM, "dim_time": DIM_TIME, "mailbox_size": mailbox_size, "updater": updater,
                    "deliver_to": deliver_to},
         "embedding": {"module": module, "layers": len(fanouts), "heads": 2, "dim_out": DIM_MEM,
                       "dim_time": DIM_TIME, "dropout": 0.0},
-    }
+    })
 
 
 def unix_stream(dim_edge_feat: int = DIM_EDGE, dim_node_feat: int = DIM_NODE) -> EventStream:
@@ -62,7 +63,7 @@ def batch_inputs(events: EventStream, batch: np.ndarray, cfg: dict, store: Memor
     src, dst, t = events.src[batch], events.dst[batch], events.t[batch]
     num_neg = len(negatives) // len(batch)
     sampler = TemporalSampler(TCSR.from_events(events.src, events.dst, events.t, events.num_nodes),
-                              cfg["sampler"]["fanouts"])
+                              cfg.sampler.fanouts)
     blocks = sampler.sample(np.concatenate([src, dst, negatives]), np.concatenate([t, t, np.tile(t, num_neg)]))
     as_tensor = (lambda table, rows: None if table is None else torch.from_numpy(table[rows]))
     return ModelInputs(
@@ -182,7 +183,7 @@ def test_tgn_memory_and_mails_match_a_hand_computed_reference(update_time: str) 
                           node_ids=np.arange(4), edge_feat=np.arange(12, dtype=np.float32).reshape(4, 3))
     torch.manual_seed(0)
     cfg = tiny_config("tgn")
-    cfg["memory"]["update_time"] = update_time
+    cfg = replace(cfg, memory=replace(cfg.memory, update_time=update_time))
     net = build_model(cfg, 0, DIM_EDGE).eval()
     store = MemoryStore(4, DIM_MEM, net.dim_mail)
     stored_mem, stored_mail = torch.randn(3, DIM_MEM), torch.randn(2, net.dim_mail)
@@ -240,7 +241,7 @@ def test_normalize_puts_updated_memories_on_the_unit_sphere_and_leaves_the_rest(
 
 def test_jodie_config_normalizes_its_memory() -> None:
     cfg = tiny_config("jodie")
-    cfg["memory"]["normalize"] = True
+    cfg = replace(cfg, memory=replace(cfg.memory, normalize=True))
     assert build_model(cfg, 0, 0).updater.normalize_output
     assert not build_model(tiny_config("tgn"), 0, 0).updater.normalize_output
 
@@ -438,15 +439,15 @@ def test_jodie_projection_drops_out_in_training_only() -> None:
 
 def test_memoryless_attention_model_returns_no_update() -> None:
     events = unix_stream()
-    cfg = {**tiny_config("tgn"), "memory": None}
+    cfg = replace(tiny_config("tgn"), memory=None)
     net = build_model(cfg, events.dim_node_feat, events.dim_edge_feat)
     pos, neg, update = net(batch_inputs(events, np.arange(40, 50), cfg, None, np.arange(10) % 12))
     assert not net.uses_memory and update is None
     assert pos.shape == neg.shape == (10,) and torch.isfinite(pos).all()
 
 
-def test_build_model_falls_back_to_tgl_defaults() -> None:
-    net = build_model({}, dim_node_feat=0, dim_edge_feat=4)
+def test_default_config_builds_tgl_defaults() -> None:
+    net = build_model(RunConfig(), dim_node_feat=0, dim_edge_feat=4)
     assert net.uses_memory and net.dim_memory == 100 and net.dim_mail == 204 and net.mailbox_size == 1
     assert net.embedding.dim_out == 100
 

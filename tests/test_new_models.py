@@ -33,7 +33,7 @@ def events():
 def small_config(name: str, **overrides) -> dict:
     """The shipped `configs/<name>.yml` shrunk to seconds of training."""
     cfg = load_config(CONFIGS / f"{name}.yml")
-    memory = SMALL_MEMORY if cfg["memory"] is not None else {}
+    memory = SMALL_MEMORY if cfg.memory is not None else {}
     return apply_overrides(cfg, {**SMALL, **memory, **overrides})
 
 

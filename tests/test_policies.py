@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from common.errors import UserError
+from pipeline.engine.config import PipelineConfig
 from pipeline.engine.policies import (
     FixedK, MSPipe, Presample, Sequential, delayed_fetch_start, make_policy,
 )
@@ -128,7 +129,7 @@ def test_mspipe_delays_the_fetch_only_when_asked():
 
 
 def test_make_policy_reads_the_pipeline_config():
-    cfg = {"mode": "x", "k": 3, "k_max": 6, "warmup_batches": 2, "delayed_fetch": False}
+    cfg = PipelineConfig(mode="x", k=3, k_max=6, warmup_batches=2, delayed_fetch=False)
     assert isinstance(make_policy("sequential"), Sequential)
     assert isinstance(make_policy("presample", cfg), Presample)
     assert make_policy("fixed-k", cfg).k == 3

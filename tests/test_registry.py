@@ -11,6 +11,7 @@ import torch
 
 from common.errors import ConfigError, PluginError, RegistryError, UserError
 from common.registry import Registry
+from models.config import PredictorConfig
 from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS, MemoryRows, build_updater
 from models.predictor import PREDICTORS
@@ -63,7 +64,7 @@ def test_unknown_mode_lists_the_registered_schedulers():
 
 
 def test_predictor_key_defaults_to_mlp_and_is_checked_against_its_registry(tmp_path):
-    assert validate_config({})["predictor"] == {"module": "mlp"}
+    assert validate_config({}).predictor == PredictorConfig("mlp")
     path = tmp_path / "bad.yml"
     path.write_text("predictor: {module: dot}\n")
     expected = f"{re.escape(str(path))}: key 'predictor.module' is 'dot', expected one of mlp"
@@ -75,11 +76,11 @@ def test_a_plugin_file_relative_to_the_config_makes_its_part_valid(tmp_path):
     path = tmp_path / "toy.yml"
     path.write_text(f"plugins: [{os.path.relpath(TOY_UPDATER, tmp_path)}]\nmemory: {{dim: 8, updater: decay}}\n")
     cfg = load_config(path)
-    assert cfg["plugins"] == [str(TOY_UPDATER)]
+    assert cfg.plugins == (str(TOY_UPDATER),)
     assert "decay" in UPDATERS
     model = build_model(cfg, dim_node_feat=0, dim_edge_feat=0)
     assert type(model.updater).__name__ == "DecayUpdater"
-    assert apply_overrides(cfg, {"train.epochs": 2})["memory"]["updater"] == "decay"
+    assert apply_overrides(cfg, {"train.epochs": 2}).memory.updater == "decay"
 
 
 def test_the_toy_updater_changes_only_nodes_with_mail():
@@ -95,7 +96,7 @@ def test_the_toy_updater_changes_only_nodes_with_mail():
 
 
 def test_a_plugin_may_be_an_importable_module():
-    assert validate_config({"plugins": ["models.predictor"]})["plugins"] == ["models.predictor"]
+    assert validate_config({"plugins": ["models.predictor"]}).plugins == ("models.predictor",)
 
 
 @pytest.mark.parametrize("entry, message", [

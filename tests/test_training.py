@@ -32,7 +32,7 @@ SMALL = {
 def small_config(**sections):
     given = {key: dict(value) for key, value in SMALL.items()}
     for key, value in sections.items():
-        given[key] = {**given.get(key, {}), **value}
+        given[key] = {**given.get(key, {}), **value} if isinstance(value, dict) else value
     return validate_config(given)
 
 
@@ -78,8 +78,7 @@ def test_other_models_train(events, tmp_path, model):
         "apan": dict(memory={"updater": "transformer", "mailbox_size": 4, "deliver_to": "neighbours"},
                      embedding={"module": "identity"}),
     }[model]
-    cfg = small_config(**parts, train={"epochs": 4}, pipeline={"mode": "mspipe"})
-    cfg["model"] = model
+    cfg = small_config(**parts, model=model, train={"epochs": 4}, pipeline={"mode": "mspipe"})
     results = run(cfg, events, tmp_path)
     losses = [h["loss"] for h in results["history"]]
     assert results["model"] == model and losses[-1] < losses[0] - 0.01

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from memory.batch import MemoryBatch, as_host_nodes
+from pipeline.engine.config import MitigationConfig
 
 MEASURES = ("cosine", "coneighbour")
 NO_NEIGHBOUR = -1
@@ -37,7 +38,8 @@ class SimilarityTable:
     similar node, so nothing is mitigated.
     """
 
-    def __init__(self, num_nodes: int, top_k: int, measure: str = "cosine", chunk_size: int = 1024) -> None:
+    def __init__(self, num_nodes: int, top_k: int, measure: str = MitigationConfig.similarity,
+                 chunk_size: int = 1024) -> None:
         if measure not in MEASURES:
             raise ValueError(f"similarity measure must be one of {MEASURES}, got '{measure}'")
         self.num_nodes = num_nodes
@@ -149,7 +151,8 @@ def stale_mask(dt: torch.Tensor, quantile: float) -> torch.Tensor:
 
 
 def mitigate(batch: MemoryBatch, root_positions: torch.Tensor, root_ts: torch.Tensor, table: SimilarityTable,
-             store: MemoryReader, quantile: float = 0.99, gamma: float = 0.9) -> tuple[MemoryBatch, int]:
+             store: MemoryReader, quantile: float = MitigationConfig.quantile,
+             gamma: float = MitigationConfig.gamma) -> tuple[MemoryBatch, int]:
     """Blend the memory of the batch's stale roots with their newer similar nodes' memory.
 
     `root_positions` are the roots' rows in `batch`, `root_ts` their event times. Returns a batch whose

@@ -27,10 +27,10 @@ selects one by name, and a new scheduler is a `Policy` subclass plus a registere
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from common.registry import Registry
+from pipeline.engine.config import PipelineConfig
 from pipeline.engine.profiler import StageProfiler
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,8 @@ class MSPipe(Policy):
     (for the ablation).
     """
 
-    def __init__(self, k_max: int = 8, warmup_batches: int = 5, delayed_fetch: bool = True) -> None:
+    def __init__(self, k_max: int = PipelineConfig.k_max, warmup_batches: int = PipelineConfig.warmup_batches,
+                 delayed_fetch: bool = PipelineConfig.delayed_fetch) -> None:
         if k_max < 1 or warmup_batches < 0:
             raise ValueError(f"need k_max >= 1 and warmup_batches >= 0, got {k_max}, {warmup_batches}")
         self.k_max = k_max
@@ -156,33 +157,33 @@ class MSPipe(Policy):
                                    profiler.tau("train"), profiler.tau("fetch_memory"))
 
 
-SCHEDULERS: Registry[Callable[[Mapping[str, Any]], Policy]] = Registry("pipeline scheduler", "pipeline.mode")
+SCHEDULERS: Registry[Callable[[PipelineConfig], Policy]] = Registry("pipeline scheduler", "pipeline.mode")
 
 
 @SCHEDULERS.register("sequential")
-def sequential_policy(cfg: Mapping[str, Any]) -> Policy:
+def sequential_policy(cfg: PipelineConfig) -> Policy:
     """TGL's loop: no overlap."""
     return Sequential()
 
 
 @SCHEDULERS.register("presample")
-def presample_policy(cfg: Mapping[str, Any]) -> Policy:
+def presample_policy(cfg: PipelineConfig) -> Policy:
     """TGL with pre-sampling."""
     return Presample()
 
 
 @SCHEDULERS.register("fixed-k")
-def fixed_k_policy(cfg: Mapping[str, Any]) -> Policy:
+def fixed_k_policy(cfg: PipelineConfig) -> Policy:
     """The full pipeline with the bound `pipeline.k`."""
-    return FixedK(cfg.get("k", 2))
+    return FixedK(cfg.k)
 
 
 @SCHEDULERS.register("mspipe")
-def mspipe_policy(cfg: Mapping[str, Any]) -> Policy:
+def mspipe_policy(cfg: PipelineConfig) -> Policy:
     """MSPipe with `pipeline.k_max`, `pipeline.warmup_batches` and `pipeline.delayed_fetch`."""
-    return MSPipe(cfg.get("k_max", 8), cfg.get("warmup_batches", 5), cfg.get("delayed_fetch", True))
+    return MSPipe(cfg.k_max, cfg.warmup_batches, cfg.delayed_fetch)
 
 
-def make_policy(mode: str, cfg: Mapping[str, Any] | None = None) -> Policy:
+def make_policy(mode: str, cfg: PipelineConfig = PipelineConfig()) -> Policy:
     """The policy registered as `mode` (`pipeline.mode`), configured from the validated `pipeline` section."""
-    return SCHEDULERS.get(mode)(cfg or {})
+    return SCHEDULERS.get(mode)(cfg)

@@ -15,16 +15,17 @@ import torch
 
 from common.errors import CheckpointError
 from graph.events import EventStream
+from pipeline.run.config import RunConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # how torch.load(weights_only=True) refuses a class or global that is not plain data (torch 2.2 wording)
 UNSAFE_CONTENT_MESSAGES = ("Unsupported class", "Unsupported global")
 
 
-def config_fingerprint(cfg: dict) -> str:
+def config_fingerprint(cfg: RunConfig) -> str:
     """Hash of everything in the config that changes the trained model (not the epoch count or mode)."""
-    relevant = {k: v for k, v in cfg.items() if k not in ("pipeline",)}
-    relevant["train"] = {k: v for k, v in cfg["train"].items() if k not in ("epochs", "patience")}
+    relevant = {k: v for k, v in cfg.to_dict().items() if k not in ("pipeline",)}
+    relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in ("epochs", "patience")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

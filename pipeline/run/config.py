@@ -12,76 +12,120 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 import yaml
 
 from common.errors import ConfigError, one_line
 from common.registry import Registry
 from graph.negatives import NEGATIVE_STRATEGIES
+from models.config import DELIVERIES, UPDATE_TIMES, EmbeddingConfig, MemoryConfig, PredictorConfig
 from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS
 from models.predictor import PREDICTORS
-from models.tgnn import EMBEDDING_DEFAULTS, MEMORY_DEFAULTS, PREDICTOR_DEFAULTS, UPDATE_TIMES
+from pipeline.engine.config import SIMILARITIES, PipelineConfig
 from pipeline.engine.policies import SCHEDULERS
 from pipeline.run.plugins import load_plugins
+from sampler.config import SamplerConfig
 from sampler.temporal import STRATEGIES
 
 MODES = SCHEDULERS.names()  # the built-in modes; a plugin's scheduler is selected in the YAML
+RANKINGS = ("none", "all")
+EDGEBANK_MEMORIES = ("unlimited", "window")
 
-DEFAULTS: dict[str, Any] = {
-    "model": "tgn",  # a label for logs and results; the parts below compose the model
-    "plugins": [],
-    "sampler": {"strategy": "recent", "fanouts": [10], "add_reverse": True},
-    "memory": MEMORY_DEFAULTS,
-    "embedding": EMBEDDING_DEFAULTS,
-    "predictor": PREDICTOR_DEFAULTS,
-    "train": {
-        "batch_size": 600,
-        "epochs": 10,
-        "lr": 0.0001,
-        "weight_decay": 0.0,
-        "num_neg": 1,
-        "patience": 0,
-    },
-    "eval": {
-        "batch_size": 600,
-        "mrr_negatives": 0,
-        "negatives": ["random"],  # DyGLib's strategies to report; random always (it selects the best epoch)
-        "ranking": "none",  # "all": TGB's filtered one-vs-all MRR against every destination (EdgeBank only)
-        "val_ratio": 0.15,
-        "test_ratio": 0.15,
-        "inductive_ratio": 0.1,
-    },
-    "edgebank": {  # read when model is edgebank (pipeline/run/baselines.py)
-        "memory": "unlimited",
-        "window_ratio": 0.15,
-    },
-    "pipeline": {
-        "mode": "mspipe",
-        "k": 2,
-        "k_max": 8,
-        "warmup_batches": 5,
-        "delayed_fetch": True,
-        "mitigation": {
-            "enabled": False,
-            "quantile": 0.99,
-            "top_k": 10,
-            "gamma": 0.9,
-            "similarity": "cosine",
-            "refresh_every": 20,
-        },
-    },
-}
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """`train`: optimisation and early stopping (`patience` epochs without a better validation AP; 0: never)."""
+
+    batch_size: int = 600
+    epochs: int = 10
+    lr: float = 0.0001
+    weight_decay: float = 0.0
+    num_neg: int = 1
+    patience: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`eval`: how validation and test are scored and how the stream is split.
+
+    `negatives` are DyGLib's strategies to report (random always: it selects the best epoch);
+    `mrr_negatives` > 0 adds MRR against that many random negatives; `ranking: all` adds TGB's filtered
+    one-vs-all MRR against every destination (EdgeBank only).
+    """
+
+    batch_size: int = 600
+    mrr_negatives: int = 0
+    negatives: tuple[str, ...] = ("random",)
+    ranking: str = "none"
+    val_ratio: float = 0.15
+    test_ratio: float = 0.15
+    inductive_ratio: float = 0.1
+
+
+@dataclass(frozen=True)
+class EdgeBankConfig:
+    """`edgebank`: read when `model` is edgebank (pipeline/run/baselines.py)."""
+
+    memory: str = "unlimited"
+    window_ratio: float = 0.15
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole validated run config. `model` is a label for logs and results; the sections compose the model."""
+
+    model: str = "tgn"
+    plugins: tuple[str, ...] = ()
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    memory: MemoryConfig | None = field(default_factory=MemoryConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    edgebank: EdgeBankConfig = field(default_factory=EdgeBankConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain YAML/JSON data (lists, not tuples), as checkpoints and results.json keep it."""
+        return _plain(asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _record(cls: type, values: dict[str, Any]) -> Any:
+    """The frozen record `cls` from a validated mapping; nested sections become their records, lists tuples."""
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for item in fields(cls):
+        value = values[item.name]
+        section = next((kind for kind in get_args(hints[item.name]) or (hints[item.name],) if is_dataclass(kind)), None)
+        if section is not None and value is not None:
+            value = _record(section, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[item.name] = value
+    return cls(**kwargs)
+
+
+DEFAULTS: dict[str, Any] = RunConfig().to_dict()
 
 REGISTRIES: tuple[Registry, ...] = (STRATEGIES, UPDATERS, EMBEDDINGS, PREDICTORS, SCHEDULERS)
 CHOICES: dict[str, tuple[str, ...] | Registry] = {
-    "memory.deliver_to": ("self", "neighbours"),
+    "memory.deliver_to": DELIVERIES,
     "memory.update_time": UPDATE_TIMES,
-    "edgebank.memory": ("unlimited", "window"),
-    "eval.ranking": ("none", "all"),
-    "pipeline.mitigation.similarity": ("cosine", "coneighbour"),
+    "edgebank.memory": EDGEBANK_MEMORIES,
+    "eval.ranking": RANKINGS,
+    "pipeline.mitigation.similarity": SIMILARITIES,
     **{registry.config_key: registry for registry in REGISTRIES},
 }
 STRING_LISTS = {"plugins", "eval.negatives"}  # every other list holds integers
@@ -147,16 +191,16 @@ def _is_list_item(value: Any, strings: bool) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _lookup(cfg: dict, dotted: str) -> Any:
+def _lookup(cfg: RunConfig, dotted: str) -> Any:
     value: Any = cfg
     for part in dotted.split("."):
         if value is None:
             return None
-        value = value[part]
+        value = getattr(value, part)
     return value
 
 
-def _check_values(cfg: dict, source: str) -> None:
+def _check_values(cfg: RunConfig, source: str) -> None:
     for key, allowed in CHOICES.items():
         value = _lookup(cfg, key)
         if value is not None and value not in allowed:
@@ -166,37 +210,38 @@ def _check_values(cfg: dict, source: str) -> None:
             value = _lookup(cfg, key)
             if value is not None and not in_range(value):
                 raise ConfigError(f"{source}: key '{key}' must be {expected}, got {value!r}")
-    unknown = [strategy for strategy in cfg["eval"]["negatives"] if strategy not in NEGATIVE_STRATEGIES]
+    unknown = [strategy for strategy in cfg.eval.negatives if strategy not in NEGATIVE_STRATEGIES]
     if unknown:
         raise ConfigError(f"{source}: key 'eval.negatives' has {unknown[0]!r}, expected a list of "
                           f"{', '.join(NEGATIVE_STRATEGIES)}")
-    fanouts = cfg["sampler"]["fanouts"]
+    fanouts = cfg.sampler.fanouts
     if not fanouts or any(f < 0 for f in fanouts):
         raise ConfigError(f"{source}: key 'sampler.fanouts' must be a non-empty list of counts >= 0, got {fanouts!r}")
-    if cfg["embedding"]["dim_out"] % cfg["embedding"]["heads"]:
+    if cfg.embedding.dim_out % cfg.embedding.heads:
         raise ConfigError(f"{source}: key 'embedding.dim_out' must be divisible by 'embedding.heads'")
-    if cfg["memory"] is None and cfg["embedding"]["module"] != "attention":
+    if cfg.memory is None and cfg.embedding.module != "attention":
         raise ConfigError(f"{source}: key 'embedding.module' must be 'attention' for a model without memory")
-    if cfg["eval"]["ranking"] == "all" and cfg["model"] != "edgebank":
+    if cfg.eval.ranking == "all" and cfg.model != "edgebank":
         raise ConfigError(f"{source}: key 'eval.ranking' 'all' is implemented for model edgebank only so far "
                           f"(the trained models' all-destination pass is not written yet)")
-    if cfg["eval"]["val_ratio"] + cfg["eval"]["test_ratio"] >= 1:
+    if cfg.eval.val_ratio + cfg.eval.test_ratio >= 1:
         raise ConfigError(f"{source}: keys 'eval.val_ratio' + 'eval.test_ratio' must be < 1")
 
 
-def validate_config(given: dict, source: str = "<config>", base_dir: Path | None = None) -> dict:
-    """Return the full config: defaults overlaid with `given`, checked key by key.
+def validate_config(given: dict, source: str = "<config>", base_dir: Path | None = None) -> RunConfig:
+    """The full config: defaults overlaid with `given`, checked key by key, as a `RunConfig`.
 
     Imports the `plugins` first (`.py` paths relative to `base_dir`, default the working directory) and
     stores them as absolute paths, so the parts they register can be named and the config stays valid.
     """
-    cfg = _merge(DEFAULTS, given, "", source)
-    cfg["plugins"] = load_plugins(cfg["plugins"], base_dir or Path.cwd(), source)
+    merged = _merge(DEFAULTS, given, "", source)
+    merged["plugins"] = load_plugins(merged["plugins"], base_dir or Path.cwd(), source)
+    cfg = _record(RunConfig, merged)
     _check_values(cfg, source)
     return cfg
 
 
-def load_config(path: str | Path) -> dict:
+def load_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML config file."""
     path = Path(path)
     if not path.is_file():
@@ -224,9 +269,9 @@ def parse_settings(settings: list[str], source: str = "--set") -> dict[str, Any]
     return overrides
 
 
-def apply_overrides(cfg: dict, overrides: dict[str, Any], source: str = "command line") -> dict:
+def apply_overrides(cfg: RunConfig | dict, overrides: dict[str, Any], source: str = "command line") -> RunConfig:
     """Set dotted keys (`train.epochs`) from the command line, validated like the file."""
-    given = copy.deepcopy(cfg)
+    given = cfg.to_dict() if isinstance(cfg, RunConfig) else copy.deepcopy(cfg)
     for dotted, value in overrides.items():
         if value is None:
             continue

@@ -21,6 +21,7 @@ from models.tgnn import TemporalModel, build_model
 from pipeline.engine.device import host_tensor, pins_host_memory
 from pipeline.engine.mitigation import SimilarityTable
 from pipeline.engine.stages import LinkPredictionStages, Mitigation, StreamTensors
+from pipeline.run.config import RunConfig
 from pipeline.run.distributed import LocalWorld
 from sampler.tcsr import TCSR
 from sampler.temporal import TemporalSampler
@@ -30,7 +31,7 @@ from sampler.temporal import TemporalSampler
 class RunSetup:
     """The long-lived objects of one training run."""
 
-    cfg: dict
+    cfg: RunConfig
     events: EventStream
     split: Split
     device: torch.device
@@ -50,7 +51,7 @@ class RunSetup:
     @property
     def train_batches(self) -> list[np.ndarray]:
         """The training events of this process's share of every global batch."""
-        return self.world.shard.local_batches(self.split.train, self.cfg["train"]["batch_size"])
+        return self.world.shard.local_batches(self.split.train, self.cfg.train.batch_size)
 
     def eval_negatives(self, split_name: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """`split_negatives` of a split, drawn once per run (they are fixed, and the historical ones take a
@@ -62,18 +63,18 @@ class RunSetup:
 
     def eval_positions(self, num_events: int) -> list[np.ndarray]:
         """Positions in an evaluation split of `num_events` of this process's share of every batch."""
-        return self.world.shard.local_batches(np.arange(num_events), self.cfg["eval"]["batch_size"])
+        return self.world.shard.local_batches(np.arange(num_events), self.cfg.eval.batch_size)
 
 
-def _sampler(events: EventStream, indices: np.ndarray, cfg: dict, seed: int) -> TemporalSampler:
+def _sampler(events: EventStream, indices: np.ndarray, cfg: RunConfig, seed: int) -> TemporalSampler:
     tcsr = TCSR.from_events(
         events.src[indices], events.dst[indices], events.t[indices], events.num_nodes,
-        eid=indices.astype(np.int64), add_reverse=cfg["sampler"]["add_reverse"],
+        eid=indices.astype(np.int64), add_reverse=cfg.sampler.add_reverse,
     )
-    return TemporalSampler(tcsr, list(cfg["sampler"]["fanouts"]), cfg["sampler"]["strategy"], seed=seed)
+    return TemporalSampler(tcsr, list(cfg.sampler.fanouts), cfg.sampler.strategy, seed=seed)
 
 
-def build_setup(cfg: dict, events: EventStream, device: torch.device, seed: int,
+def build_setup(cfg: RunConfig, events: EventStream, device: torch.device, seed: int,
                 world: LocalWorld | None = None) -> RunSetup:
     """Create the run's objects; training sees only training events, evaluation sees the whole stream.
 
@@ -82,8 +83,8 @@ def build_setup(cfg: dict, events: EventStream, device: torch.device, seed: int,
     world = world if world is not None else LocalWorld()
     torch.manual_seed(seed)
     split = chronological_split(
-        events, val_ratio=cfg["eval"]["val_ratio"], test_ratio=cfg["eval"]["test_ratio"],
-        inductive_ratio=cfg["eval"]["inductive_ratio"], seed=seed,
+        events, val_ratio=cfg.eval.val_ratio, test_ratio=cfg.eval.test_ratio,
+        inductive_ratio=cfg.eval.inductive_ratio, seed=seed,
     )
     require_every_part(events, split)
     stream = StreamTensors(
@@ -92,19 +93,19 @@ def build_setup(cfg: dict, events: EventStream, device: torch.device, seed: int,
         node_feat=None if events.node_feat is None else host_tensor(events.node_feat, device),
     )
     model = build_model(cfg, events.dim_node_feat, events.dim_edge_feat).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=world.learning_rate(cfg["train"]["lr"]),
-                                 weight_decay=cfg["train"]["weight_decay"],
+    optimizer = torch.optim.Adam(model.parameters(), lr=world.learning_rate(cfg.train.lr),
+                                 weight_decay=cfg.train.weight_decay,
                                  foreach=True)  # one multi-tensor update; torch picks it by default on CUDA only
     store = None
     if model.uses_memory:
         store = world.memory_store(events.num_nodes, model.dim_memory, model.dim_mail, model.mailbox_size,
                                    pin_memory=pins_host_memory(device))
     mitigation = None
-    mit_cfg = cfg["pipeline"]["mitigation"]
-    if mit_cfg["enabled"] and store is not None:
+    mit_cfg = cfg.pipeline.mitigation
+    if mit_cfg.enabled and store is not None:
         mitigation = Mitigation(
-            table=SimilarityTable(events.num_nodes, mit_cfg["top_k"], measure=mit_cfg["similarity"]),
-            quantile=mit_cfg["quantile"], gamma=mit_cfg["gamma"], refresh_every=mit_cfg["refresh_every"],
+            table=SimilarityTable(events.num_nodes, mit_cfg.top_k, measure=mit_cfg.similarity),
+            quantile=mit_cfg.quantile, gamma=mit_cfg.gamma, refresh_every=mit_cfg.refresh_every,
         )
     return RunSetup(
         cfg=cfg, events=events, split=split, device=device, seed=seed, stream=stream,
@@ -130,9 +131,9 @@ def training_stages(setup: RunSetup, epoch: int) -> LinkPredictionStages:
     """Stage functions for one training epoch; negatives and uniform draws are seeded per global batch,
     and a process takes the negatives of its share, so they do not depend on the number of processes."""
     shard = setup.world.shard
-    global_batches = shard.global_batches(setup.split.train, setup.cfg["train"]["batch_size"])
+    global_batches = shard.global_batches(setup.split.train, setup.cfg.train.batch_size)
     batches = setup.train_batches
-    num_neg = setup.cfg["train"]["num_neg"]
+    num_neg = setup.cfg.train.num_neg
 
     def negatives(i: int, events: np.ndarray) -> tuple[np.ndarray, None]:
         size = len(global_batches[i])
@@ -147,19 +148,19 @@ def training_stages(setup: RunSetup, epoch: int) -> LinkPredictionStages:
     )
 
 
-def negative_columns(cfg: dict) -> dict[str, slice]:
+def negative_columns(cfg: RunConfig) -> dict[str, slice]:
     """The columns of an evaluation split's negatives that each strategy of `eval.negatives` fills: random
     first (`max(1, eval.mrr_negatives)` destinations per event; the first one gives AP/AUC), then one column
     for each of the others, in config order."""
-    columns = {"random": slice(0, max(1, cfg["eval"]["mrr_negatives"]))}
-    for strategy in cfg["eval"]["negatives"]:
+    columns = {"random": slice(0, max(1, cfg.eval.mrr_negatives))}
+    for strategy in cfg.eval.negatives:
         if strategy not in columns:
             end = next(reversed(columns.values())).stop
             columns[strategy] = slice(end, end + 1)
     return columns
 
 
-def split_negatives(cfg: dict, events: EventStream, split: Split, seed: int, split_name: str,
+def split_negatives(cfg: RunConfig, events: EventStream, split: Split, seed: int, split_name: str,
                     indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Negative destinations `(len(indices), columns)` of an evaluation split, laid out by `negative_columns`,
     and their sources (None when random is the only strategy: each negative keeps its event's source).
@@ -170,7 +171,7 @@ def split_negatives(cfg: dict, events: EventStream, split: Split, seed: int, spl
     random = columns["random"]
     dst = [eval_negatives(np.unique(events.dst), len(indices), random.stop, split_name, seed)]
     src = [np.repeat(events.src[indices][:, None], random.stop, axis=1)]
-    batch_size = cfg["eval"]["batch_size"]
+    batch_size = cfg.eval.batch_size
     batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
     for strategy in list(columns)[1:]:
         neg_src, neg_dst = edge_negatives(strategy, events.src, events.dst, events.t, batches,

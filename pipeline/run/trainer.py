@@ -24,7 +24,7 @@ from pipeline.engine.policies import Policy, make_policy
 from pipeline.engine.profiler import StageProfiler
 from pipeline.engine.runner import STAGES, RunStats, run_batches
 from pipeline.engine.stages import LinkPredictionStages
-from pipeline.run.config import validate_config
+from pipeline.run.config import RunConfig, validate_config
 from pipeline.run.distributed import LocalWorld
 from pipeline.run.evaluation import split_metrics
 from pipeline.run.reporting import RunLog
@@ -63,7 +63,7 @@ def evaluate(setup: RunSetup, name: str, indices: np.ndarray, inductive: np.ndar
     run_stages(stages, make_policy("sequential"), None, stop, f"eval {name}", show_progress)
     pos, neg = setup.world.split_scores(np.concatenate(setup.eval_positions(len(indices))),
                                         np.concatenate(stages.pos_scores), np.concatenate(stages.neg_scores))
-    metrics = split_metrics(name, pos, neg, negative_columns(setup.cfg), setup.cfg["eval"]["batch_size"],
+    metrics = split_metrics(name, pos, neg, negative_columns(setup.cfg), setup.cfg.eval.batch_size,
                             np.isin(indices, inductive))
     return metrics, version_offset + len(stages.batches)
 
@@ -82,7 +82,7 @@ def evaluate_after_training(setup: RunSetup, version: int, stop: threading.Event
 
 def _checkpoint_state(setup: RunSetup, state: TrainingState) -> dict[str, Any]:
     return {
-        "config": setup.cfg,
+        "config": setup.cfg.to_dict(),
         "seed": setup.seed,
         "config_fingerprint": config_fingerprint(setup.cfg),
         "dataset_fingerprint": dataset_fingerprint(setup.events),
@@ -99,7 +99,7 @@ def _restore(setup: RunSetup, path: Path) -> TrainingState:
     return TrainingState(**ckpt["training"])
 
 
-def train(cfg: dict, events: EventStream, out_dir: Path, device: torch.device, seed: int, *,
+def train(cfg: RunConfig, events: EventStream, out_dir: Path, device: torch.device, seed: int, *,
           resume: bool = False, stop: threading.Event | None = None, show_progress: bool = True,
           world: LocalWorld | None = None) -> dict[str, Any]:
     """Train `cfg` on `events`, writing logs, checkpoints and results into `out_dir`; return the results.
@@ -107,23 +107,23 @@ def train(cfg: dict, events: EventStream, out_dir: Path, device: torch.device, s
     `world` makes this process one rank of a data-parallel run (pipeline/run/distributed.py); default: alone.
     A model that needs no training (`model: edgebank`) is only scored (pipeline/run/baselines.py).
     """
-    if cfg["model"] in BASELINES:
+    if cfg.model in BASELINES:
         return run_baseline(cfg, events, out_dir, seed)
     setup = build_setup(cfg, events, device, seed, world)
     ckpt_path = out_dir / CHECKPOINT_NAME
     state = _restore(setup, ckpt_path) if resume else TrainingState()
     batches_per_epoch = len(setup.train_batches)
     log = RunLog(out_dir, purge_step=state.next_epoch * batches_per_epoch if resume else None)
-    mode = cfg["pipeline"]["mode"]
+    mode = cfg.pipeline.mode
     profiler = StageProfiler()
     try:
-        for epoch in range(state.next_epoch, cfg["train"]["epochs"]):
+        for epoch in range(state.next_epoch, cfg.train.epochs):
             if state.stopped_early:
                 break
-            policy = setup.world.agreed_policy(make_policy(mode, cfg["pipeline"]), profiler)
+            policy = setup.world.agreed_policy(make_policy(mode, cfg.pipeline), profiler)
             _train_one_epoch(setup, state, epoch, policy, profiler, log, stop, show_progress)
             save_checkpoint(ckpt_path, _checkpoint_state(setup, state))
-            patience = cfg["train"]["patience"]
+            patience = cfg.train.patience
             state.stopped_early = bool(patience) and epoch - state.best_epoch >= patience
         results = _results(setup, state, mode)
         log.results(results)
@@ -195,7 +195,7 @@ def _results(setup: RunSetup, state: TrainingState, mode: str) -> dict[str, Any]
     stage_time = {stage: float(np.mean([h["stage_time_s"].get(stage, 0.0) for h in history])) for stage in STAGES}
     best = state.best_metrics
     return {
-        "model": setup.cfg["model"],
+        "model": setup.cfg.model,
         "dataset": setup.events.name,
         "mode": mode,
         "epochs": len(history),
@@ -216,5 +216,5 @@ def _results(setup: RunSetup, state: TrainingState, mode: str) -> dict[str, Any]
         },
         "pipeline_utilization": float(np.mean([h["train_busy_fraction"] for h in history])) if history else 0.0,
         "history": history,
-        "config": setup.cfg,
+        "config": setup.cfg.to_dict(),
     }

@@ -1,0 +1,64 @@
+"""The model's config sections as typed, frozen records: each key's default is written here and nowhere else.
+
+`pipeline/run/config.py` validates a YAML file against these defaults and builds the records; the model
+(`build_model`) reads only them. Field names are the YAML keys (`memory.update_time`, `embedding.heads`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+UPDATE_TIMES = ("query", "batch")
+DELIVERIES = ("self", "neighbours")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """`memory`: per-node state and how it is updated (TGL's defaults).
+
+    `normalize` L2-normalises each updated memory (JODIE). `update_time` is the time an input node's memory
+    is brought to: "query", each input slot's own time (TGL), or "batch", the batch's first event time,
+    which makes the update a function of the node alone.
+    """
+
+    dim: int = 100
+    dim_time: int = 100
+    mailbox_size: int = 1
+    updater: str = "gru"
+    deliver_to: str = "self"
+    normalize: bool = False
+    update_time: str = "query"
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """`embedding`: how root embeddings are computed from node states. The mailbox transformer updater
+    also reads `heads` and `dropout`."""
+
+    module: str = "attention"
+    layers: int = 1
+    heads: int = 2
+    dim_out: int = 100
+    dim_time: int = 100
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """`predictor`: the edge scorer over a pair of embeddings."""
+
+    module: str = "mlp"
+
+
+class ModelSections(Protocol):
+    """What `build_model` reads from a run config: its three model sections (`memory: None` for a
+    memory-less model)."""
+
+    @property
+    def memory(self) -> MemoryConfig | None: ...
+
+    @property
+    def embedding(self) -> EmbeddingConfig: ...
+
+    @property
+    def predictor(self) -> PredictorConfig: ...

@@ -1,0 +1,31 @@
+"""The `pipeline` config section as typed, frozen records (its defaults are written here only)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SIMILARITIES = ("cosine", "coneighbour")
+
+
+@dataclass(frozen=True)
+class MitigationConfig:
+    """`pipeline.mitigation`: blend stale roots' memory with similar, fresher nodes' (docs/method.md §6)."""
+
+    enabled: bool = False
+    quantile: float = 0.99
+    top_k: int = 10
+    gamma: float = 0.9
+    similarity: str = "cosine"
+    refresh_every: int = 20
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """`pipeline`: the scheduler that runs the stages (`mode`, one of `SCHEDULERS`) and its parameters:
+    fixed-k's bound `k`; MSPipe's cap `k_max`, its sequential `warmup_batches` and `delayed_fetch`."""
+
+    mode: str = "mspipe"
+    k: int = 2
+    k_max: int = 8
+    warmup_batches: int = 5
+    delayed_fetch: bool = True
+    mitigation: MitigationConfig = field(default_factory=MitigationConfig)
