@@ -12,7 +12,8 @@ import torch
 from common.errors import ConfigError
 from graph.events import EventStream
 from models.edgebank import EdgeBank
-from pipeline.run.baselines import rank_all_destinations, true_destinations
+from pipeline.run.baselines import rank_all_destinations
+from pipeline.run.ranking import true_destinations
 from pipeline.run.config import validate_config
 from pipeline.run.evaluation import ranking_summary, ranks_against_candidates
 from pipeline.run.trainer import train
@@ -85,8 +86,3 @@ def test_filtered_ranking_leaves_out_other_true_destinations_at_the_same_time():
     # event 2 (0->3 at t 5) was seen before (t 1): score 1, candidates 4 (filtered) and 5 (score 0) -> rank 1;
     # event 4 (2->5) is new: score 0, tied with 3 and 4 (never sent by 2) -> rank 1 + 0.5 * 2 = 2
     np.testing.assert_allclose(rank_all_destinations(bank, cfg, stream, np.array([2, 4])), [1.0, 2.0])
-
-
-def test_all_destination_ranking_is_refused_for_trained_models():
-    with pytest.raises(ConfigError, match="eval.ranking"):
-        validate_config({"model": "tgn", "eval": {"ranking": "all"}})

@@ -109,6 +109,7 @@ class LinkPredictionStages:
     version_offset: int = 0
     sample_seed: Callable[[int], int] = lambda i: i
     mitigation: Mitigation | None = None
+    on_scored: Callable[[int, BatchContext], None] | None = None  # evaluation: called after a batch is scored
     losses: list[float] = field(default_factory=list, init=False)
     mitigated_roots: int = field(default=0, init=False)
     pos_scores: list[np.ndarray] = field(default_factory=list, init=False)
@@ -201,6 +202,8 @@ class LinkPredictionStages:
                 pos, neg, ctx.update = self.model(self._inputs(ctx))
             self.pos_scores.append(pos.float().cpu().numpy())
             self.neg_scores.append(neg.float().cpu().numpy().reshape(self.num_neg, -1).T)
+            if self.on_scored is not None:
+                self.on_scored(i, ctx)
         else:
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)

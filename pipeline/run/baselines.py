@@ -14,6 +14,7 @@ from graph.split import chronological_split
 from models.edgebank import EdgeBank
 from pipeline.run.config import RunConfig
 from pipeline.run.evaluation import ranking_summary, ranks_against_candidates, split_metrics
+from pipeline.run.ranking import true_destinations
 from pipeline.run.reporting import RunLog
 from pipeline.run.setup import negative_columns, require_every_part, split_negatives
 
@@ -46,25 +47,6 @@ def score_split(bank: EdgeBank, cfg: RunConfig, events: EventStream, indices: np
     pos = bank.scores(events.src[indices], events.dst[indices], seen)
     neg = np.stack([bank.scores(neg_src[:, c], neg_dst[:, c], seen) for c in range(neg_dst.shape[1])], axis=1)
     return pos, neg
-
-
-def true_destinations(events: EventStream, src: np.ndarray, t: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """`(n, len(candidates))` mask of the candidates that are a true destination of `src[i]` at time `t[i]`
-    in the stream (the destination itself included): what TGB's filtered ranking leaves out."""
-    times, time_rank = np.unique(events.t, return_inverse=True)
-    stride = len(times) + 1
-    group = events.src.astype(np.int64) * stride + time_rank
-    order = np.argsort(group, kind="stable")
-    sorted_group = group[order]
-    query = src.astype(np.int64) * stride + np.searchsorted(times, t)
-    start, end = np.searchsorted(sorted_group, query, "left"), np.searchsorted(sorted_group, query, "right")
-    counts = end - start
-    rows = np.repeat(np.arange(len(src)), counts)
-    events_hit = order[np.repeat(start, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)]
-    columns = np.searchsorted(candidates, events.dst[events_hit])
-    mask = np.zeros((len(src), len(candidates)), dtype=bool)
-    mask[rows, columns] = True
-    return mask
 
 
 def rank_all_destinations(bank: EdgeBank, cfg: RunConfig, events: EventStream, indices: np.ndarray,

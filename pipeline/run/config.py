@@ -54,7 +54,7 @@ class EvalConfig:
 
     `negatives` are DyGLib's strategies to report (random always: it selects the best epoch);
     `mrr_negatives` > 0 adds MRR against that many random negatives; `ranking: all` adds TGB's filtered
-    one-vs-all MRR against every destination (EdgeBank only).
+    one-vs-all MRR against every destination.
     """
 
     batch_size: int = 600
@@ -221,9 +221,6 @@ def _check_values(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: key 'embedding.dim_out' must be divisible by 'embedding.heads'")
     if cfg.memory is None and cfg.embedding.module != "attention":
         raise ConfigError(f"{source}: key 'embedding.module' must be 'attention' for a model without memory")
-    if cfg.eval.ranking == "all" and cfg.model != "edgebank":
-        raise ConfigError(f"{source}: key 'eval.ranking' 'all' is implemented for model edgebank only so far "
-                          f"(the trained models' all-destination pass is not written yet)")
     if cfg.eval.val_ratio + cfg.eval.test_ratio >= 1:
         raise ConfigError(f"{source}: keys 'eval.val_ratio' + 'eval.test_ratio' must be < 1")
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.errors import ConfigError
 from graph.events import EventStream
 from pipeline.run.baselines import BASELINES, run_baseline
 from pipeline.run.checkpoint import (
@@ -26,7 +27,8 @@ from pipeline.engine.runner import STAGES, RunStats, run_batches
 from pipeline.engine.stages import LinkPredictionStages
 from pipeline.run.config import RunConfig, validate_config
 from pipeline.run.distributed import LocalWorld
-from pipeline.run.evaluation import split_metrics
+from pipeline.run.evaluation import ranking_summary, split_metrics
+from pipeline.run.ranking import CandidateRanker
 from pipeline.run.reporting import RunLog
 from pipeline.run.setup import RunSetup, build_setup, evaluation_stages, negative_columns, training_stages
 
@@ -53,31 +55,50 @@ def run_stages(stages: LinkPredictionStages, policy: Policy, profiler: StageProf
 
 
 def evaluate(setup: RunSetup, name: str, indices: np.ndarray, inductive: np.ndarray, version_offset: int,
-             stop: threading.Event | None, show_progress: bool) -> tuple[dict[str, float], int]:
+             stop: threading.Event | None, show_progress: bool, rank_all: bool = False) -> tuple[dict[str, float], int]:
     """Score a split in time order, continuing the memory; return its metrics (over the whole split, from
     every process's scores, plus DyGLib's batch means as `{name}_batch_ap/auc`) and the next version.
 
     Metrics under random negatives have plain names (`test_ap`); under DyGLib's other strategies they end
-    in `@historical` or `@inductive` (`test_ap@historical`)."""
+    in `@historical` or `@inductive` (`test_ap@historical`). With `rank_all`, each event's destination is
+    also ranked against every destination (`{name}_mrr_all`, `{name}_hits@10_all`, `{name}_ranking_s`)."""
     stages = evaluation_stages(setup, name, indices, version_offset)
+    ranker = CandidateRanker(stages, setup.events) if rank_all else None
+    stages.on_scored = ranker
+    started = time.perf_counter()
     run_stages(stages, make_policy("sequential"), None, stop, f"eval {name}", show_progress)
     pos, neg = setup.world.split_scores(np.concatenate(setup.eval_positions(len(indices))),
                                         np.concatenate(stages.pos_scores), np.concatenate(stages.neg_scores))
     metrics = split_metrics(name, pos, neg, negative_columns(setup.cfg), setup.cfg.eval.batch_size,
                             np.isin(indices, inductive))
+    if ranker is not None:
+        metrics.update({f"{name}_{key}_all": value for key, value in ranking_summary(ranker.all_ranks()).items()})
+        metrics[f"{name}_ranking_s"] = time.perf_counter() - started
     return metrics, version_offset + len(stages.batches)
 
 
 def evaluate_after_training(setup: RunSetup, version: int, stop: threading.Event | None,
-                            show_progress: bool) -> dict[str, float]:
-    """Validation continues from the training memory, test from validation; the store is restored after."""
+                            show_progress: bool, rank_test: bool = False) -> dict[str, float]:
+    """Validation continues from the training memory, test from validation; the store is restored after.
+    `rank_test` adds the all-destination ranking of the test split."""
     snapshot = setup.store.snapshot() if setup.store is not None else None
     split = setup.split
     val, version = evaluate(setup, "val", split.val, split.val_inductive, version, stop, show_progress)
-    test, _ = evaluate(setup, "test", split.test, split.test_inductive, version, stop, show_progress)
+    test, _ = evaluate(setup, "test", split.test, split.test_inductive, version, stop, show_progress, rank_test)
     if snapshot is not None:
         setup.store.restore(snapshot)
     return {**val, **test}
+
+
+def replay_and_evaluate(setup: RunSetup, weights: dict[str, torch.Tensor], stop: threading.Event | None,
+                        show_progress: bool, rank_test: bool = False) -> dict[str, float]:
+    """Evaluate `weights` on a fresh memory: replay the training events to rebuild it, then score validation
+    and test exactly as training did."""
+    setup.model.load_state_dict(weights)
+    if setup.store is not None:
+        setup.store.reset()
+    _, version = evaluate(setup, "train", setup.split.train, setup.split.train, 0, stop, show_progress)
+    return evaluate_after_training(setup, version, stop, show_progress, rank_test)
 
 
 def _checkpoint_state(setup: RunSetup, state: TrainingState) -> dict[str, Any]:
@@ -109,6 +130,8 @@ def train(cfg: RunConfig, events: EventStream, out_dir: Path, device: torch.devi
     """
     if cfg.model in BASELINES:
         return run_baseline(cfg, events, out_dir, seed)
+    if cfg.eval.ranking == "all" and world is not None and world.size > 1:
+        raise ConfigError("key 'eval.ranking' 'all' ranks on one process only; run it without --distributed")
     setup = build_setup(cfg, events, device, seed, world)
     ckpt_path = out_dir / CHECKPOINT_NAME
     state = _restore(setup, ckpt_path) if resume else TrainingState()
@@ -126,6 +149,9 @@ def train(cfg: RunConfig, events: EventStream, out_dir: Path, device: torch.devi
             patience = cfg.train.patience
             state.stopped_early = bool(patience) and epoch - state.best_epoch >= patience
         results = _results(setup, state, mode)
+        if cfg.eval.ranking == "all":
+            results.update(rank_with_best_weights(setup, state, stop, show_progress))
+            log.scalars(state.best_epoch, {f"eval/{key}": results[key] for key in ("test_mrr_all", "test_hits@10_all")})
         log.results(results)
         return results
     finally:
@@ -179,13 +205,22 @@ def _train_one_epoch(setup: RunSetup, state: TrainingState, epoch: int, policy: 
 
 def evaluate_checkpoint(ckpt: dict[str, Any], events: EventStream, device: torch.device,
                         show_progress: bool = True) -> dict[str, float]:
-    """Re-evaluate a checkpoint's best weights: replay the training events to rebuild the memory, then
-    score validation and test exactly as training did."""
+    """Re-evaluate a checkpoint's best weights on a memory rebuilt by replaying the training events;
+    ranks the test split against every destination too when its config asks (`eval.ranking: all`)."""
     setup = build_setup(validate_config(ckpt["config"], "checkpoint config"), events, device, ckpt["seed"])
     best = ckpt["training"]["best_model"] or ckpt["model"]
-    setup.model.load_state_dict(best)
-    _, version = evaluate(setup, "train", setup.split.train, setup.split.train, 0, None, show_progress)
-    return evaluate_after_training(setup, version, None, show_progress)
+    return replay_and_evaluate(setup, best, None, show_progress, setup.cfg.eval.ranking == "all")
+
+
+def rank_with_best_weights(setup: RunSetup, state: TrainingState, stop: threading.Event | None,
+                           show_progress: bool) -> dict[str, float]:
+    """TGB's all-destination ranking of the test split by the best epoch's weights, on a memory rebuilt by
+    replaying the training and validation events (the memory at the end of that epoch is not kept).
+    `test_ap_replayed` is the same pass's test AP, beside the ranking it goes with."""
+    replayed = replay_and_evaluate(setup, state.best_model or setup.model.state_dict(), stop, show_progress,
+                                   rank_test=True)
+    return {"test_mrr_all": replayed["test_mrr_all"], "test_hits@10_all": replayed["test_hits@10_all"],
+            "test_ranking_s": replayed["test_ranking_s"], "test_ap_replayed": replayed["test_ap"]}
 
 
 def _results(setup: RunSetup, state: TrainingState, mode: str) -> dict[str, Any]:
