@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from graph.synthetic import synthetic_events
+from pipeline.engine.stages import Scoring
 from pipeline.run.config import validate_config
 from pipeline.run.ranking import CandidateRanker, true_destinations
 from pipeline.run.setup import build_setup, evaluation_stages
@@ -37,7 +38,7 @@ def scored_batches(events, num_batches: int, roots_per_chunk: int):
     stages = evaluation_stages(setup, "test", setup.split.test, 0)
     ranker = CandidateRanker(stages, events, roots_per_chunk=roots_per_chunk)
     kept = []
-    stages.on_scored = lambda i, ctx: (kept.append(ranker.scores(i, ctx)), ranker(i, ctx))
+    stages.step.on_scored = lambda i, ctx: (kept.append(ranker.scores(i, ctx)), ranker(i, ctx))
     for i in range(num_batches):
         ctx = stages.sample(i)
         stages.fetch_features(i, ctx)
@@ -52,19 +53,19 @@ def test_a_candidate_scores_as_the_negative_of_its_event(events):
     pos, scores = kept[0]
     batch = stages.batches[0]
     assert scores.shape == (len(batch), len(ranker.candidates))
-    np.testing.assert_allclose(pos, stages.pos_scores[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pos, stages.step.pos_scores[0], rtol=1e-5, atol=1e-6)
     true_column = np.searchsorted(ranker.candidates, events.dst[batch])
     np.testing.assert_allclose(scores[np.arange(len(batch)), true_column], pos, rtol=1e-5, atol=1e-6)
     setup.store.reset()
     for column in (0, len(ranker.candidates) // 2, len(ranker.candidates) - 1):
         candidate = ranker.candidates[column]
-        one = dataclasses.replace(stages, num_neg=1, on_scored=None,
+        one = dataclasses.replace(stages, num_neg=1, step=Scoring(),
                                   negatives=lambda i, ev, c=candidate: (np.full(len(ev), c), None))
         ctx = one.sample(0)
         one.fetch_features(0, ctx)
         one.fetch_memory(0, ctx, 0)
         one.train(0, ctx)
-        np.testing.assert_allclose(scores[:, column], one.neg_scores[0][:, 0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(scores[:, column], one.step.neg_scores[0][:, 0], rtol=1e-5, atol=1e-6)
 
 
 def test_chunking_does_not_change_the_ranks_and_they_match_a_brute_force_count(events):

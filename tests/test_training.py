@@ -108,7 +108,7 @@ def test_pipelined_modes_bound_staleness_and_apply_every_update_in_order(events,
 
     def spy(self, i, ctx):
         original(self, i, ctx)
-        committed.append((self.optimizer is not None, i, self.store.committed_version))
+        committed.append((isinstance(self.step, stages_module.GradientStep), i, self.store.committed_version))
 
     monkeypatch.setattr(stages_module.LinkPredictionStages, "update_memory", spy)
     extra = {"k": k} if k else {"k_max": 4}

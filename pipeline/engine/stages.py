@@ -88,12 +88,56 @@ class Mitigation:
 NegativeFn = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
 
+@dataclass
+class GradientStep:
+    """What the train stage does in training: forward, BCE loss, backward and optimizer step. Batches reach
+    it in batch order, so `losses` is in batch order."""
+
+    optimizer: torch.optim.Optimizer
+    losses: list[float] = field(default_factory=list)
+
+    def __call__(self, model: TemporalModel, inputs: ModelInputs, i: int, ctx: BatchContext) -> MemoryUpdate | None:
+        model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with record_function(TRAIN_STEP_PARTS[0]):
+            pos, neg, update = model(inputs)
+            loss = link_prediction_loss(pos, neg)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"training loss became {loss.item()} at batch {i}; lower train.lr")
+        with record_function(TRAIN_STEP_PARTS[1]):
+            loss.backward()
+        with record_function(TRAIN_STEP_PARTS[2]):
+            self.optimizer.step()
+        self.losses.append(loss.item())
+        return update
+
+
+@dataclass
+class Scoring:
+    """What the train stage does in evaluation: score only. Keeps each batch's scores in batch order,
+    positives `(B,)` and negatives `(B, num_neg)`, then calls `on_scored(i, ctx)` if given (before the
+    batch's memory is written: `pipeline/run/ranking.py` ranks against every destination there)."""
+
+    on_scored: Callable[[int, BatchContext], None] | None = None
+    pos_scores: list[np.ndarray] = field(default_factory=list)
+    neg_scores: list[np.ndarray] = field(default_factory=list)
+
+    def __call__(self, model: TemporalModel, inputs: ModelInputs, i: int, ctx: BatchContext) -> MemoryUpdate | None:
+        model.eval()
+        with torch.no_grad():
+            pos, neg, update = model(inputs)
+        self.pos_scores.append(pos.float().cpu().numpy())
+        self.neg_scores.append(neg.float().cpu().numpy().reshape(inputs.num_neg, -1).T)
+        if self.on_scored is not None:
+            self.on_scored(i, ctx)
+        return update
+
+
 @dataclass(kw_only=True)
 class LinkPredictionStages:
     """The five stage functions for self-supervised link prediction over a list of event batches.
 
-    With an optimizer the train stage takes a gradient step; without one it only scores (evaluation).
-    Batch `i` writes store version `version_offset + i`, so evaluation continues the version sequence
+    The train stage runs `step`: a `GradientStep` in training, `Scoring` in evaluation. Batch `i` writes store version `version_offset + i`, so evaluation continues the version sequence
     of the training epoch it follows.
     """
 
@@ -105,15 +149,11 @@ class LinkPredictionStages:
     model: TemporalModel
     store: MemoryStore | None
     device: torch.device
-    optimizer: torch.optim.Optimizer | None = None
+    step: GradientStep | Scoring
     version_offset: int = 0
     sample_seed: Callable[[int], int] = lambda i: i
     mitigation: Mitigation | None = None
-    on_scored: Callable[[int, BatchContext], None] | None = None  # evaluation: called after a batch is scored
-    losses: list[float] = field(default_factory=list, init=False)
     mitigated_roots: int = field(default=0, init=False)
-    pos_scores: list[np.ndarray] = field(default_factory=list, init=False)
-    neg_scores: list[np.ndarray] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self.copies = CopyStream(self.device)
@@ -190,33 +230,10 @@ class LinkPredictionStages:
         )
 
     def train(self, i: int, ctx: BatchContext) -> None:
-        """Stage 4: forward, BCE loss, backward and optimizer step; in evaluation, scoring only.
-
-        Batches reach this stage in batch order, so `losses` and the score lists stay in batch order.
-        """
+        """Stage 4: the `step` on the batch (a gradient step, or scoring only); keeps its memory update."""
         self.copies.wait(ctx.features_ready)
         self.copies.wait(ctx.memory_ready)
-        if self.optimizer is None:
-            self.model.eval()
-            with torch.no_grad():
-                pos, neg, ctx.update = self.model(self._inputs(ctx))
-            self.pos_scores.append(pos.float().cpu().numpy())
-            self.neg_scores.append(neg.float().cpu().numpy().reshape(self.num_neg, -1).T)
-            if self.on_scored is not None:
-                self.on_scored(i, ctx)
-        else:
-            self.model.train()
-            self.optimizer.zero_grad(set_to_none=True)
-            with record_function(TRAIN_STEP_PARTS[0]):
-                pos, neg, ctx.update = self.model(self._inputs(ctx))
-                loss = link_prediction_loss(pos, neg)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"training loss became {loss.item()} at batch {i}; lower train.lr")
-            with record_function(TRAIN_STEP_PARTS[1]):
-                loss.backward()
-            with record_function(TRAIN_STEP_PARTS[2]):
-                self.optimizer.step()
-            self.losses.append(loss.item())
+        ctx.update = self.step(self.model, self._inputs(ctx), i, ctx)
         ctx.blocks, ctx.edge_feat, ctx.node_feat, ctx.memory = [], [], None, None
 
     def update_memory(self, i: int, ctx: BatchContext) -> None:

@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from graph.events import EventStream
-from pipeline.engine.stages import BatchContext, LinkPredictionStages
+from pipeline.engine.stages import BatchContext, LinkPredictionStages, Scoring
 from pipeline.run.evaluation import ranks_against_candidates
 
 ROOTS_PER_CHUNK = 10_000  # candidate roots scored in one forward pass (bounds the memory a pass gathers)
@@ -39,7 +39,7 @@ def true_destinations(events: EventStream, src: np.ndarray, t: np.ndarray, candi
 
 
 class CandidateRanker:
-    """Called after an evaluation batch is scored (`LinkPredictionStages.on_scored`), before its memory is
+    """Called after an evaluation batch is scored (`Scoring.on_scored`), before its memory is
     written: scores each of the batch's sources against every candidate and keeps the filtered ranks.
 
     The candidates are scored in chunks, each as the negatives of the whole batch, so whatever the model
@@ -62,15 +62,15 @@ class CandidateRanker:
         for start in range(0, len(self.candidates), per_chunk):
             group = self.candidates[start:start + per_chunk]
             scorer = dataclasses.replace(
-                self.stages, batches=[ctx.events], num_neg=len(group), mitigation=None, on_scored=None,
+                self.stages, batches=[ctx.events], num_neg=len(group), mitigation=None, step=Scoring(),
                 negatives=lambda j, events, group=group: (np.repeat(group, len(events)), None),
                 sample_seed=lambda j: self.stages.sample_seed(i))
             chunk = scorer.sample(0)
             scorer.fetch_features(0, chunk)
             scorer.fetch_memory(0, chunk, 0)
             scorer.train(0, chunk)
-            pos = scorer.pos_scores[0]
-            columns.append(scorer.neg_scores[0])
+            pos = scorer.step.pos_scores[0]
+            columns.append(scorer.step.neg_scores[0])
         return pos, np.hstack(columns)
 
     def __call__(self, i: int, ctx: BatchContext) -> None:

@@ -20,7 +20,7 @@ from memory.store import MemoryStore
 from models.tgnn import TemporalModel, build_model
 from pipeline.engine.device import host_tensor, pins_host_memory
 from pipeline.engine.mitigation import SimilarityTable
-from pipeline.engine.stages import LinkPredictionStages, Mitigation, StreamTensors
+from pipeline.engine.stages import GradientStep, LinkPredictionStages, Mitigation, Scoring, StreamTensors
 from pipeline.run.config import RunConfig
 from pipeline.run.distributed import LocalWorld
 from sampler.tcsr import TCSR
@@ -143,7 +143,7 @@ def training_stages(setup: RunSetup, epoch: int) -> LinkPredictionStages:
     return LinkPredictionStages(
         batches=batches, stream=setup.stream, sampler=setup.train_sampler, negatives=negatives,
         num_neg=num_neg, model=setup.train_module, store=setup.store, device=setup.device,
-        optimizer=setup.optimizer, sample_seed=lambda i: batch_seed(setup.seed + 1, epoch, i),
+        step=GradientStep(setup.optimizer), sample_seed=lambda i: batch_seed(setup.seed + 1, epoch, i),
         mitigation=setup.mitigation,
     )
 
@@ -195,5 +195,5 @@ def evaluation_stages(setup: RunSetup, split_name: str, indices: np.ndarray, ver
     return LinkPredictionStages(
         batches=batches, stream=setup.stream, sampler=setup.eval_sampler, negatives=negatives,
         num_neg=neg_dst.shape[1], model=setup.model, store=setup.store, device=setup.device,
-        version_offset=version_offset, sample_seed=lambda i: batch_seed(setup.seed + 2, 0, i),
+        step=Scoring(), version_offset=version_offset, sample_seed=lambda i: batch_seed(setup.seed + 2, 0, i),
     )

@@ -64,11 +64,11 @@ def evaluate(setup: RunSetup, name: str, indices: np.ndarray, inductive: np.ndar
     also ranked against every destination (`{name}_mrr_all`, `{name}_hits@10_all`, `{name}_ranking_s`)."""
     stages = evaluation_stages(setup, name, indices, version_offset)
     ranker = CandidateRanker(stages, setup.events) if rank_all else None
-    stages.on_scored = ranker
+    stages.step.on_scored = ranker
     started = time.perf_counter()
     run_stages(stages, make_policy("sequential"), None, stop, f"eval {name}", show_progress)
     pos, neg = setup.world.split_scores(np.concatenate(setup.eval_positions(len(indices))),
-                                        np.concatenate(stages.pos_scores), np.concatenate(stages.neg_scores))
+                                        np.concatenate(stages.step.pos_scores), np.concatenate(stages.step.neg_scores))
     metrics = split_metrics(name, pos, neg, negative_columns(setup.cfg), setup.cfg.eval.batch_size,
                             np.isin(indices, inductive))
     if ranker is not None:
@@ -164,7 +164,7 @@ def _train_one_epoch(setup: RunSetup, state: TrainingState, epoch: int, policy: 
     if setup.store is not None:
         setup.store.reset()
     stages = training_stages(setup, epoch)
-    losses = stages.losses
+    losses = stages.step.losses
     started = time.perf_counter()
     stats = run_stages(stages, policy, profiler, stop, f"epoch {epoch}", show_progress)
     train_seconds = time.perf_counter() - started
