@@ -45,6 +45,16 @@ class TrainingState:
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
 
+    def record_epoch(self, summary: dict[str, Any], metrics: dict[str, float], model: torch.nn.Module) -> None:
+        """Append an epoch's summary; keep its metrics and a copy of the weights if its validation AP is the
+        best so far."""
+        epoch = summary["epoch"]
+        self.history.append(summary)
+        if metrics["val_ap"] > self.best_val_ap:
+            self.best_val_ap, self.best_epoch, self.best_metrics = metrics["val_ap"], epoch, metrics
+            self.best_model = copy.deepcopy(model.state_dict())
+        self.next_epoch = epoch + 1
+
 
 def run_stages(stages: LinkPredictionStages, policy: Policy, profiler: StageProfiler | None,
                stop: threading.Event | None, desc: str, show_progress: bool) -> RunStats:
@@ -160,25 +170,36 @@ def train(cfg: RunConfig, events: EventStream, out_dir: Path, device: torch.devi
 
 def _train_one_epoch(setup: RunSetup, state: TrainingState, epoch: int, policy: Policy, profiler: StageProfiler,
                      log: RunLog, stop: threading.Event | None, show_progress: bool) -> None:
+    """One epoch: train, evaluate, log, and keep the weights if they are the best so far."""
+    stages, stats, seconds = _run_training(setup, epoch, policy, profiler, stop, show_progress)
+    metrics = evaluate_after_training(setup, len(stages.batches), stop, show_progress)
+    summary = _epoch_summary(epoch, stages, stats, seconds, len(setup.split.train), metrics)
+    _log_epoch(log, epoch * len(stages.batches), stages.step.losses, stats, summary, metrics)
+    state.record_epoch(summary, metrics, setup.model)
+    tqdm.write(f"epoch {epoch}: loss {summary['loss']:.4f}  {summary['events_per_s']:.0f} events/s  "
+               f"val AP {metrics['val_ap']:.4f}  test AP {metrics['test_ap']:.4f}  k {summary['k_mean']:.1f}")
+
+
+def _run_training(setup: RunSetup, epoch: int, policy: Policy, profiler: StageProfiler,
+                  stop: threading.Event | None, show_progress: bool) -> tuple[LinkPredictionStages, RunStats, float]:
+    """Train one epoch from a reset memory, seeded by the epoch: its stages, the runner's stats and its seconds."""
     torch.manual_seed(setup.seed * 1000 + epoch)
     if setup.store is not None:
         setup.store.reset()
     stages = training_stages(setup, epoch)
-    losses = stages.step.losses
     started = time.perf_counter()
     stats = run_stages(stages, policy, profiler, stop, f"epoch {epoch}", show_progress)
-    train_seconds = time.perf_counter() - started
-    num_events = len(setup.split.train)
-    first_step = epoch * len(stages.batches)
-    for i, loss in enumerate(losses):
-        log.scalars(first_step + i, {"train/loss": loss})
-    log.epoch_pipeline(epoch, first_step, stats)
-    metrics = evaluate_after_training(setup, len(stages.batches), stop, show_progress)
-    summary = {
+    return stages, stats, time.perf_counter() - started
+
+
+def _epoch_summary(epoch: int, stages: LinkPredictionStages, stats: RunStats, seconds: float, num_events: int,
+                   metrics: dict[str, float]) -> dict[str, Any]:
+    """The history entry of an epoch: loss, throughput, staleness, stage times and its evaluation metrics."""
+    return {
         "epoch": epoch,
-        "loss": float(np.mean(losses)),
-        "epoch_time_s": train_seconds,
-        "events_per_s": num_events / train_seconds,
+        "loss": float(np.mean(stages.step.losses)),
+        "epoch_time_s": seconds,
+        "events_per_s": num_events / seconds,
         "k_mean": float(np.mean(stats.k)),
         "staleness_mean": float(np.mean(stats.staleness)),
         "staleness_max": int(np.max(stats.staleness)),
@@ -187,20 +208,20 @@ def _train_one_epoch(setup: RunSetup, state: TrainingState, epoch: int, policy: 
         "stage_time_s": dict(stats.stage_mean_s),
         **metrics,
     }
-    state.history.append(summary)
+
+
+def _log_epoch(log: RunLog, first_step: int, losses: list[float], stats: RunStats, summary: dict[str, Any],
+               metrics: dict[str, float]) -> None:
+    """TensorBoard: the loss of every step, the pipeline's timings and staleness, and the epoch's scalars."""
+    epoch = summary["epoch"]
+    for i, loss in enumerate(losses):
+        log.scalars(first_step + i, {"train/loss": loss})
+    log.epoch_pipeline(epoch, first_step, stats)
     log.scalars(epoch, {
         "train/loss_epoch": summary["loss"], "train/events_per_s": summary["events_per_s"],
         "pipeline/mitigated_roots": summary["mitigated_roots"],
         **{f"eval/{key}": value for key, value in metrics.items()},
     })
-    if metrics["val_ap"] > state.best_val_ap:
-        state.best_val_ap = metrics["val_ap"]
-        state.best_epoch = epoch
-        state.best_metrics = metrics
-        state.best_model = copy.deepcopy(setup.model.state_dict())
-    state.next_epoch = epoch + 1
-    tqdm.write(f"epoch {epoch}: loss {summary['loss']:.4f}  {summary['events_per_s']:.0f} events/s  "
-               f"val AP {metrics['val_ap']:.4f}  test AP {metrics['test_ap']:.4f}  k {summary['k_mean']:.1f}")
 
 
 def evaluate_checkpoint(ckpt: dict[str, Any], events: EventStream, device: torch.device,
