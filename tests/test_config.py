@@ -8,7 +8,7 @@ import pytest
 from common.errors import ConfigError
 from models.config import MemoryConfig
 from pipeline.engine.config import PipelineConfig
-from pipeline.engine.policies import MSPipe
+from pipeline.engine.schedulers import MSPipe
 from pipeline.run.config import RunConfig, apply_overrides, load_config, parse_settings, validate_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yml"))

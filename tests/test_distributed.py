@@ -24,9 +24,9 @@ from memory.batch import MemoryUpdate
 from memory.store import TABLE_NAMES, MemoryStore
 from pipeline.run.config import apply_overrides, load_config
 from pipeline.run.distributed import (
-    AgreedPolicy, AgreedStageTimes, MachineMemoryStore, Shard, init_world, merge_updates,
+    AgreedScheduler, AgreedStageTimes, MachineMemoryStore, Shard, init_world, merge_updates,
 )
-from pipeline.engine.policies import MSPipe
+from pipeline.engine.schedulers import MSPipe
 from pipeline.engine.profiler import STAGES, StageProfiler, minimal_staleness
 from pipeline.run.trainer import train
 
@@ -266,13 +266,13 @@ def test_the_first_epoch_agrees_on_stage_times_once_its_warmup_measured_them():
         calls.append(profiler)
         return AgreedStageTimes(profiler.means(), profiler.observations())
 
-    first = AgreedPolicy(MSPipe(k_max=8, warmup_batches=3), AgreedStageTimes(dict.fromkeys(STAGES, 0.0), 0), agree)
+    first = AgreedScheduler(MSPipe(k_max=8, warmup_batches=3), AgreedStageTimes(dict.fromkeys(STAGES, 0.0), 0), agree)
     assert first.sequential_batches(50, measured) == 3, "no agreed times yet: every rank warms up"
     k = first.staleness_bound(3, measured)
     assert calls == [measured] and k == minimal_staleness(measured.means(), 8) and k > 1
     assert first.staleness_bound(4, measured) == k and len(calls) == 1, "agreed once, at the first pipelined batch"
 
-    later = AgreedPolicy(MSPipe(k_max=8, warmup_batches=3), AgreedStageTimes(measured.means(), 3), agree)
+    later = AgreedScheduler(MSPipe(k_max=8, warmup_batches=3), AgreedStageTimes(measured.means(), 3), agree)
     assert later.sequential_batches(50, measured) == 0
     later.staleness_bound(0, measured)
     assert len(calls) == 1, "an epoch that starts with agreed times keeps them"

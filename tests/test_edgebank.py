@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import ConfigError
 from graph.events import EventStream
 from models.edgebank import EdgeBank
 from pipeline.run.baselines import rank_all_destinations

@@ -16,7 +16,7 @@ from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS, MemoryRows, build_updater
 from models.predictor import PREDICTORS
 from models.tgnn import build_model
-from pipeline.engine.policies import SCHEDULERS, make_policy
+from pipeline.engine.schedulers import SCHEDULERS, make_scheduler
 from pipeline.run.config import apply_overrides, load_config, validate_config
 from sampler.temporal import STRATEGIES
 
@@ -60,7 +60,7 @@ def test_builtin_registries_hold_the_shipped_parts():
 
 def test_unknown_mode_lists_the_registered_schedulers():
     with pytest.raises(UserError, match=r"pipeline\.mode: unknown pipeline scheduler 'async' \(known: sequential"):
-        make_policy("async")
+        make_scheduler("async")
 
 
 def test_predictor_key_defaults_to_mlp_and_is_checked_against_its_registry(tmp_path):

@@ -1,5 +1,5 @@
 """The threaded pipeline runner, driven by fake stages that sleep for known times (sleep releases the
-GIL, like the numpy/torch work of the real stages): scheduling rules for every policy, MSPipe's online
+GIL, like the numpy/torch work of the real stages): scheduling rules for every scheduler, MSPipe's online
 bound and delayed fetch, speed over sequential, exactness of k = 1, faults and stop requests."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline.engine.policies import FixedK, MSPipe, Policy, Presample, Sequential
+from pipeline.engine.schedulers import FixedK, MSPipe, Scheduler, Presample, Sequential
 from pipeline.engine.profiler import StageProfiler, minimal_staleness
 from pipeline.engine.runner import STAGES, RunStats, StageEvent, run_batches
 
@@ -76,7 +76,7 @@ def by_stage(stats: RunStats) -> dict[str, dict[int, StageEvent]]:
     return table
 
 
-def assert_schedule_rules(stats: RunStats, policy: Policy, num_batches: int) -> None:
+def assert_schedule_rules(stats: RunStats, scheduler: Scheduler, num_batches: int) -> None:
     """Every rule of docs/method.md §4 on the recorded events."""
     assert Counter((e.stage, e.batch) for e in stats.events) == Counter(
         (stage, i) for stage in STAGES for i in range(num_batches))
@@ -93,7 +93,7 @@ def assert_schedule_rules(stats: RunStats, policy: Policy, num_batches: int) -> 
         assert 0 <= stats.staleness[i] <= k - 1
         if i - k >= 0:
             assert ev["fetch_memory"][i].start >= ev["update_memory"][i - k].end
-        ahead = i - policy.max_in_flight
+        ahead = i - scheduler.max_in_flight
         if ahead >= 0:
             assert ev["sample"][i].start >= ev["update_memory"][ahead].end, "sampling ran too far ahead"
     host_to_device = sorted([*ev["fetch_features"].values(), *ev["fetch_memory"].values()], key=lambda e: e.start)
@@ -118,25 +118,25 @@ POLICIES = {
 
 
 @pytest.fixture(scope="module")
-def runs() -> dict[str, tuple[Policy, SleepStages, RunStats, list[int], set[int]]]:
-    """One run of every policy on the same fake stages: (policy, stages, stats, batches reported, reporting threads)."""
+def runs() -> dict[str, tuple[Scheduler, SleepStages, RunStats, list[int], set[int]]]:
+    """One run of every scheduler on the same fake stages: (scheduler, stages, stats, batches reported, reporting threads)."""
     results = {}
     for name, make in POLICIES.items():
-        policy, stages, reported, threads = make(), SleepStages(DURATIONS), [], set()
+        scheduler, stages, reported, threads = make(), SleepStages(DURATIONS), [], set()
 
         def on_done(i: int, reported=reported, threads=threads) -> None:
             reported.append(i)
             threads.add(threading.get_ident())
 
-        stats = run_batches(NUM_BATCHES, stages, policy, on_batch_done=on_done)
-        results[name] = (policy, stages, stats, reported, threads)
+        stats = run_batches(NUM_BATCHES, stages, scheduler, on_batch_done=on_done)
+        results[name] = (scheduler, stages, stats, reported, threads)
     return results
 
 
 @pytest.mark.parametrize("name", POLICIES)
 def test_every_policy_obeys_the_scheduling_rules(runs, name):
-    policy, stages, stats, reported, threads = runs[name]
-    assert_schedule_rules(stats, policy, NUM_BATCHES)
+    scheduler, stages, stats, reported, threads = runs[name]
+    assert_schedule_rules(stats, scheduler, NUM_BATCHES)
     assert set(stages.calls.values()) == {1} and len(stages.calls) == len(STAGES) * NUM_BATCHES
     assert [stages.staleness[i] for i in range(NUM_BATCHES)] == stats.staleness
     assert reported == list(range(NUM_BATCHES)) and threads == {threading.get_ident()}
@@ -167,17 +167,17 @@ def test_pipelined_policies_are_much_faster_than_sequential(runs, name):
 
 
 def test_mspipe_bound_is_the_formula_of_the_measured_times(runs):
-    policy, _, stats, _, _ = runs["mspipe"]
-    expected = minimal_staleness(DURATIONS, policy.k_max)
+    scheduler, _, stats, _, _ = runs["mspipe"]
+    expected = minimal_staleness(DURATIONS, scheduler.k_max)
     assert expected == 2
-    assert stats.k[:policy.warmup_batches] == [1] * policy.warmup_batches
-    assert stats.k[policy.warmup_batches:] == [expected] * (NUM_BATCHES - policy.warmup_batches)
+    assert stats.k[:scheduler.warmup_batches] == [1] * scheduler.warmup_batches
+    assert stats.k[scheduler.warmup_batches:] == [expected] * (NUM_BATCHES - scheduler.warmup_batches)
     assert max(stats.staleness) == expected - 1
 
 
 def test_mspipe_keeps_training_busy_after_warmup(runs):
-    policy, _, stats, _, _ = runs["mspipe"]
-    assert pipelined_train_busy(stats, policy.warmup_batches + 1) > 0.8
+    scheduler, _, stats, _, _ = runs["mspipe"]
+    assert pipelined_train_busy(stats, scheduler.warmup_batches + 1) > 0.8
 
 
 class RecordingMSPipe(MSPipe):
@@ -200,12 +200,12 @@ def test_mspipe_recomputes_the_bound_online_when_stage_times_change():
     k_fast = minimal_staleness(durations | {"train": fast}, 8)
     k_slow = minimal_staleness(durations | {"train": slow}, 8)
     assert (k_fast, k_slow) == (3, 2)
-    policy = RecordingMSPipe(warmup_batches=4)
-    stats = run_batches(num_batches, SleepStages(durations), policy)
-    assert_schedule_rules(stats, policy, num_batches)
-    assert [batch for batch, _, _ in policy.decisions] == list(range(4, num_batches))
-    for batch, k, taus in policy.decisions:
-        assert k == stats.k[batch] == minimal_staleness(taus, policy.k_max)
+    scheduler = RecordingMSPipe(warmup_batches=4)
+    stats = run_batches(num_batches, SleepStages(durations), scheduler)
+    assert_schedule_rules(stats, scheduler, num_batches)
+    assert [batch for batch, _, _ in scheduler.decisions] == list(range(4, num_batches))
+    for batch, k, taus in scheduler.decisions:
+        assert k == stats.k[batch] == minimal_staleness(taus, scheduler.k_max)
     assert stats.k[4:switch] == [k_fast] * (switch - 4)
     assert stats.k[-6:] == [k_slow] * 6
 
@@ -213,10 +213,10 @@ def test_mspipe_recomputes_the_bound_online_when_stage_times_change():
 def test_mspipe_bound_is_clamped_to_k_max():
     durations = DURATIONS | {"fetch_memory": 10 * MS, "update_memory": 10 * MS}
     assert minimal_staleness(durations, 8) == 3
-    policy = MSPipe(k_max=2, warmup_batches=3)
-    stats = run_batches(10, SleepStages(durations), policy)
+    scheduler = MSPipe(k_max=2, warmup_batches=3)
+    stats = run_batches(10, SleepStages(durations), scheduler)
     assert stats.k[3:] == [2] * 7
-    assert_schedule_rules(stats, policy, 10)
+    assert_schedule_rules(stats, scheduler, 10)
 
 
 def test_delayed_fetch_starts_as_late_as_training_allows():
@@ -226,9 +226,9 @@ def test_delayed_fetch_starts_as_late_as_training_allows():
     num_batches, warmup = 16, 3
     gaps = {}
     for delayed in (True, False):
-        policy = MSPipe(warmup_batches=warmup, delayed_fetch=delayed)
-        stats = run_batches(num_batches, SleepStages(durations), policy)
-        assert_schedule_rules(stats, policy, num_batches)
+        scheduler = MSPipe(warmup_batches=warmup, delayed_fetch=delayed)
+        stats = run_batches(num_batches, SleepStages(durations), scheduler)
+        assert_schedule_rules(stats, scheduler, num_batches)
         ev = by_stage(stats)
         gap = np.array([ev["fetch_memory"][i].start - ev["train"][i - 1].start for i in range(1, num_batches)])
         if delayed:
@@ -265,9 +265,9 @@ class SharedMemoryStages:
         self.memory[ctx["nodes"]] = ctx["out"]
 
 
-def run_shared_memory(policy: Policy) -> tuple[SharedMemoryStages, RunStats]:
+def run_shared_memory(scheduler: Scheduler) -> tuple[SharedMemoryStages, RunStats]:
     stages = SharedMemoryStages()
-    return stages, run_batches(40, stages, policy)
+    return stages, run_batches(40, stages, scheduler)
 
 
 def test_fixed_k1_computes_exactly_what_sequential_computes():
@@ -281,28 +281,28 @@ def test_fixed_k1_computes_exactly_what_sequential_computes():
     assert not np.array_equal(np.stack(stale.outputs), np.stack(reference.outputs))
 
 
-FAULT_POLICIES = {"sequential": Sequential, "fixed-3": lambda: FixedK(3),
+FAULT_SCHEDULERS = {"sequential": Sequential, "fixed-3": lambda: FixedK(3),
                   "mspipe": lambda: MSPipe(warmup_batches=2)}
 
 
-@pytest.mark.parametrize("policy_name", FAULT_POLICIES)
+@pytest.mark.parametrize("scheduler_name", FAULT_SCHEDULERS)
 @pytest.mark.parametrize("stage", STAGES)
-def test_a_failing_stage_stops_the_run_with_its_exception(stage, policy_name):
+def test_a_failing_stage_stops_the_run_with_its_exception(stage, scheduler_name):
     threads_before = set(threading.enumerate())
     stages = SleepStages({s: 3 * MS for s in STAGES}, fail_at=(stage, 6))
-    policy = FAULT_POLICIES[policy_name]()
+    scheduler = FAULT_SCHEDULERS[scheduler_name]()
     with pytest.raises(StageFailure) as raised:
-        run_batches(200, stages, policy)
+        run_batches(200, stages, scheduler)
     assert time.perf_counter() - stages.raised_at < 1.0
     assert raised.value is stages.raised
     assert (raised.value.pipeline_stage, raised.value.pipeline_batch) == (stage, 6)
     assert any(stage in note and "6" in note for note in raised.value.__notes__)
-    assert max(batch for _, batch in stages.calls) < 6 + policy.max_in_flight, "the run went on"
+    assert max(batch for _, batch in stages.calls) < 6 + scheduler.max_in_flight, "the run went on"
     assert set(threading.enumerate()) <= threads_before
 
 
-@pytest.mark.parametrize("policy_name", FAULT_POLICIES)
-def test_stop_event_interrupts_the_run_promptly(policy_name):
+@pytest.mark.parametrize("scheduler_name", FAULT_SCHEDULERS)
+def test_stop_event_interrupts_the_run_promptly(scheduler_name):
     threads_before = set(threading.enumerate())
     stop, set_at = threading.Event(), []
 
@@ -313,7 +313,7 @@ def test_stop_event_interrupts_the_run_promptly(policy_name):
     timer = threading.Timer(0.2, request_stop)
     timer.start()
     with pytest.raises(KeyboardInterrupt):
-        run_batches(1000, SleepStages({s: 5 * MS for s in STAGES}), FAULT_POLICIES[policy_name](), stop=stop)
+        run_batches(1000, SleepStages({s: 5 * MS for s in STAGES}), FAULT_SCHEDULERS[scheduler_name](), stop=stop)
     stopped_at = time.perf_counter()
     timer.join()
     assert stopped_at - set_at[0] < 1.0
@@ -346,9 +346,9 @@ def test_profiler_given_to_the_run_is_fed_and_skips_a_second_warmup():
     run_batches(6, SleepStages(DURATIONS), MSPipe(warmup_batches=5), profiler=profiler)
     assert profiler.observations() == 6
     assert profiler.tau("train") == pytest.approx(DURATIONS["train"], abs=3 * MS)
-    policy = MSPipe(warmup_batches=5)
-    stats = run_batches(6, SleepStages(DURATIONS), policy, profiler=profiler)
-    assert stats.k == [minimal_staleness(DURATIONS, policy.k_max)] * 6
+    scheduler = MSPipe(warmup_batches=5)
+    stats = run_batches(6, SleepStages(DURATIONS), scheduler, profiler=profiler)
+    assert stats.k == [minimal_staleness(DURATIONS, scheduler.k_max)] * 6
 
 
 def test_no_batches_gives_empty_stats():

@@ -1,4 +1,4 @@
-"""The threaded pipeline runner: runs the five per-batch stages of every batch under a `Policy`.
+"""The threaded pipeline runner: runs the five per-batch stages of every batch under a `Scheduler`.
 
 ```python
 STAGES = ("sample", "fetch_features", "fetch_memory", "train", "update_memory")
@@ -12,21 +12,21 @@ class StageFunctions(Protocol):          # ctx: whatever sample(i) returns, pass
     def train(self, i, ctx) -> None
     def update_memory(self, i, ctx) -> None
 
-run_batches(num_batches, stages, policy, profiler=None, stop=None, on_batch_done=None) -> RunStats
+run_batches(num_batches, stages, scheduler, profiler=None, stop=None, on_batch_done=None) -> RunStats
 ```
 
-Design: the policy's leading sequential batches (all of them for `Sequential`, the warm-up for
+Design: the scheduler's leading sequential batches (all of them for `Sequential`, the warm-up for
 `MSPipe`) run in the calling thread. The rest run with one worker thread per stage; each worker walks
 the batches in order, and all of them share one `Condition` over the pipeline state. A worker starts
 stage j of batch i when (docs/method.md §4):
 
-- stage j-1 of batch i has ended (sampling: fewer than `policy.max_in_flight` batches are between
+- stage j-1 of batch i has ended (sampling: fewer than `scheduler.max_in_flight` batches are between
   sampling and update, so at most that many contexts are alive);
 - for feature and memory fetch, the host-to-device path is free: the two never overlap. A memory fetch
   that is waiting for its start time reserves the path, and a feature fetch only starts if it is
   expected to end before that time, so training is not stalled by a feature fetch of a later batch;
-- for memory fetch, the update of batch `i - k` has ended (`k = policy.staleness_bound`) and the
-  policy's start time has come (`policy.memory_fetch_start`: delayed fetch in `MSPipe`).
+- for memory fetch, the update of batch `i - k` has ended (`k = scheduler.staleness_bound`) and the
+  scheduler's start time has come (`scheduler.memory_fetch_start`: delayed fetch in `MSPipe`).
 
 Every event feeds the profiler as it ends. `on_batch_done(i)` is called in the calling thread once
 batch i's update has ended, in batch order.
@@ -49,7 +49,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.engine.policies import Policy
+from pipeline.engine.schedulers import Scheduler
 from pipeline.engine.profiler import STAGES, StageProfiler
 
 __all__ = ["STAGES", "StageFunctions", "StageEvent", "RunStats", "run_batches"]
@@ -189,23 +189,23 @@ def _run_sequential(stages: StageFunctions, batches: range, rec: _Recorder, stop
 class _Pipeline:
     """Shared state of the pipelined phase; every field is read and written under `cond`."""
 
-    def __init__(self, stages: StageFunctions, policy: Policy, batches: range, rec: _Recorder) -> None:
+    def __init__(self, stages: StageFunctions, scheduler: Scheduler, batches: range, rec: _Recorder) -> None:
         self.stages = stages
-        self.policy = policy
+        self.scheduler = scheduler
         self.batches = batches
         self.rec = rec
         self.cond = threading.Condition()
         self.done = dict.fromkeys(STAGES, batches.start)  # batches < done[stage] have finished stage
-        self.bound_decided = batches.start  # rec.k holds the policy's bound for batches below this
+        self.bound_decided = batches.start  # rec.k holds the scheduler's bound for batches below this
         self.contexts: dict[int, Any] = {}
         self.h2d_busy = False
         self.failure: BaseException | None = None
         self.aborted = False
 
     def _bound(self, i: int) -> int:
-        """The staleness bound of batch i, asked of the policy once, in batch order."""
+        """The staleness bound of batch i, asked of the scheduler once, in batch order."""
         while self.bound_decided <= i:
-            self.rec.k[self.bound_decided] = self.policy.staleness_bound(self.bound_decided, self.rec.profiler)
+            self.rec.k[self.bound_decided] = self.scheduler.staleness_bound(self.bound_decided, self.rec.profiler)
             self.bound_decided += 1
         return self.rec.k[i]
 
@@ -218,7 +218,7 @@ class _Pipeline:
             return None
         prev_start = self.rec.start["train"][i - 1] if i > 0 else 0.0
         prev_end = self.rec.end["train"][i - 1] if i > 0 else 0.0
-        return self.policy.memory_fetch_start(now, prev_start, prev_end, self.rec.profiler)
+        return self.scheduler.memory_fetch_start(now, prev_start, prev_end, self.rec.profiler)
 
     def _delay(self, stage: str, i: int, now: float) -> float | None:
         """Seconds until `stage` may start batch i (<= 0: now), or None while another stage holds it back.
@@ -227,7 +227,7 @@ class _Pipeline:
         fetch may start only if it is expected to end by then.
         """
         if stage == "sample":
-            return 0.0 if i - self.done["update_memory"] < self.policy.max_in_flight else None
+            return 0.0 if i - self.done["update_memory"] < self.scheduler.max_in_flight else None
         if self.done[STAGES[STAGES.index(stage) - 1]] <= i:
             return None
         if stage not in HOST_TO_DEVICE:
@@ -336,10 +336,10 @@ def yield_cpu_to_training() -> None:
             pass
 
 
-def _run_pipelined(stages: StageFunctions, policy: Policy, batches: range, rec: _Recorder,
+def _run_pipelined(stages: StageFunctions, scheduler: Scheduler, batches: range, rec: _Recorder,
                    stop: threading.Event | None, on_batch_done: Callable[[int], None] | None) -> None:
     """One worker thread per stage over `batches`; always joins them before returning or raising."""
-    pipeline = _Pipeline(stages, policy, batches, rec)
+    pipeline = _Pipeline(stages, scheduler, batches, rec)
     workers = [threading.Thread(target=pipeline.work, args=(stage,), name=f"pipeline-{stage}", daemon=False)
                for stage in STAGES]
     for worker in workers:
@@ -354,19 +354,19 @@ def _run_pipelined(stages: StageFunctions, policy: Policy, batches: range, rec: 
         raise pipeline.failure
 
 
-def run_batches(num_batches: int, stages: StageFunctions, policy: Policy, profiler: StageProfiler | None = None,
+def run_batches(num_batches: int, stages: StageFunctions, scheduler: Scheduler, profiler: StageProfiler | None = None,
                 stop: threading.Event | None = None,
                 on_batch_done: Callable[[int], None] | None = None) -> RunStats:
-    """Run all five stages of batches 0..num_batches-1 as `policy` schedules them; return the measurements.
+    """Run all five stages of batches 0..num_batches-1 as `scheduler` schedules them; return the measurements.
 
-    `profiler` (a fresh one if None) is updated with every stage event and read by the policy.
+    `profiler` (a fresh one if None) is updated with every stage event and read by the scheduler.
     """
     profiler = profiler if profiler is not None else StageProfiler()
     rec = _Recorder(num_batches, profiler)
     if stop is not None and stop.is_set():
         raise KeyboardInterrupt
-    warmup = policy.sequential_batches(num_batches, profiler)
+    warmup = scheduler.sequential_batches(num_batches, profiler)
     _run_sequential(stages, range(warmup), rec, stop, on_batch_done)
     if warmup < num_batches:
-        _run_pipelined(stages, policy, range(warmup, num_batches), rec, stop, on_batch_done)
+        _run_pipelined(stages, scheduler, range(warmup, num_batches), rec, stop, on_batch_done)
     return rec.stats()

@@ -2,7 +2,7 @@
 train, update memory.
 
 Every mode (sequential, presample, fixed-k, mspipe) and evaluation call these very functions; only the
-policy that schedules them differs. A `BatchContext` carries one batch from stage to stage, so stages of
+scheduler that orders them differs. A `BatchContext` carries one batch from stage to stage, so stages of
 different batches can run in different threads without sharing mutable state, except the memory store
 (versioned, thread-safe) and the model/optimizer (touched by the train stage alone).
 """

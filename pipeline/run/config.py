@@ -26,7 +26,7 @@ from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS
 from models.predictor import PREDICTORS
 from pipeline.engine.config import SIMILARITIES, PipelineConfig
-from pipeline.engine.policies import SCHEDULERS
+from pipeline.engine.schedulers import SCHEDULERS
 from pipeline.run.plugins import load_plugins
 from sampler.config import SamplerConfig
 from sampler.temporal import STRATEGIES

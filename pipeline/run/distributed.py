@@ -17,8 +17,8 @@ whole batches and every method is the identity, so the single-process path is un
   their own ("host group"), because the update stage calls them from its thread while the train
   stage's DDP all-reduce runs on the default group;
 - scheduler: before each epoch the ranks' stage times are combined (max per stage, min observation
-  count) and the epoch's policy sees only those, so every rank uses the same staleness bound k and
-  warm-up length (`AgreedPolicy`);
+  count) and the epoch's scheduler sees only those, so every rank uses the same staleness bound k and
+  warm-up length (`AgreedScheduler`);
 - evaluation: every rank scores its share of each evaluation batch and the scores are all-gathered
   in split order, so AP/AUC/MRR are computed over the whole split, identically on every rank.
 
@@ -46,7 +46,7 @@ from common.errors import LaunchError
 from memory.batch import MemoryUpdate
 from memory.shared import SharedMemoryStore, shared_memory_root
 from memory.store import MemoryStore
-from pipeline.engine.policies import Policy
+from pipeline.engine.schedulers import Scheduler
 from pipeline.engine.profiler import STAGES, StageProfiler, minimal_staleness
 from pipeline.engine.stages import chronological_batches
 
@@ -186,7 +186,7 @@ class MachineMemoryStore(SharedMemoryStore):
 
 
 class AgreedStageTimes:
-    """Stage times all ranks agreed on, frozen for one epoch; read by a policy in place of its profiler."""
+    """Stage times all ranks agreed on, frozen for one epoch; read by a scheduler in place of its profiler."""
 
     def __init__(self, taus: dict[str, float], observations: int) -> None:
         self._taus = dict(taus)
@@ -209,7 +209,7 @@ class AgreedStageTimes:
         return minimal_staleness(self._taus, k_max)
 
 
-class AgreedPolicy(Policy):
+class AgreedScheduler(Scheduler):
     """`inner` deciding warm-up and staleness bound from agreed stage times, so all ranks decide alike;
     when a memory fetch starts (a matter of local timing only) it still decides from the live profiler.
 
@@ -218,7 +218,7 @@ class AgreedPolicy(Policy):
     on what their warm-up measured (`agree`, a collective every rank calls at that same batch).
     """
 
-    def __init__(self, inner: Policy, agreed: AgreedStageTimes,
+    def __init__(self, inner: Scheduler, agreed: AgreedStageTimes,
                  agree: Callable[[StageProfiler], AgreedStageTimes] | None = None) -> None:
         self.inner = inner
         self.agreed = agreed
@@ -282,9 +282,9 @@ class LocalWorld:
         """The scores of a whole evaluation split in split order, from this process's scored rows."""
         return scatter_scores(positions, pos, neg)
 
-    def agreed_policy(self, policy: Policy, profiler: StageProfiler) -> Policy:
-        """The policy of the next epoch, deciding from stage times every process agrees on."""
-        return policy
+    def agreed_policy(self, scheduler: Scheduler, profiler: StageProfiler) -> Scheduler:
+        """The scheduler of the next epoch, deciding from stage times every process agrees on."""
+        return scheduler
 
     def close(self) -> None:
         """Release what the run set up (nothing for a single process)."""
@@ -348,11 +348,11 @@ class DistributedWorld(LocalWorld):
         dist.all_gather_object(gathered, (positions, pos, neg), group=self.host_group)
         return scatter_scores(*(np.concatenate(part) for part in zip(*gathered)))
 
-    def agreed_policy(self, policy: Policy, profiler: StageProfiler) -> Policy:
-        """`policy` reading each stage's longest time over the ranks and the fewest observations; in the first
+    def agreed_policy(self, scheduler: Scheduler, profiler: StageProfiler) -> Scheduler:
+        """`scheduler` reading each stage's longest time over the ranks and the fewest observations; in the first
         epoch, agreed again once the warm-up has measured them (on a group of its own, since the update
         stage's collectives run on the host group meanwhile)."""
-        return AgreedPolicy(policy, agreed_stage_times(profiler, self.size, self.host_group),
+        return AgreedScheduler(scheduler, agreed_stage_times(profiler, self.size, self.host_group),
                             agree=lambda measured: agreed_stage_times(measured, self.size, self.schedule_group))
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ from pipeline.run.baselines import BASELINES, run_baseline
 from pipeline.run.checkpoint import (
     CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint, save_checkpoint,
 )
-from pipeline.engine.policies import Policy, make_policy
+from pipeline.engine.schedulers import Scheduler, make_scheduler
 from pipeline.engine.profiler import StageProfiler
 from pipeline.engine.runner import STAGES, RunStats, run_batches
 from pipeline.engine.stages import LinkPredictionStages
@@ -56,11 +56,11 @@ class TrainingState:
         self.next_epoch = epoch + 1
 
 
-def run_stages(stages: LinkPredictionStages, policy: Policy, profiler: StageProfiler | None,
+def run_stages(stages: LinkPredictionStages, scheduler: Scheduler, profiler: StageProfiler | None,
                stop: threading.Event | None, desc: str, show_progress: bool) -> RunStats:
-    """Run every batch of `stages` under `policy`, with a progress bar."""
+    """Run every batch of `stages` under `scheduler`, with a progress bar."""
     with tqdm(total=len(stages.batches), desc=desc, unit="batch", leave=False, disable=not show_progress) as bar:
-        return run_batches(len(stages.batches), stages, policy, profiler=profiler, stop=stop,
+        return run_batches(len(stages.batches), stages, scheduler, profiler=profiler, stop=stop,
                            on_batch_done=lambda i: bar.update(1))
 
 
@@ -76,7 +76,7 @@ def evaluate(setup: RunSetup, name: str, indices: np.ndarray, inductive: np.ndar
     ranker = CandidateRanker(stages, setup.events) if rank_all else None
     stages.step.on_scored = ranker
     started = time.perf_counter()
-    run_stages(stages, make_policy("sequential"), None, stop, f"eval {name}", show_progress)
+    run_stages(stages, make_scheduler("sequential"), None, stop, f"eval {name}", show_progress)
     pos, neg = setup.world.split_scores(np.concatenate(setup.eval_positions(len(indices))),
                                         np.concatenate(stages.step.pos_scores), np.concatenate(stages.step.neg_scores))
     metrics = split_metrics(name, pos, neg, negative_columns(setup.cfg), setup.cfg.eval.batch_size,
@@ -153,8 +153,8 @@ def train(cfg: RunConfig, events: EventStream, out_dir: Path, device: torch.devi
         for epoch in range(state.next_epoch, cfg.train.epochs):
             if state.stopped_early:
                 break
-            policy = setup.world.agreed_policy(make_policy(mode, cfg.pipeline), profiler)
-            _train_one_epoch(setup, state, epoch, policy, profiler, log, stop, show_progress)
+            scheduler = setup.world.agreed_policy(make_scheduler(mode, cfg.pipeline), profiler)
+            _train_one_epoch(setup, state, epoch, scheduler, profiler, log, stop, show_progress)
             save_checkpoint(ckpt_path, _checkpoint_state(setup, state))
             patience = cfg.train.patience
             state.stopped_early = bool(patience) and epoch - state.best_epoch >= patience
@@ -168,10 +168,10 @@ def train(cfg: RunConfig, events: EventStream, out_dir: Path, device: torch.devi
         log.close()
 
 
-def _train_one_epoch(setup: RunSetup, state: TrainingState, epoch: int, policy: Policy, profiler: StageProfiler,
+def _train_one_epoch(setup: RunSetup, state: TrainingState, epoch: int, scheduler: Scheduler, profiler: StageProfiler,
                      log: RunLog, stop: threading.Event | None, show_progress: bool) -> None:
     """One epoch: train, evaluate, log, and keep the weights if they are the best so far."""
-    stages, stats, seconds = _run_training(setup, epoch, policy, profiler, stop, show_progress)
+    stages, stats, seconds = _run_training(setup, epoch, scheduler, profiler, stop, show_progress)
     metrics = evaluate_after_training(setup, len(stages.batches), stop, show_progress)
     summary = _epoch_summary(epoch, stages, stats, seconds, len(setup.split.train), metrics)
     _log_epoch(log, epoch * len(stages.batches), stages.step.losses, stats, summary, metrics)
@@ -180,7 +180,7 @@ def _train_one_epoch(setup: RunSetup, state: TrainingState, epoch: int, policy: 
                f"val AP {metrics['val_ap']:.4f}  test AP {metrics['test_ap']:.4f}  k {summary['k_mean']:.1f}")
 
 
-def _run_training(setup: RunSetup, epoch: int, policy: Policy, profiler: StageProfiler,
+def _run_training(setup: RunSetup, epoch: int, scheduler: Scheduler, profiler: StageProfiler,
                   stop: threading.Event | None, show_progress: bool) -> tuple[LinkPredictionStages, RunStats, float]:
     """Train one epoch from a reset memory, seeded by the epoch: its stages, the runner's stats and its seconds."""
     torch.manual_seed(setup.seed * 1000 + epoch)
@@ -188,7 +188,7 @@ def _run_training(setup: RunSetup, epoch: int, policy: Policy, profiler: StagePr
         setup.store.reset()
     stages = training_stages(setup, epoch)
     started = time.perf_counter()
-    stats = run_stages(stages, policy, profiler, stop, f"epoch {epoch}", show_progress)
+    stats = run_stages(stages, scheduler, profiler, stop, f"epoch {epoch}", show_progress)
     return stages, stats, time.perf_counter() - started
 
 

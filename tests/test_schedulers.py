@@ -1,5 +1,5 @@
 """The pure parts of scheduling: the minimal staleness formula, the stage-time profiler, the delayed
-fetch start, the policies' parameters, `make_policy` and the thread-count policy."""
+fetch start, the schedulers' parameters, `make_scheduler` and the thread-count plan."""
 from __future__ import annotations
 
 import math
@@ -9,8 +9,8 @@ import torch
 
 from common.errors import UserError
 from pipeline.engine.config import PipelineConfig
-from pipeline.engine.policies import (
-    FixedK, MSPipe, Presample, Sequential, delayed_fetch_start, make_policy,
+from pipeline.engine.schedulers import (
+    FixedK, MSPipe, Presample, Sequential, delayed_fetch_start, make_scheduler,
 )
 from pipeline.engine.profiler import STAGES, StageProfiler, minimal_staleness
 from pipeline.engine.threads import ThreadPlan, configure_threads, thread_plan
@@ -109,15 +109,15 @@ def test_policies_differ_only_in_their_parameters():
 
 def test_mspipe_warms_up_only_until_every_stage_is_measured():
     profiler = StageProfiler()
-    policy = MSPipe(warmup_batches=5)
-    assert policy.sequential_batches(100, profiler) == 5
-    assert policy.sequential_batches(3, profiler) == 3
+    scheduler = MSPipe(warmup_batches=5)
+    assert scheduler.sequential_batches(100, profiler) == 5
+    assert scheduler.sequential_batches(3, profiler) == 3
     for _ in range(2):
         for stage in STAGES:
             profiler.record(stage, 0.01)
-    assert policy.sequential_batches(100, profiler) == 3
+    assert scheduler.sequential_batches(100, profiler) == 3
     profiler.record("train", 0.01)
-    assert policy.sequential_batches(100, profiler) == 3
+    assert scheduler.sequential_batches(100, profiler) == 3
 
 
 def test_mspipe_delays_the_fetch_only_when_asked():
@@ -130,15 +130,15 @@ def test_mspipe_delays_the_fetch_only_when_asked():
 
 def test_make_policy_reads_the_pipeline_config():
     cfg = PipelineConfig(mode="x", k=3, k_max=6, warmup_batches=2, delayed_fetch=False)
-    assert isinstance(make_policy("sequential"), Sequential)
-    assert isinstance(make_policy("presample", cfg), Presample)
-    assert make_policy("fixed-k", cfg).k == 3
-    mspipe = make_policy("mspipe", cfg)
+    assert isinstance(make_scheduler("sequential"), Sequential)
+    assert isinstance(make_scheduler("presample", cfg), Presample)
+    assert make_scheduler("fixed-k", cfg).k == 3
+    mspipe = make_scheduler("mspipe", cfg)
     assert (mspipe.k_max, mspipe.warmup_batches, mspipe.delayed_fetch) == (6, 2, False)
-    default = make_policy("mspipe")
+    default = make_scheduler("mspipe")
     assert (default.k_max, default.warmup_batches, default.delayed_fetch) == (8, 5, True)
     with pytest.raises(UserError, match="pipeline.mode"):
-        make_policy("async")
+        make_scheduler("async")
 
 
 def test_thread_plan_gives_training_every_core():

@@ -2,7 +2,7 @@
 
 The runner (`pipeline.engine.runner`) enforces the rules every mode shares: each stage serves one batch at a
 time in batch order, a batch's stages run in order, feature fetch and memory fetch never overlap, and at
-most `max_in_flight` batches are between sampling and memory update. A policy only decides
+most `max_in_flight` batches are between sampling and memory update. A scheduler only decides
 
 - how many leading batches run strictly one after another (`sequential_batches`),
 - the staleness bound `k` of each batch: its memory fetch waits for the update of batch `i - k`
@@ -21,7 +21,7 @@ Modes:
   latest start that still has it ready when training is due, so it sees every update finished by then.
 
 `SCHEDULERS` holds a factory per mode, called with the config's `pipeline` section; `pipeline.mode`
-selects one by name, and a new scheduler is a `Policy` subclass plus a registered factory.
+selects one by name, and a new scheduler is a `Scheduler` subclass plus a registered factory.
 
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def delayed_fetch_start(now: float, prev_train_start: float | None, prev_train_e
     return due - tau_fetch_memory
 
 
-class Policy:
+class Scheduler:
     """Base scheduler: the full pipeline with k = 1, memory fetched as soon as allowed."""
 
     def sequential_batches(self, num_batches: int, profiler: StageProfiler) -> int:
@@ -75,7 +75,7 @@ class Policy:
         return now
 
 
-class Sequential(Policy):
+class Sequential(Scheduler):
     """All stages of batch i, in order, before any stage of batch i+1 (no overlap, k = 1)."""
 
     def sequential_batches(self, num_batches: int, profiler: StageProfiler) -> int:
@@ -86,7 +86,7 @@ class Sequential(Policy):
         return 1
 
 
-class Presample(Policy):
+class Presample(Scheduler):
     """Sampling and feature fetch of up to `depth` later batches overlap the serial rest (k = 1)."""
 
     def __init__(self, depth: int = 2) -> None:
@@ -99,7 +99,7 @@ class Presample(Policy):
         return self.depth + 1
 
 
-class FixedK(Policy):
+class FixedK(Scheduler):
     """The full pipeline with a user-given staleness bound `k`."""
 
     def __init__(self, k: int) -> None:
@@ -116,7 +116,7 @@ class FixedK(Policy):
         return self.k + 2
 
 
-class MSPipe(Policy):
+class MSPipe(Scheduler):
     """MSPipe: minimal bound from measured stage times, recomputed every batch, with delayed memory fetch.
 
     Warm-up runs until the profiler has measured every stage `warmup_batches` times, so a profiler
@@ -157,33 +157,33 @@ class MSPipe(Policy):
                                    profiler.tau("train"), profiler.tau("fetch_memory"))
 
 
-SCHEDULERS: Registry[Callable[[PipelineConfig], Policy]] = Registry("pipeline scheduler", "pipeline.mode")
+SCHEDULERS: Registry[Callable[[PipelineConfig], Scheduler]] = Registry("pipeline scheduler", "pipeline.mode")
 
 
 @SCHEDULERS.register("sequential")
-def sequential_policy(cfg: PipelineConfig) -> Policy:
+def sequential_scheduler(cfg: PipelineConfig) -> Scheduler:
     """TGL's loop: no overlap."""
     return Sequential()
 
 
 @SCHEDULERS.register("presample")
-def presample_policy(cfg: PipelineConfig) -> Policy:
+def presample_scheduler(cfg: PipelineConfig) -> Scheduler:
     """TGL with pre-sampling."""
     return Presample()
 
 
 @SCHEDULERS.register("fixed-k")
-def fixed_k_policy(cfg: PipelineConfig) -> Policy:
+def fixed_k_scheduler(cfg: PipelineConfig) -> Scheduler:
     """The full pipeline with the bound `pipeline.k`."""
     return FixedK(cfg.k)
 
 
 @SCHEDULERS.register("mspipe")
-def mspipe_policy(cfg: PipelineConfig) -> Policy:
+def mspipe_scheduler(cfg: PipelineConfig) -> Scheduler:
     """MSPipe with `pipeline.k_max`, `pipeline.warmup_batches` and `pipeline.delayed_fetch`."""
     return MSPipe(cfg.k_max, cfg.warmup_batches, cfg.delayed_fetch)
 
 
-def make_policy(mode: str, cfg: PipelineConfig = PipelineConfig()) -> Policy:
-    """The policy registered as `mode` (`pipeline.mode`), configured from the validated `pipeline` section."""
+def make_scheduler(mode: str, cfg: PipelineConfig = PipelineConfig()) -> Scheduler:
+    """The scheduler registered as `mode` (`pipeline.mode`), configured from the validated `pipeline` section."""
     return SCHEDULERS.get(mode)(cfg)
