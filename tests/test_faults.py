@@ -25,23 +25,18 @@ import yaml
 
 from graph.datasets import load_dataset
 from graph.synthetic import synthetic_events
+from pipeline.engine.runner import STAGES
 from pipeline.engine.stages import LinkPredictionStages
 from pipeline.run.checkpoint import CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint
 from pipeline.run.config import apply_overrides, load_config
 from pipeline.run.trainer import train
+from small import small_sections
 
 pytestmark = pytest.mark.faults
 
-SMALL = {
-    "memory": {"dim": 16, "dim_time": 8},
-    "embedding": {"dim_out": 16, "dim_time": 8, "heads": 2},
-    "train": {"batch_size": 100, "epochs": 3, "lr": 0.002},
-    "eval": {"batch_size": 100},
-    "pipeline": {"warmup_batches": 2, "k_max": 4},
-}
-K_MAX = SMALL["pipeline"]["k_max"]
+FAULTS_CONFIG = small_sections(train={"epochs": 3}, pipeline={"k_max": 4})
+K_MAX = FAULTS_CONFIG["pipeline"]["k_max"]
 MODES = ["sequential", "presample", "fixed-k", "mspipe"]
-STAGE_METHODS = ["sample", "fetch_features", "fetch_memory", "train", "update_memory"]
 FAULT_BATCH = 3  # past mspipe's warm-up, so the fault hits the threaded pipeline
 BOUND_S = 60  # no fault case may take longer than this, even on a loaded 2-core machine
 RESULTS = "results.json"
@@ -70,7 +65,7 @@ def data_file(workdir) -> Path:
 @pytest.fixture(scope="module")
 def config_file(workdir) -> Path:
     path = workdir / "small.yml"
-    path.write_text(yaml.safe_dump(SMALL))
+    path.write_text(yaml.safe_dump(FAULTS_CONFIG))
     return path
 
 
@@ -241,7 +236,7 @@ def pipeline_threads() -> list[str]:
     return [thread.name for thread in threading.enumerate() if thread.name.startswith("pipeline-")]
 
 
-@pytest.mark.parametrize("stage", STAGE_METHODS)
+@pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("mode", MODES)
 def test_stage_fault_stops_the_run_with_stage_and_batch_and_keeps_the_checkpoint(
         one_epoch_run, config_file, events, tmp_path, monkeypatch, mode, stage):
@@ -409,7 +404,7 @@ def test_resume_refuses_a_checkpoint_of_another_run(one_epoch_run, config_file, 
         truncate(out / CHECKPOINT_NAME)
     elif case == "other config":
         config_used = tmp_path / "wider.yml"
-        config_used.write_text(yaml.safe_dump({**SMALL, "memory": {"dim": 32, "dim_time": 8}}))
+        config_used.write_text(yaml.safe_dump({**FAULTS_CONFIG, "memory": {"dim": 32, "dim_time": 8}}))
     else:
         data_used = write_events_csv(tmp_path / "other.csv", seed=4)
     before = run_files(out)

@@ -10,7 +10,6 @@ import dgl
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from graph.events import EventStream
 from graph.synthetic import synthetic_events
@@ -21,6 +20,7 @@ from models.embedding import JodieProjection
 from models.memory_updaters import MemoryRows, build_updater, source_gap_scale
 from models.predictor import EdgePredictor
 from models.time_encoding import TimeEncoding, elapsed
+from pipeline.engine.stages import link_prediction_loss
 from pipeline.run.config import RunConfig, validate_config
 from sampler.tcsr import TCSR
 from sampler.temporal import TemporalSampler
@@ -95,11 +95,6 @@ def warmed_inputs(model: str, events: EventStream, num_neg: int = 1) -> tuple[to
     batch = np.arange(40, 50)
     return net, batch_inputs(events, batch, tiny_config(model), store, rng.integers(0, 12, len(batch) * num_neg))
 
-
-def bce(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """The link-prediction loss: positives against ones, negatives against zeros."""
-    return F.binary_cross_entropy_with_logits(pos, torch.ones_like(pos)) + \
-        F.binary_cross_entropy_with_logits(neg, torch.zeros_like(neg))
 
 
 def updater_rows(mail_count: list[int], slots: int, seed: int = 0) -> MemoryRows:
@@ -285,7 +280,7 @@ def test_update_is_detached_and_backward_leaves_memory_inputs_alone(model: str) 
     net, inputs = warmed_inputs(model, unix_stream())
     memory_before = copy.deepcopy(inputs.memory)
     pos, neg, update = net(inputs)
-    bce(pos, neg).backward()
+    link_prediction_loss(pos, neg).backward()
     for name in ("nodes", "mem", "mem_ts", "mail_nodes", "mail", "mail_ts"):
         assert not getattr(update, name).requires_grad
     for name in ("mem", "mem_ts", "mail", "mail_ts"):
@@ -315,7 +310,7 @@ def test_a_few_steps_on_a_repeated_batch_reduce_the_loss(model: str) -> None:
     for _ in range(25):
         optimizer.zero_grad()
         pos, neg, _ = net(inputs)
-        loss = bce(pos, neg)
+        loss = link_prediction_loss(pos, neg)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())

@@ -17,11 +17,9 @@ from pipeline.engine.stages import LinkPredictionStages
 from pipeline.run.config import apply_overrides, load_config
 from pipeline.run.setup import build_setup, training_stages
 from pipeline.run.trainer import train
+from small import small_overrides
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-SMALL = {"embedding.dim_out": 16, "embedding.dim_time": 8, "train.batch_size": 100, "eval.batch_size": 100,
-         "train.epochs": 2, "train.lr": 0.005, "pipeline.warmup_batches": 2}
-SMALL_MEMORY = {"memory.dim": 16, "memory.dim_time": 8}
 CPU = torch.device("cpu")
 
 
@@ -33,8 +31,7 @@ def events():
 def small_config(name: str, **overrides) -> dict:
     """The shipped `configs/<name>.yml` shrunk to seconds of training."""
     cfg = load_config(CONFIGS / f"{name}.yml")
-    memory = SMALL_MEMORY if cfg.memory is not None else {}
-    return apply_overrides(cfg, {**SMALL, **memory, **overrides})
+    return apply_overrides(cfg, {**small_overrides(cfg, train={"lr": 0.005}), **overrides})
 
 
 def batch_inputs(stages: LinkPredictionStages, batch: int) -> ModelInputs:

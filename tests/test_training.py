@@ -14,26 +14,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import pipeline.engine.stages as stages_module
 from common.errors import NonFiniteLossError
 from graph.synthetic import synthetic_events
+from pipeline.engine.runner import STAGES
 from pipeline.run.checkpoint import CHECKPOINT_NAME
-from pipeline.run.config import validate_config
 from pipeline.run.setup import build_setup, training_stages
 from pipeline.run.trainer import train
+from small import small_config
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-SMALL = {
-    "memory": {"dim": 16, "dim_time": 8},
-    "embedding": {"dim_out": 16, "dim_time": 8, "heads": 2},
-    "train": {"batch_size": 100, "epochs": 2, "lr": 0.002},
-    "eval": {"batch_size": 100},
-    "pipeline": {"warmup_batches": 2},
-}
-
-
-def small_config(**sections):
-    given = {key: dict(value) for key, value in SMALL.items()}
-    for key, value in sections.items():
-        given[key] = {**given.get(key, {}), **value} if isinstance(value, dict) else value
-    return validate_config(given)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +41,7 @@ def test_sequential_training_learns_and_writes_everything(events, tmp_path):
                 "val_auc", "test_ap", "test_auc", "test_inductive_ap", "stage_time_s", "staleness",
                 "pipeline_utilization"):
         assert key in saved
-    assert set(saved["stage_time_s"]) == {"sample", "fetch_features", "fetch_memory", "train", "update_memory"}
+    assert set(saved["stage_time_s"]) == set(STAGES)
     assert saved["epochs"] == 3 and len(saved["epoch_time_s"]) == 3
     assert (tmp_path / "timeline.png").stat().st_size > 0
     assert (tmp_path / "pipeline_events.csv").read_text().startswith("batch,stage,start_s,end_s,k,staleness")
