@@ -4,11 +4,13 @@ the ranking of its best weights."""
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import numpy as np
 import pytest
 import torch
 
+from common.errors import ConfigError
 from graph.synthetic import synthetic_events
 from pipeline.engine.stages import Scoring
 from pipeline.run.config import validate_config
@@ -87,3 +89,10 @@ def test_training_reports_the_all_destination_ranking_of_its_best_weights(events
     assert 1 / candidates <= results["test_mrr_all"] <= 1
     assert 0 <= results["test_hits@10_all"] <= 1 and results["test_ranking_s"] > 0
     assert results["test_ap_replayed"] == pytest.approx(results["test_ap"], abs=0.1)
+
+
+def test_ranking_is_refused_in_a_data_parallel_run(events, tmp_path):
+    two_processes = types.SimpleNamespace(size=2)
+    with pytest.raises(ConfigError, match="eval.ranking"):
+        train(validate_config(SMALL), events, tmp_path, torch.device("cpu"), seed=0, show_progress=False,
+              world=two_processes)
