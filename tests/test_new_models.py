@@ -14,7 +14,7 @@ from models import ModelInputs, build_model
 from models.memory_updaters import MemoryRows
 from models.write_back import event_order
 from pipeline.engine.stages import LinkPredictionStages
-from pipeline.run.config import apply_overrides, load_config
+from pipeline.run.config import RunConfig, apply_overrides, load_config
 from pipeline.run.setup import build_setup, training_stages
 from pipeline.run.trainer import train
 from small import small_overrides
@@ -28,7 +28,7 @@ def events():
     return synthetic_events(num_nodes=60, num_events=3000, seed=3)
 
 
-def small_config(name: str, **overrides) -> dict:
+def small_config(name: str, **overrides) -> RunConfig:
     """The shipped `configs/<name>.yml` shrunk to seconds of training."""
     cfg = load_config(CONFIGS / f"{name}.yml")
     return apply_overrides(cfg, {**small_overrides(cfg, train={"lr": 0.005}), **overrides})

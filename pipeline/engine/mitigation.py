@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from memory.batch import MemoryBatch, as_host_nodes
-from pipeline.engine.config import MitigationConfig
+from pipeline.engine.config import SIMILARITIES, MitigationConfig
 
-MEASURES = ("cosine", "coneighbour")
 NO_NEIGHBOUR = -1
 
 
@@ -40,8 +39,8 @@ class SimilarityTable:
 
     def __init__(self, num_nodes: int, top_k: int, measure: str = MitigationConfig.similarity,
                  chunk_size: int = 1024) -> None:
-        if measure not in MEASURES:
-            raise ValueError(f"similarity measure must be one of {MEASURES}, got '{measure}'")
+        if measure not in SIMILARITIES:
+            raise ValueError(f"similarity measure must be one of {SIMILARITIES}, got '{measure}'")
         self.num_nodes = num_nodes
         self.top_k = top_k
         self.measure = measure

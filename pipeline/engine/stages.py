@@ -137,8 +137,9 @@ class Scoring:
 class LinkPredictionStages:
     """The five stage functions for self-supervised link prediction over a list of event batches.
 
-    The train stage runs `step`: a `GradientStep` in training, `Scoring` in evaluation. Batch `i` writes store version `version_offset + i`, so evaluation continues the version sequence
-    of the training epoch it follows.
+    The train stage runs `step`: a `GradientStep` in training, `Scoring` in evaluation. Batch `i` writes
+    store version `version_offset + i`, so evaluation continues the version sequence of the training epoch
+    it follows.
     """
 
     batches: list[np.ndarray]

@@ -266,9 +266,9 @@ def parse_settings(settings: list[str], source: str = "--set") -> dict[str, Any]
     return overrides
 
 
-def apply_overrides(cfg: RunConfig | dict, overrides: dict[str, Any], source: str = "command line") -> RunConfig:
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str = "command line") -> RunConfig:
     """Set dotted keys (`train.epochs`) from the command line, validated like the file."""
-    given = cfg.to_dict() if isinstance(cfg, RunConfig) else copy.deepcopy(cfg)
+    given = cfg.to_dict()
     for dotted, value in overrides.items():
         if value is None:
             continue
