@@ -107,7 +107,7 @@ def pipelined_train_busy(stats: RunStats, first_batch: int) -> float:
     return sum(e.end - e.start for e in train) / (max(e.end for e in train) - min(e.start for e in train))
 
 
-POLICIES = {
+SCHEDULER_FACTORIES = {
     "sequential": Sequential,
     "presample": Presample,
     "fixed-1": lambda: FixedK(1),
@@ -121,7 +121,7 @@ POLICIES = {
 def runs() -> dict[str, tuple[Scheduler, SleepStages, RunStats, list[int], set[int]]]:
     """One run of every scheduler on the same fake stages: (scheduler, stages, stats, batches reported, reporting threads)."""
     results = {}
-    for name, make in POLICIES.items():
+    for name, make in SCHEDULER_FACTORIES.items():
         scheduler, stages, reported, threads = make(), SleepStages(DURATIONS), [], set()
 
         def on_done(i: int, reported=reported, threads=threads) -> None:
@@ -133,8 +133,8 @@ def runs() -> dict[str, tuple[Scheduler, SleepStages, RunStats, list[int], set[i
     return results
 
 
-@pytest.mark.parametrize("name", POLICIES)
-def test_every_policy_obeys_the_scheduling_rules(runs, name):
+@pytest.mark.parametrize("name", SCHEDULER_FACTORIES)
+def test_every_scheduler_obeys_the_scheduling_rules(runs, name):
     scheduler, stages, stats, reported, threads = runs[name]
     assert_schedule_rules(stats, scheduler, NUM_BATCHES)
     assert set(stages.calls.values()) == {1} and len(stages.calls) == len(STAGES) * NUM_BATCHES
@@ -149,7 +149,7 @@ def test_every_policy_obeys_the_scheduling_rules(runs, name):
 
 
 @pytest.mark.parametrize("name", ["sequential", "presample", "fixed-1"])
-def test_k1_policies_never_read_stale_memory(runs, name):
+def test_k1_schedulers_never_read_stale_memory(runs, name):
     _, _, stats, _, _ = runs[name]
     assert stats.k == [1] * NUM_BATCHES and stats.staleness == [0] * NUM_BATCHES
 
@@ -162,7 +162,7 @@ def test_sequential_never_overlaps_two_stages(runs):
 
 
 @pytest.mark.parametrize("name", ["presample", "fixed-3", "mspipe", "mspipe-eager"])
-def test_pipelined_policies_are_much_faster_than_sequential(runs, name):
+def test_pipelined_schedulers_are_much_faster_than_sequential(runs, name):
     assert runs[name][2].wall_s < 0.8 * runs["sequential"][2].wall_s
 
 

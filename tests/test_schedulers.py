@@ -93,7 +93,7 @@ def test_delayed_fetch_start_aims_at_the_end_of_the_previous_training():
     assert delayed_fetch_start(1.0, None, None, 0.002, 0.010) < 1.0
 
 
-def test_policies_differ_only_in_their_parameters():
+def test_schedulers_differ_only_in_their_parameters():
     profiler = StageProfiler()
     assert Sequential().sequential_batches(17, profiler) == 17
     assert Sequential().max_in_flight == 1
@@ -128,7 +128,7 @@ def test_mspipe_delays_the_fetch_only_when_asked():
     assert MSPipe(delayed_fetch=False).memory_fetch_start(1.0, 0.99, None, profiler) == 1.0
 
 
-def test_make_policy_reads_the_pipeline_config():
+def test_make_scheduler_reads_the_pipeline_config():
     cfg = PipelineConfig(mode="x", k=3, k_max=6, warmup_batches=2, delayed_fetch=False)
     assert isinstance(make_scheduler("sequential"), Sequential)
     assert isinstance(make_scheduler("presample", cfg), Presample)

@@ -282,7 +282,7 @@ class LocalWorld:
         """The scores of a whole evaluation split in split order, from this process's scored rows."""
         return scatter_scores(positions, pos, neg)
 
-    def agreed_policy(self, scheduler: Scheduler, profiler: StageProfiler) -> Scheduler:
+    def agreed_scheduler(self, scheduler: Scheduler, profiler: StageProfiler) -> Scheduler:
         """The scheduler of the next epoch, deciding from stage times every process agrees on."""
         return scheduler
 
@@ -348,12 +348,12 @@ class DistributedWorld(LocalWorld):
         dist.all_gather_object(gathered, (positions, pos, neg), group=self.host_group)
         return scatter_scores(*(np.concatenate(part) for part in zip(*gathered)))
 
-    def agreed_policy(self, scheduler: Scheduler, profiler: StageProfiler) -> Scheduler:
+    def agreed_scheduler(self, scheduler: Scheduler, profiler: StageProfiler) -> Scheduler:
         """`scheduler` reading each stage's longest time over the ranks and the fewest observations; in the first
         epoch, agreed again once the warm-up has measured them (on a group of its own, since the update
         stage's collectives run on the host group meanwhile)."""
         return AgreedScheduler(scheduler, agreed_stage_times(profiler, self.size, self.host_group),
-                            agree=lambda measured: agreed_stage_times(measured, self.size, self.schedule_group))
+                               agree=lambda measured: agreed_stage_times(measured, self.size, self.schedule_group))
 
     def close(self) -> None:
         """Remove this machine's shared stores (local rank 0) and leave the process groups."""

@@ -153,7 +153,7 @@ def train(cfg: RunConfig, events: EventStream, out_dir: Path, device: torch.devi
         for epoch in range(state.next_epoch, cfg.train.epochs):
             if state.stopped_early:
                 break
-            scheduler = setup.world.agreed_policy(make_scheduler(mode, cfg.pipeline), profiler)
+            scheduler = setup.world.agreed_scheduler(make_scheduler(mode, cfg.pipeline), profiler)
             _train_one_epoch(setup, state, epoch, scheduler, profiler, log, stop, show_progress)
             save_checkpoint(ckpt_path, _checkpoint_state(setup, state))
             patience = cfg.train.patience
