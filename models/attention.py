@@ -63,7 +63,8 @@ class TemporalAttentionLayer(nn.Module):
         """`[w_k(x) || w_v(x)]` per edge, `x = [h_src[src] || edge features || time_enc(dt)]`.
 
         The map is split by the columns of `x`: the node part is computed per distinct source state and
-        the edge part per distinct edge id, then gathered per edge; the time part is computed per edge.
+        the edge part per distinct edge id, then gathered per edge; the time part is computed per edge and
+        added in place (no copy of the gathered rows).
         """
         weight = torch.cat([self.w_k.weight, self.w_v.weight])
         bias = torch.cat([self.w_k.bias, self.w_v.bias])
@@ -74,7 +75,7 @@ class TemporalAttentionLayer(nn.Module):
         else:
             node_part = F.linear(h_src.index_select(0, states.first), weight_node, bias).index_select(
                 0, states.index[src])
-        out = torch.addmm(node_part, self.time_encoding(block.edata["dt"]), weight_time.t())
+        out = node_part.addmm_(self.time_encoding(block.edata["dt"]), weight_time.t())
         if edge_feat.shape[1] > 0:
             edges = group(block.edata["ID"])
             out = out.add_(F.linear(edge_feat[edges.first], weight_edge).index_select(0, edges.index))
