@@ -28,9 +28,12 @@ memory counts as stable (`memory_stable`) when the last epoch's RSS is within 5%
 `compare`: this project's TGN (sequential mode) against a PyTorch Geometric TGN written after PyG's
 examples/tgn.py (scripts/pyg_reference.py; needs `pip install -e .[bench]`), on the same events, split and
 negatives, with the same dimensions, neighbours, epochs and threads. Every run is a fresh process (the
-internal `compare-run` subcommand, alternating ours, PyG, ours, ...), so its peak RSS is its own:
-training events/s, peak RSS, the RSS training added, test AP (ours: of the best epoch by validation AP, as
-the trainer reports it; PyG: after the last epoch), and the ratios ours/PyG of the means. `other_cpu_load`
+internal `compare-run` subcommand, alternating ours, PyG, PyG+keep-freed, ours, ...), so its peak RSS is
+its own: training events/s, peak RSS, the RSS training added, test AP (ours: of the best epoch by
+validation AP, as the trainer reports it; PyG: after the last epoch), and the ratios to PyG of the means.
+Ours runs with the allocator policy scripts/train.py sets (pipeline/engine/allocator.py); `pyg` runs as
+PyG's users run it, and `pyg+keep-freed` with the same policy, so the table separates what the policy
+gives from what the rest of our training step does. `other_cpu_load`
 is how many cores other processes kept busy during a run: well above 0 on a 2-core machine, the run was
 slowed by them and its events/s should not be trusted.
 
@@ -84,7 +87,8 @@ from graph.split import chronological_split
 from graph.synthetic import with_random_edge_features
 from pipeline.engine.runner import STAGES
 from pipeline.engine.stages import TRAIN_STEP_PARTS, LinkPredictionStages
-from pipeline.engine.threads import available_cores, configure_threads
+from pipeline.engine.allocator import keep_freed_memory
+from pipeline.engine.threads import ThreadPlan, available_cores, configure_threads
 from pipeline.run.checkpoint import CHECKPOINT_NAME
 from pipeline.run.config import MODES, apply_overrides, load_config, parse_settings
 from pipeline.run.setup import build_setup, training_stages
@@ -122,7 +126,8 @@ SOAK_TABLE = ["epoch", "rss_mb", "peak_rss_mb", "epoch_s", "test_ap"]
 SOAK_GROWTH_FRACTION = 0.05  # the last epoch's RSS may exceed epoch 2's by this share ...
 SOAK_GROWTH_MB = 50.0  # ... or by this many MB, whichever is larger
 
-COMPARE_SYSTEMS = ("ours", "pyg")
+# this project as scripts/train.py runs it; PyG's reference as its users run it; the same with our allocator policy
+COMPARE_SYSTEMS = ("ours", "pyg", "pyg+keep-freed")
 COMPARE_CASES: dict[str, dict] = {  # case -> data, random edge feature width, batch size, our config
     "uci": {"data": "uci", "edge_feat_dim": 0, "batch_size": 200, "config": "configs/dyglib/tgn.yml"},
     "wikipedia172": {"data": "wikipedia", "edge_feat_dim": 172, "batch_size": 600, "config": "configs/tgn.yml"},
@@ -317,7 +322,7 @@ def benchmark_train(args: argparse.Namespace) -> dict:
     events = load_data(args)
     if args.edge_feat_dim > 0:
         events = with_random_edge_features(events, args.edge_feat_dim, args.seed)
-    plan = configure_threads(args.threads)
+    plan = configure_process(args.threads)
     cores = args.threads or available_cores()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
@@ -501,7 +506,7 @@ def benchmark_soak(args: argparse.Namespace) -> dict:
         "train.epochs": args.epochs, "train.patience": 0, "pipeline.mode": args.mode,
         "train.batch_size": args.batch_size, "eval.batch_size": args.batch_size})
     events = load_data(args)
-    plan = configure_threads(args.threads)
+    plan = configure_process(args.threads)
     gc.collect()
     start_mb = resident_mb()
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as scratch:
@@ -580,14 +585,16 @@ def compare_run(args: argparse.Namespace) -> dict:
     lines go to stderr, so stdout carries only the result line `main` prints."""
     if args.epochs < 1 or (args.max_events is not None and args.max_events < 1):
         raise UserError(f"--epochs and --max-events must be positive, got {args.epochs} and {args.max_events}")
-    if args.system == "pyg":
+    if args.system != "ours":
         pyg_reference.require_pyg()
     case = COMPARE_CASES[args.case]
     events = compare_events(case, args.max_events, args.seed)
     if args.system == "ours":
-        configure_threads(args.threads)
+        configure_process(args.threads)
     else:
         torch.set_num_threads(args.threads)
+        if args.system == "pyg+keep-freed":
+            keep_freed_memory()
     gc.collect()
     before_mb = resident_mb()
     began, busy_before, own_before = time.perf_counter(), busy_cpu_s(), own_cpu_s()
@@ -625,8 +632,9 @@ def summarize_system(runs: list[dict]) -> dict:
 
 
 def benchmark_compare(args: argparse.Namespace) -> dict:
-    """Alternate fresh `compare-run` processes, ours then PyG, `--repeat` times per case; one row per case
-    and system, each with the ratios ours/PyG of the mean events/s and of the mean peak RSS."""
+    """Alternate fresh `compare-run` processes, one per system in turn, `--repeat` times per case; one row
+    per case and system, each with the ratios to PyG (as its users run it) of the mean events/s and of the
+    mean peak RSS."""
     pyg = pyg_reference.require_pyg()
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in COMPARE_CASES]
@@ -665,6 +673,12 @@ def benchmark_compare(args: argparse.Namespace) -> dict:
         "command": " ".join(sys.argv), "commit": git_commit(),
         "results": rows,
     }
+
+
+def configure_process(threads: int | None) -> ThreadPlan:
+    """Torch threads and the allocator policy of this process, as scripts/train.py sets them."""
+    keep_freed_memory()
+    return configure_threads(threads)
 
 
 def timed_stages(stages: LinkPredictionStages, batch: int) -> list[float]:
@@ -715,7 +729,7 @@ def benchmark_breakdown(args: argparse.Namespace) -> dict:
     unknown = [name for name in names if name not in COMPARE_CASES]
     if unknown or not names:
         raise UserError(f"--cases: unknown case '{','.join(unknown)}' (known: {', '.join(COMPARE_CASES)})")
-    plan = configure_threads(args.threads)
+    plan = configure_process(args.threads)
     return {
         "benchmark": "breakdown", "dataset": ",".join(names), "command": " ".join(sys.argv),
         "commit": git_commit(), "torch_threads": plan.intra_op, "batches": args.batches, "warmup": args.warmup,
@@ -837,7 +851,7 @@ def attention_case(roots: int, args: argparse.Namespace) -> dict:
 def benchmark_attention(args: argparse.Namespace) -> dict:
     """DGL's message-passing kernels against torch-only ones on the compare cases' batch shapes: what
     keeping DGL off the training device (blocks on the host, plain tensors moved) would cost on the CPU."""
-    plan = configure_threads(args.threads)
+    plan = configure_process(args.threads)
     return {"benchmark": "attention", "dataset": "synthetic shapes", "command": " ".join(sys.argv),
             "commit": git_commit(), "torch_threads": plan.intra_op, "versions": library_versions(),
             "note": "forward + backward of scores, edge softmax and weighted sum (2 heads of 50); median of "

@@ -11,6 +11,7 @@ from pathlib import Path
 from _cli import add_data_arguments, load_data, run_cli
 
 from graph.datasets import DEFAULT_DATASET
+from pipeline.engine.allocator import keep_freed_memory
 from pipeline.engine.device import resolve_device
 from pipeline.run.checkpoint import CHECKPOINT_NAME, dataset_fingerprint, load_checkpoint
 from pipeline.run.trainer import evaluate_checkpoint
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     add_data_arguments(parser, DEFAULT_DATASET)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    keep_freed_memory()
     events = load_data(args)
     path = Path(args.run) / CHECKPOINT_NAME
     ckpt = load_checkpoint(path, None, dataset_fingerprint(events))

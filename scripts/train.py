@@ -25,6 +25,7 @@ from common.errors import UserError
 from graph.datasets import DEFAULT_DATASET
 from graph.events import EventStream
 from pipeline.engine.device import resolve_device
+from pipeline.engine.allocator import keep_freed_memory
 from pipeline.engine.threads import configure_threads
 from pipeline.run.checkpoint import CHECKPOINT_NAME
 from pipeline.run.config import MODES, RunConfig, apply_overrides, load_config, parse_settings
@@ -142,6 +143,7 @@ def train_as(world: LocalWorld, args: argparse.Namespace, cfg: RunConfig, events
     out = Path(args.out) if world.rank == 0 else Path(args.out) / f"rank{world.rank}"
     out_dir = prepare_run_dir(out, resume=args.resume, overwrite=args.overwrite)
     configure_threads(args.threads)
+    keep_freed_memory()
     return train(cfg, events, out_dir, device, args.seed, resume=args.resume, stop=stop_on_signals(),
                  show_progress=not args.no_progress and world.rank == 0, world=world)
 

@@ -62,11 +62,13 @@ def test_compare_alternates_systems_and_reports_ratios_of_the_means(benchmark, m
     monkeypatch.setattr(benchmark, "launch_compare_run", fake_run)
     out = tmp_path / "compare.json"
     assert benchmark.main(["compare", "--cases", "uci", "--repeat", "2", "--out", str(out)]) == 0
-    assert launched == ["ours", "pyg", "ours", "pyg"]
+    assert launched == ["ours", "pyg", "pyg+keep-freed"] * 2
     results = json.loads(out.read_text())
-    ours, pyg = results["results"]
-    assert ours["events_per_s_runs"] == [3001.0, 3003.0] and pyg["events_per_s_runs"] == [2002.0, 2004.0]
-    assert ours["events_per_s_vs_pyg"] == pytest.approx(3002.0 / 2003.0)
+    ours, pyg, pyg_keep_freed = results["results"]
+    assert [row["system"] for row in results["results"]] == ["ours", "pyg", "pyg+keep-freed"]
+    assert ours["events_per_s_runs"] == [3001.0, 3004.0] and pyg["events_per_s_runs"] == [2002.0, 2005.0]
+    assert ours["events_per_s_vs_pyg"] == pytest.approx(3002.5 / 2003.5)
+    assert pyg_keep_freed["events_per_s_vs_pyg"] == pytest.approx(2004.5 / 2003.5)
     assert ours["peak_rss_vs_pyg"] == pytest.approx(1.2) and pyg["peak_rss_vs_pyg"] == 1.0
     assert results["torch_threads"] == 2 and results["versions"]["torch_geometric"] == "x"
     assert results["command"] == " ".join(sys.argv)
