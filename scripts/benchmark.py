@@ -28,12 +28,13 @@ memory counts as stable (`memory_stable`) when the last epoch's RSS is within 5%
 `compare`: this project's TGN (sequential mode) against a PyTorch Geometric TGN written after PyG's
 examples/tgn.py (scripts/pyg_reference.py; needs `pip install -e .[bench]`), on the same events, split and
 negatives, with the same dimensions, neighbours, epochs and threads. Every run is a fresh process (the
-internal `compare-run` subcommand, alternating ours, PyG, PyG+keep-freed, ours, ...), so its peak RSS is
-its own: training events/s, peak RSS, the RSS training added, test AP (ours: of the best epoch by
-validation AP, as the trainer reports it; PyG: after the last epoch), and the ratios to PyG of the means.
-Ours runs with the allocator policy scripts/train.py sets (pipeline/engine/allocator.py); `pyg` runs as
-PyG's users run it, and `pyg+keep-freed` with the same policy, so the table separates what the policy
-gives from what the rest of our training step does. `other_cpu_load`
+internal `compare-run` subcommand, one system after the other, then again), so its peak RSS is its own:
+training events/s, peak RSS, the RSS training added, test AP (ours: of the best epoch by validation AP, as
+the trainer reports it; PyG: after the last epoch), page faults and kernel CPU seconds of the whole run,
+and the ratios to PyG of the means. Each system runs twice over: `ours` with the allocator policy
+scripts/train.py sets (pipeline/engine/allocator.py) and `ours-malloc-defaults` without it; `pyg` as PyG's
+users run it and `pyg+keep-freed` with our policy. So the table separates what the policy gives from what
+the rest of the training step does. `other_cpu_load`
 is how many cores other processes kept busy during a run: well above 0 on a 2-core machine, the run was
 slowed by them and its events/s should not be trusted.
 
@@ -126,8 +127,11 @@ SOAK_TABLE = ["epoch", "rss_mb", "peak_rss_mb", "epoch_s", "test_ap"]
 SOAK_GROWTH_FRACTION = 0.05  # the last epoch's RSS may exceed epoch 2's by this share ...
 SOAK_GROWTH_MB = 50.0  # ... or by this many MB, whichever is larger
 
-# this project as scripts/train.py runs it; PyG's reference as its users run it; the same with our allocator policy
-COMPARE_SYSTEMS = ("ours", "pyg", "pyg+keep-freed")
+# system -> (this project's trainer, not PyG's reference; freed memory kept for reuse): ours as scripts/train.py
+# runs it and with glibc's default allocator, PyG's reference as its users run it and with our allocator policy
+COMPARE_SYSTEMS: dict[str, tuple[bool, bool]] = {
+    "ours": (True, True), "ours-malloc-defaults": (True, False), "pyg": (False, False), "pyg+keep-freed": (False, True),
+}
 COMPARE_CASES: dict[str, dict] = {  # case -> data, random edge feature width, batch size, our config
     "uci": {"data": "uci", "edge_feat_dim": 0, "batch_size": 200, "config": "configs/dyglib/tgn.yml"},
     "wikipedia172": {"data": "wikipedia", "edge_feat_dim": 172, "batch_size": 600, "config": "configs/tgn.yml"},
@@ -137,7 +141,7 @@ BREAKDOWN_TABLE = ["case", "events_per_s", *(f"{stage}_ms" for stage in STAGES),
 COMPARE_DIM = 100  # memory, time encoding and embedding width on both sides
 COMPARE_NEIGHBOURS = 10  # most recent neighbours attended to, on both sides
 COMPARE_TABLE = ["case", "system", "events_per_s", "events_per_s_vs_pyg", "peak_rss_mb", "peak_rss_vs_pyg",
-                 "train_rss_mb", "test_ap", "val_ap", "other_cpu_load"]
+                 "train_rss_mb", "test_ap", "val_ap", "page_faults", "kernel_cpu_s", "other_cpu_load"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -219,7 +223,7 @@ def add_compare_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="JSON file for the results")
     parser.set_defaults(run=benchmark_compare, table=COMPARE_TABLE)
     run = commands.add_parser("compare-run")  # internal: no help, so it is not listed
-    run.add_argument("--system", choices=COMPARE_SYSTEMS, required=True)
+    run.add_argument("--system", choices=list(COMPARE_SYSTEMS), required=True)
     run.add_argument("--case", choices=list(COMPARE_CASES), required=True)
     add_compare_arguments(run)
     run.set_defaults(run=compare_run, table=None, out=None)
@@ -585,26 +589,31 @@ def compare_run(args: argparse.Namespace) -> dict:
     lines go to stderr, so stdout carries only the result line `main` prints."""
     if args.epochs < 1 or (args.max_events is not None and args.max_events < 1):
         raise UserError(f"--epochs and --max-events must be positive, got {args.epochs} and {args.max_events}")
-    if args.system != "ours":
+    ours, keeps_freed = COMPARE_SYSTEMS[args.system]
+    if not ours:
         pyg_reference.require_pyg()
     case = COMPARE_CASES[args.case]
     events = compare_events(case, args.max_events, args.seed)
-    if args.system == "ours":
-        configure_process(args.threads)
+    if ours:
+        configure_threads(args.threads)
     else:
         torch.set_num_threads(args.threads)
-        if args.system == "pyg+keep-freed":
-            keep_freed_memory()
+    if keeps_freed:
+        keep_freed_memory()
     gc.collect()
     before_mb = resident_mb()
     began, busy_before, own_before = time.perf_counter(), busy_cpu_s(), own_cpu_s()
+    usage_before = resource.getrusage(resource.RUSAGE_SELF)
     with contextlib.redirect_stdout(sys.stderr):
-        results = (train_ours if args.system == "ours" else train_pyg)(case, events, args)
+        results = (train_ours if ours else train_pyg)(case, events, args)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     other_cpu_s = (busy_cpu_s() - busy_before) - (own_cpu_s() - own_before)
     peak_mb = peak_resident_mb()
     return {"system": args.system, "case": args.case, "dataset": events.name, "num_events": events.num_events,
             "torch_threads": torch.get_num_threads(), **results, "rss_before_training_mb": before_mb,
             "peak_rss_mb": peak_mb, "train_rss_mb": peak_mb - before_mb,
+            "page_faults": usage.ru_minflt - usage_before.ru_minflt,
+            "kernel_cpu_s": usage.ru_stime - usage_before.ru_stime,
             "other_cpu_load": max(other_cpu_s, 0.0) / (time.perf_counter() - began)}
 
 
@@ -624,7 +633,8 @@ def launch_compare_run(system: str, case: str, args: argparse.Namespace) -> dict
 def summarize_system(runs: list[dict]) -> dict:
     """Means and per-run lists of one system's runs of one case."""
     summary = {}
-    for key in ("train_events_per_s", "peak_rss_mb", "train_rss_mb", "test_ap", "val_ap", "other_cpu_load"):
+    for key in ("train_events_per_s", "peak_rss_mb", "train_rss_mb", "test_ap", "val_ap", "page_faults",
+                "kernel_cpu_s", "other_cpu_load"):
         values = [run[key] for run in runs]
         name = "events_per_s" if key == "train_events_per_s" else key
         summary[name], summary[f"{name}_runs"] = statistics.mean(values), values
