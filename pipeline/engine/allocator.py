@@ -4,8 +4,13 @@ A training step allocates and frees the same large tensors every batch (per-edge
 few MB each). glibc's malloc serves blocks above its mmap threshold with fresh `mmap` pages and unmaps
 them on free, so every batch page-faults its whole working set back in: about 5,000 faults and 18 ms of
 kernel time per Wikipedia batch of 600 events (`benchmarks/compare_pyg_tgn.json` measures the effect).
-Raising the mmap and trim thresholds keeps those pages in the heap, where the next batch reuses them;
-the process keeps its peak heap resident instead of shrinking between batches.
+Raising the mmap and trim thresholds keeps those pages in the heap, where the next batch reuses them.
+
+A heap kept this way holds on to its peak, and glibc gives threads heaps (arenas) of their own, up to 8
+per core. The runner starts new stage threads every epoch, which may land on arenas not used before, so
+with unlimited arenas the resident memory grew epoch after epoch (`scripts/benchmark.py soak`: 859 to
+1,055 MB over 4 UCI epochs). Two arenas bound it to about two peaks (832 to 845 MB), and the stage threads
+make a few hundred allocations per batch, too few to queue on two locks.
 """
 from __future__ import annotations
 
@@ -19,15 +24,18 @@ logger = logging.getLogger(__name__)
 # mallopt(3) parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 # The largest mmap threshold glibc accepts on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX): blocks above it stay mmapped.
 MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
 # Free heap memory above this is returned to the system.
 TRIM_THRESHOLD = 1024 * 1024 * 1024
+ARENAS = 2
 
 
 def keep_freed_memory() -> bool:
-    """Make glibc's malloc reuse freed blocks up to 32 MB instead of unmapping them; return whether it did
-    (False where the C library is not glibc: there the allocator is left as it is)."""
+    """Make glibc's malloc reuse freed blocks up to 32 MB instead of unmapping them, in at most two arenas;
+    return whether it did (False where the C library is not glibc: there the allocator is left as it is).
+    Call it before starting threads: arenas that already exist stay."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -37,4 +45,5 @@ def keep_freed_memory() -> bool:
         logger.debug("no glibc mallopt; keeping the allocator's defaults")
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    settings = ((M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_ARENA_MAX, ARENAS))
+    return all([bool(mallopt(option, value)) for option, value in settings])
