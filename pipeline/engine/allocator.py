@@ -9,9 +9,10 @@ the heap, where the next batch reuses them: 80,000 faults and 1.1 s.
 
 A heap kept this way holds on to its peak, and glibc gives threads heaps (arenas) of their own, up to 8
 per core. The runner starts new stage threads every epoch, which may land on arenas not used before, so
-with unlimited arenas the resident memory grew epoch after epoch (`scripts/benchmark.py soak`: 859 to
-1,055 MB over 4 UCI epochs). Two arenas bound it to about two peaks (832 to 845 MB), and the stage threads
-make a few hundred allocations per batch, too few to queue on two locks.
+with unlimited arenas the resident memory grew epoch after epoch (`scripts/benchmark.py soak`, 4 UCI
+epochs: 859 to 1,055 MB, measured while writing this). Two arenas bound it to about two peaks (822 to
+835 MB, `benchmarks/soak_uci_tgn.json`), and the stage threads make a few hundred allocations per batch,
+too few to queue on two locks.
 """
 from __future__ import annotations
 
