@@ -9,6 +9,9 @@ traceback, and an exit code that says what kind of failure it was. Scripts impor
 
 With the environment variable MSPIPE_DEBUG=1 the full traceback is printed before the error line.
 Any other exception is a bug and propagates with Python's own traceback (exit 1).
+
+It also holds what the scripts share besides: the data arguments and loading, and `configure_process`,
+the process settings (allocator, torch threads) every training entry point applies.
 """
 from __future__ import annotations
 
@@ -25,11 +28,21 @@ from common.errors import UserError, one_line  # noqa: E402
 from graph.datasets import load_dataset  # noqa: E402  (after DGLBACKEND, before anything imports dgl)
 from graph.events import EventStream  # noqa: E402
 from graph.loaders import parse_columns  # noqa: E402
+from pipeline.engine.allocator import keep_freed_memory  # noqa: E402
+from pipeline.engine.threads import ThreadPlan, configure_threads  # noqa: E402
 
 FAILURE_EXIT = 1
 USER_ERROR_EXIT = 2
 INTERRUPT_EXIT = 130
 DEBUG_ENV = "MSPIPE_DEBUG"
+
+
+def configure_process(threads: int | None) -> ThreadPlan:
+    """The process settings every training entry point applies before its stage threads start: the
+    allocator policy (pipeline/engine/allocator.py), then torch's thread counts (`threads`, default: the
+    available cores)."""
+    keep_freed_memory()
+    return configure_threads(threads)
 
 
 def debug_enabled() -> bool:

@@ -79,7 +79,7 @@ import numpy as np
 import torch
 
 import pyg_reference
-from _cli import add_data_arguments, load_data
+from _cli import add_data_arguments, configure_process, load_data
 from common.errors import UserError
 from graph.datasets import load_dataset
 from graph.events import EventStream, event_stream_from_raw
@@ -89,7 +89,7 @@ from graph.synthetic import with_random_edge_features
 from pipeline.engine.runner import STAGES
 from pipeline.engine.stages import TRAIN_STEP_PARTS, LinkPredictionStages
 from pipeline.engine.allocator import keep_freed_memory
-from pipeline.engine.threads import ThreadPlan, available_cores, configure_threads
+from pipeline.engine.threads import available_cores, configure_threads
 from pipeline.run.checkpoint import CHECKPOINT_NAME
 from pipeline.run.config import MODES, apply_overrides, load_config, parse_settings
 from pipeline.run.setup import build_setup, training_stages
@@ -683,12 +683,6 @@ def benchmark_compare(args: argparse.Namespace) -> dict:
         "command": " ".join(sys.argv), "commit": git_commit(),
         "results": rows,
     }
-
-
-def configure_process(threads: int | None) -> ThreadPlan:
-    """Torch threads and the allocator policy of this process, as scripts/train.py sets them."""
-    keep_freed_memory()
-    return configure_threads(threads)
 
 
 def timed_stages(stages: LinkPredictionStages, batch: int) -> list[float]:

@@ -17,7 +17,7 @@ import signal
 import threading
 from pathlib import Path
 
-from _cli import add_data_arguments, load_data, run_cli
+from _cli import add_data_arguments, configure_process, load_data, run_cli
 
 import torch
 
@@ -25,8 +25,6 @@ from common.errors import UserError
 from graph.datasets import DEFAULT_DATASET
 from graph.events import EventStream
 from pipeline.engine.device import resolve_device
-from pipeline.engine.allocator import keep_freed_memory
-from pipeline.engine.threads import configure_threads
 from pipeline.run.checkpoint import CHECKPOINT_NAME
 from pipeline.run.config import MODES, RunConfig, apply_overrides, load_config, parse_settings
 from pipeline.run.distributed import DEFAULT_TIMEOUT_S, LocalWorld, init_world
@@ -142,8 +140,7 @@ def train_as(world: LocalWorld, args: argparse.Namespace, cfg: RunConfig, events
     """Train as this process's part of `world`: rank 0 writes --out, rank r > 0 its own copy in rank<r>/."""
     out = Path(args.out) if world.rank == 0 else Path(args.out) / f"rank{world.rank}"
     out_dir = prepare_run_dir(out, resume=args.resume, overwrite=args.overwrite)
-    configure_threads(args.threads)
-    keep_freed_memory()
+    configure_process(args.threads)
     return train(cfg, events, out_dir, device, args.seed, resume=args.resume, stop=stop_on_signals(),
                  show_progress=not args.no_progress and world.rank == 0, world=world)
 
