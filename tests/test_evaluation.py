@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from pipeline.run.evaluation import batch_mean_metrics, ranking_metrics
+from pipeline.run.evaluation import batch_mean_metrics, event_subsets, ranking_metrics, split_metrics
 
 
 def test_perfect_and_inverted_scores():
@@ -43,3 +43,17 @@ def test_batch_means_ignore_score_drift_between_batches():
     neg = np.array([[0.0], [0.5], [10.0], [10.5]])
     assert batch_mean_metrics(pos, neg, 2) == {"ap": 1.0, "auc": 1.0}
     assert ranking_metrics(pos, neg)["auc"] < 1.0
+
+
+def test_split_metrics_score_each_subset_on_its_own_events_and_negatives():
+    rng = np.random.default_rng(2)
+    indices = np.arange(100, 160)
+    pos, neg = rng.normal(1, 1, 60), rng.normal(0, 1, (60, 1))
+    repeated = np.zeros(200, dtype=bool)
+    repeated[indices[::3]] = True
+    subsets = event_subsets(indices, inductive=indices[:10], repeated=repeated)
+    assert subsets["repeat"].sum() == 20 and np.array_equal(subsets["new"], ~subsets["repeat"])
+    metrics = split_metrics("test", pos, neg, {"random": slice(0, 1)}, 200, subsets)
+    for name, mask in subsets.items():
+        assert metrics[f"test_{name}_ap"] == ranking_metrics(pos[mask], neg[mask])["ap"]
+    assert metrics["test_repeat_ap"] != metrics["test_new_ap"]

@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from graph.events import EventStream
+from graph.events import EventStream, repeated_pairs
 from graph.split import chronological_split
 from models.edgebank import EdgeBank
 from pipeline.run.config import RunConfig
-from pipeline.run.evaluation import ranking_summary, ranks_against_candidates, split_metrics
+from pipeline.run.evaluation import event_subsets, ranking_summary, ranks_against_candidates, split_metrics
 from pipeline.run.ranking import true_destinations
 from pipeline.run.reporting import RunLog
 from pipeline.run.setup import negative_columns, require_every_part, split_negatives
@@ -73,12 +73,13 @@ def run_baseline(cfg: RunConfig, events: EventStream, out_dir: Path, seed: int) 
                                 inductive_ratio=cfg.eval.inductive_ratio, seed=seed)
     require_every_part(events, split)
     bank = edgebank_for(cfg, events, float(events.t[split.train[-1]]))
+    repeated = repeated_pairs(events)
     metrics = {}
     for name, indices, inductive in (("val", split.val, split.val_inductive), ("test", split.test, split.test_inductive)):
         negatives = split_negatives(cfg, events, split, seed, name, indices)
         pos, neg = score_split(bank, cfg, events, indices, negatives)
         metrics.update(split_metrics(name, pos, neg, negative_columns(cfg), cfg.eval.batch_size,
-                                     np.isin(indices, inductive)))
+                                     event_subsets(indices, inductive, repeated)))
         if cfg.eval.ranking == "all":
             started = time.perf_counter()
             ranks = rank_all_destinations(bank, cfg, events, indices)

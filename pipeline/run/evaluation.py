@@ -41,10 +41,11 @@ def batch_mean_metrics(pos: np.ndarray, neg: np.ndarray, batch_size: int) -> dic
 
 
 def split_metrics(name: str, pos: np.ndarray, neg: np.ndarray, columns: dict[str, slice], batch_size: int,
-                  is_inductive: np.ndarray) -> dict[str, float]:
+                  subsets: dict[str, np.ndarray]) -> dict[str, float]:
     """Every metric of a split's scores, for each negative strategy's columns of `neg`: over the whole split
-    (`test_ap`), as DyGLib's batch means (`test_batch_ap`) and on the inductive events (`test_inductive_ap`).
-    Random negatives give the plain names; the other strategies' names end in `@strategy`."""
+    (`test_ap`), as DyGLib's batch means (`test_batch_ap`) and on each masked subset of its events
+    (`subsets["inductive"]` gives `test_inductive_ap`). Random negatives give the plain names; the other
+    strategies' names end in `@strategy`."""
     metrics = {}
     for strategy, where in columns.items():
         suffix = "" if strategy == "random" else f"@{strategy}"
@@ -52,9 +53,17 @@ def split_metrics(name: str, pos: np.ndarray, neg: np.ndarray, columns: dict[str
         metrics.update({f"{name}_{key}{suffix}": value for key, value in ranking_metrics(pos, scored).items()})
         metrics.update({f"{name}_batch_{key}{suffix}": value
                         for key, value in batch_mean_metrics(pos, scored, batch_size).items()})
-        metrics.update({f"{name}_inductive_{key}{suffix}": value
-                        for key, value in ranking_metrics(pos[is_inductive], scored[is_inductive]).items()})
+        for subset, mask in subsets.items():
+            metrics.update({f"{name}_{subset}_{key}{suffix}": value
+                            for key, value in ranking_metrics(pos[mask], scored[mask]).items()})
     return metrics
+
+
+def event_subsets(indices: np.ndarray, inductive: np.ndarray, repeated: np.ndarray) -> dict[str, np.ndarray]:
+    """Masks over a split's events (`indices`): `inductive` (an endpoint held out of training), `repeat`
+    (its endpoints interacted before, per the stream-wide `repeated` mask) and `new` (they had not)."""
+    repeat = repeated[indices]
+    return {"inductive": np.isin(indices, inductive), "repeat": repeat, "new": ~repeat}
 
 
 def ranks_against_candidates(pos: np.ndarray, candidates: np.ndarray, excluded: np.ndarray) -> np.ndarray:

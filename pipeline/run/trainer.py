@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from common.errors import ConfigError
-from graph.events import EventStream
+from graph.events import EventStream, repeated_pairs
 from pipeline.run.baselines import BASELINES, run_baseline
 from pipeline.run.checkpoint import (
     CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint, save_checkpoint,
@@ -27,7 +27,7 @@ from pipeline.engine.runner import STAGES, RunStats, run_batches
 from pipeline.engine.stages import LinkPredictionStages
 from pipeline.run.config import RunConfig, validate_config
 from pipeline.run.distributed import LocalWorld
-from pipeline.run.evaluation import ranking_summary, split_metrics
+from pipeline.run.evaluation import event_subsets, ranking_summary, split_metrics
 from pipeline.run.ranking import CandidateRanker
 from pipeline.run.reporting import RunLog
 from pipeline.run.setup import RunSetup, build_setup, evaluation_stages, negative_columns, training_stages
@@ -80,7 +80,7 @@ def evaluate(setup: RunSetup, name: str, indices: np.ndarray, inductive: np.ndar
     pos, neg = setup.world.split_scores(np.concatenate(setup.eval_positions(len(indices))),
                                         np.concatenate(stages.step.pos_scores), np.concatenate(stages.step.neg_scores))
     metrics = split_metrics(name, pos, neg, negative_columns(setup.cfg), setup.cfg.eval.batch_size,
-                            np.isin(indices, inductive))
+                            event_subsets(indices, inductive, repeated_pairs(setup.events)))
     if ranker is not None:
         metrics.update({f"{name}_{key}_all": value for key, value in ranking_summary(ranker.all_ranks()).items()})
         metrics[f"{name}_ranking_s"] = time.perf_counter() - started
