@@ -48,6 +48,8 @@ def test_edgebank_runs_through_train_and_reports_every_strategy(uci_events, tmp_
         assert 0.0 <= saved[key] <= 1.0
     # UCI's messages recur: remembering pairs ranks positives above random negatives
     assert saved["test_ap"] > 0.6
+    # a pair it has never seen scores 0, so on new pairs no positive ranks above its negative
+    assert saved["test_new_auc"] <= 0.5 < saved["test_ap"] < saved["test_repeat_ap"]
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
