@@ -120,8 +120,9 @@ TRAIN_VARIANTS: dict[str, dict] = {  # variant name -> config overrides
 }
 TRAIN_TABLE = ["variant", "events_per_s", "speedup", "ideal_speedup", "test_ap", "k", "staleness_mean",
                "staleness_max", "train_busy", *(f"{stage}_ms" for stage in STAGES)]
-ACCURACY_TABLE = ["config", "variant", "dataset", "seeds", "test_ap_mean", "test_ap@historical_mean", "test_ap@inductive_mean",
-                  "test_auc_mean", "test_auc@historical_mean", "test_auc@inductive_mean", "test_mrr_all_mean"]
+ACCURACY_TABLE = ["config", "variant", "dataset", "seeds", "val_ap_mean", "test_ap_mean", "test_ap@historical_mean",
+                  "test_ap@inductive_mean", "test_auc_mean", "test_auc@historical_mean", "test_auc@inductive_mean",
+                  "test_mrr_all_mean", "val_repeat_ap_mean", "test_repeat_ap_mean", "val_new_ap_mean", "test_new_ap_mean"]
 ATTENTION_TABLE = ["roots", "edges", "dgl_ms", "torch_ms", "torch_over_dgl"]
 SOAK_TABLE = ["epoch", "rss_mb", "peak_rss_mb", "epoch_s", "test_ap"]
 SOAK_GROWTH_FRACTION = 0.05  # the last epoch's RSS may exceed epoch 2's by this share ...
@@ -784,7 +785,7 @@ def run_summary(results: dict) -> dict:
 
 def benchmark_accuracy(args: argparse.Namespace) -> dict:
     """Every (config, dataset, seed) trained to its best validation epoch, `--jobs` at a time, with the
-    mean and standard deviation over seeds of every test metric."""
+    mean and standard deviation over seeds of every validation and test metric."""
     variants = [parse_variant(text) for text in args.variant] or [("", [])]
     plan = [(config, variant, data, int(seed)) for config in args.configs.split(",") for variant in variants
             for data in args.data.split(",") for seed in args.seeds.split(",")]
@@ -795,7 +796,7 @@ def benchmark_accuracy(args: argparse.Namespace) -> dict:
         group = [run for run in runs if (run["config"], run["variant"], run["dataset"]) == (config, name, data)]
         row = {"config": Path(config).stem, "variant": name, "overrides": overrides, "model": group[0]["model"],
                "dataset": data, "seeds": len(group)}
-        for key in sorted({key for run in group for key in run if key.startswith("test_")}):
+        for key in sorted({key for run in group for key in run if key.startswith(("val_", "test_"))}):
             values = [run[key] for run in group]
             row[f"{key}_mean"], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
         summary.append(row)

@@ -138,6 +138,7 @@ def test_accuracy_runs_every_variant_through_train_overrides_and_groups_rows_by_
         seed, k = int(command[command.index("--seed") + 1]), 16 if "pipeline.k=16" in command else 1
         (out / "results.json").write_text(json.dumps({
             "model": "tgn", "epochs": 1, "best_epoch": 0, "test_ap": 0.9 - 0.01 * k + 0.001 * seed,
+            "val_ap": 0.85 + 0.001 * seed,
             "staleness": {"mean_seen": k - 1.0}, "history": [{"mitigated_roots": 0}]}))
         return subprocess.CompletedProcess(command, 0, "", "")
 
@@ -154,6 +155,7 @@ def test_accuracy_runs_every_variant_through_train_overrides_and_groups_rows_by_
     rows = {row["variant"]: row for row in json.loads(out.read_text())["results"]}
     assert rows["sequential"]["test_ap_mean"] == pytest.approx(0.8905)
     assert rows["k16"]["test_ap_mean"] == pytest.approx(0.7405)
+    assert rows["k16"]["val_ap_mean"] == pytest.approx(0.8505) and "test_ap_std" in rows["k16"]
     assert rows["k16"]["overrides"] == ["pipeline.mode=fixed-k", "pipeline.k=16"]
     runs = json.loads(out.read_text())["runs"]
     assert sorted(run["staleness_mean_seen"] for run in runs) == [0.0, 0.0, 15.0, 15.0]

@@ -263,7 +263,7 @@ def _results(setup: RunSetup, state: TrainingState, mode: str) -> dict[str, Any]
             "val_ap", "val_auc", "test_ap", "test_auc", "val_inductive_ap", "val_inductive_auc",
             "test_inductive_ap", "test_inductive_auc", "val_batch_ap", "val_batch_auc", "test_batch_ap",
             "test_batch_auc")},
-        **{key: value for key, value in best.items() if key.endswith("_mrr") or "@" in key},
+        **best,
         "stage_time_s": stage_time,
         "staleness": {
             "k": float(np.mean([h["k_mean"] for h in history])) if history else 0.0,
