@@ -775,12 +775,13 @@ def accuracy_run(config: str, variant: tuple[str, list[str]], data: str, seed: i
 
 def run_summary(results: dict) -> dict:
     """What `accuracy` keeps of a run's results.json: its best epoch's metrics, and the staleness it trained
-    with (mean staleness seen, roots mitigated per epoch)."""
+    with (mean staleness seen, roots mitigated per epoch; None and [] for a baseline, which does not train)."""
     metrics = {key: value for key, value in results.items()
                if isinstance(value, float) and key.startswith(("val_", "test_"))}
+    staleness = results.get("staleness")
     return {"model": results["model"], "epochs": results["epochs"], "best_epoch": results["best_epoch"],
-            "staleness_mean_seen": results["staleness"]["mean_seen"],
-            "mitigated_roots": [epoch["mitigated_roots"] for epoch in results["history"]], **metrics}
+            "staleness_mean_seen": staleness["mean_seen"] if staleness else None,
+            "mitigated_roots": [epoch["mitigated_roots"] for epoch in results.get("history", [])], **metrics}
 
 
 def benchmark_accuracy(args: argparse.Namespace) -> dict:

@@ -166,3 +166,26 @@ def test_a_variant_without_a_name_or_with_a_bad_setting_is_refused(benchmark):
         benchmark.parse_variant("pipeline.k=16")
     with pytest.raises(UserError, match="--variant k16"):
         benchmark.parse_variant("k16:pipeline.k")
+
+
+def test_accuracy_summarises_a_baseline_that_does_not_train(benchmark, monkeypatch, tmp_path):
+    """EdgeBank's results.json has no staleness and no epoch history; its row still gets every metric."""
+    run = subprocess.run
+
+    def fake_baseline(command, **kwargs):
+        if command[0] == "git":
+            return run(command, **kwargs)
+        out = Path(command[command.index("--out") + 1])
+        out.mkdir(parents=True)
+        (out / "results.json").write_text(json.dumps({
+            "model": "edgebank", "epochs": 0, "best_epoch": -1, "val_ap": 0.72, "test_ap": 0.76,
+            "test_new_ap": 0.5}))
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(benchmark.subprocess, "run", fake_baseline)
+    out = tmp_path / "accuracy.json"
+    assert benchmark.main(["accuracy", "--configs", "configs/edgebank.yml", "--data", "uci", "--seeds", "0",
+                           "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["runs"][0]["staleness_mean_seen"] is None and saved["runs"][0]["mitigated_roots"] == []
+    assert saved["results"][0]["test_new_ap_mean"] == 0.5 and saved["results"][0]["val_ap_mean"] == 0.72
