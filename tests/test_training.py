@@ -38,8 +38,8 @@ def test_sequential_training_learns_and_writes_everything(events, tmp_path):
     assert results["test_ap"] > 0.65, "TGN must beat random on a stream with repeated interactions"
     saved = json.loads((tmp_path / "results.json").read_text())
     for key in ("model", "dataset", "mode", "epochs", "seed", "train_events_per_s", "epoch_time_s", "val_ap",
-                "val_auc", "test_ap", "test_auc", "test_inductive_ap", "stage_time_s", "staleness",
-                "pipeline_utilization"):
+                "val_auc", "test_ap", "test_auc", "test_inductive_ap", "test_repeat_ap", "test_new_ap",
+                "stage_time_s", "staleness", "pipeline_utilization"):
         assert key in saved
     assert set(saved["stage_time_s"]) == set(STAGES)
     assert saved["epochs"] == 3 and len(saved["epoch_time_s"]) == 3
