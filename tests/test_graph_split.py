@@ -104,7 +104,7 @@ def test_repeated_pairs_marks_every_later_meeting_of_two_nodes_in_either_directi
 
 
 def test_uci_test_period_repeats_more_pairs_than_validation(uci_events):
-    """The split property behind every model's higher test than validation AP on UCI."""
+    """A split property behind part of the models' higher test than validation AP on UCI."""
     split = chronological_split(uci_events, inductive_ratio=0.0)
     repeated = repeated_pairs(uci_events)
     assert repeated[split.val].mean() == pytest.approx(0.755, abs=0.002)

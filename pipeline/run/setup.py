@@ -8,12 +8,13 @@ with a plain store and model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
 
 from common.errors import DataError
-from graph.events import EventStream
+from graph.events import EventStream, repeated_pairs
 from graph.negatives import batch_seed, edge_negatives, eval_negatives, named_seed, sample_negatives
 from graph.split import Split, chronological_split
 from memory.store import MemoryStore
@@ -60,6 +61,11 @@ class RunSetup:
             self._eval_negatives[split_name] = split_negatives(self.cfg, self.events, self.split, self.seed,
                                                                split_name, indices)
         return self._eval_negatives[split_name]
+
+    @cached_property
+    def repeated_pairs(self) -> np.ndarray:
+        """`repeated_pairs` of the stream, computed once per run (every evaluation reads it)."""
+        return repeated_pairs(self.events)
 
     def eval_positions(self, num_events: int) -> list[np.ndarray]:
         """Positions in an evaluation split of `num_events` of this process's share of every batch."""

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from common.errors import ConfigError
-from graph.events import EventStream, repeated_pairs
+from graph.events import EventStream
 from pipeline.run.baselines import BASELINES, run_baseline
 from pipeline.run.checkpoint import (
     CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint, save_checkpoint,
@@ -80,7 +80,7 @@ def evaluate(setup: RunSetup, name: str, indices: np.ndarray, inductive: np.ndar
     pos, neg = setup.world.split_scores(np.concatenate(setup.eval_positions(len(indices))),
                                         np.concatenate(stages.step.pos_scores), np.concatenate(stages.step.neg_scores))
     metrics = split_metrics(name, pos, neg, negative_columns(setup.cfg), setup.cfg.eval.batch_size,
-                            event_subsets(indices, inductive, repeated_pairs(setup.events)))
+                            event_subsets(indices, inductive, setup.repeated_pairs))
     if ranker is not None:
         metrics.update({f"{name}_{key}_all": value for key, value in ranking_summary(ranker.all_ranks()).items()})
         metrics[f"{name}_ranking_s"] = time.perf_counter() - started
