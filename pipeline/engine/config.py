@@ -19,13 +19,26 @@ class MitigationConfig:
 
 
 @dataclass(frozen=True)
+class AutoConfig:
+    """`pipeline.auto`: the modes `auto` tries on the running job, batches per trial, trials per mode, and
+    how many batches the chosen mode runs before the trials run again."""
+
+    candidates: tuple[str, ...] = ("sequential", "presample", "mspipe")
+    trial_batches: int = 10
+    rounds: int = 2
+    recheck_every: int = 400
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """`pipeline`: the scheduler that runs the stages (`mode`, one of `SCHEDULERS`) and its parameters:
-    fixed-k's bound `k`; MSPipe's cap `k_max`, its sequential `warmup_batches` and `delayed_fetch`."""
+    fixed-k's bound `k`; MSPipe's cap `k_max`, its sequential `warmup_batches` and `delayed_fetch`; how
+    `auto` chooses among modes."""
 
-    mode: str = "mspipe"
+    mode: str = "auto"
     k: int = 2
     k_max: int = 8
     warmup_batches: int = 5
     delayed_fetch: bool = True
     mitigation: MitigationConfig = field(default_factory=MitigationConfig)
+    auto: AutoConfig = field(default_factory=AutoConfig)

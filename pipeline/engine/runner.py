@@ -12,12 +12,16 @@ class StageFunctions(Protocol):          # ctx: whatever sample(i) returns, pass
     def train(self, i, ctx) -> None
     def update_memory(self, i, ctx) -> None
 
-run_batches(num_batches, stages, scheduler, profiler=None, stop=None, on_batch_done=None) -> RunStats
+run_batches(num_batches, stages, scheduler, profiler=None, stop=None, on_batch_done=None,
+            host_policy=HostThreadPolicy()) -> RunStats
 ```
 
-Design: the scheduler's leading sequential batches (all of them for `Sequential`, the warm-up for
-`MSPipe`) run in the calling thread. The rest run with one worker thread per stage; each worker walks
-the batches in order, and all of them share one `Condition` over the pipeline state. A worker starts
+Design: the scheduler may split the batches into segments with a scheduler each (`pipeline.mode:
+auto` tries the modes that way); every segment runs as follows. The scheduler's leading sequential
+batches (all of them for `Sequential`, the warm-up for `MSPipe`) run in the calling thread. The rest
+run with one thread per stage: the train stage keeps the calling thread and every other stage gets a
+worker thread that keeps out of its way (`pipeline.engine.host_threads`). Each stage walks the batches
+in order, and all of them share one `Condition` over the pipeline state. A worker starts
 stage j of batch i when (docs/method.md §4):
 
 - stage j-1 of batch i has ended (sampling: fewer than `scheduler.max_in_flight` batches are between
@@ -39,8 +43,6 @@ non-daemon threads and are always joined before `run_batches` returns or raises.
 """
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +51,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from pipeline.engine.host_threads import HostThreadPolicy, keep_off_training, switch_interval
 from pipeline.engine.schedulers import Scheduler
 from pipeline.engine.profiler import STAGES, StageProfiler
 
@@ -58,7 +61,6 @@ HOST_TO_DEVICE = frozenset({"fetch_features", "fetch_memory"})
 
 # Longest a waiting thread sleeps before it looks again for a stop request or a failure.
 POLL_S = 0.05
-BACKGROUND_NICE = 10  # niceness of the non-train stage threads (see yield_cpu_to_training)
 
 
 class StageFunctions(Protocol):
@@ -159,6 +161,13 @@ class _Recorder:
         self.end[stage][batch] = end
         self.profiler.record(stage, end - start)
 
+    def seconds_per_batch(self, batches: range) -> float | None:
+        """The steady time per batch of `batches`: the span between their first and last train end over
+        the batches in between (a pipeline's fill and drain are not counted); None for fewer than 2."""
+        if len(batches) < 2:
+            return None
+        return (self.end["train"][batches.stop - 1] - self.end["train"][batches.start]) / (len(batches) - 1)
+
     def stats(self) -> RunStats:
         return RunStats(
             events=self.events, k=self.k, staleness=self.staleness, wall_s=self.now(),
@@ -189,8 +198,12 @@ def _run_sequential(stages: StageFunctions, batches: range, rec: _Recorder, stop
 class _Pipeline:
     """Shared state of the pipelined phase; every field is read and written under `cond`."""
 
-    def __init__(self, stages: StageFunctions, scheduler: Scheduler, batches: range, rec: _Recorder) -> None:
+    def __init__(self, stages: StageFunctions, scheduler: Scheduler, batches: range, rec: _Recorder,
+                 stop: threading.Event | None, on_batch_done: Callable[[int], None] | None) -> None:
         self.stages = stages
+        self.stop = stop
+        self.on_batch_done = on_batch_done
+        self.reported = batches.start  # on_batch_done has been called for the batches below this
         self.scheduler = scheduler
         self.batches = batches
         self.rec = rec
@@ -241,11 +254,10 @@ class _Pipeline:
             return None
         return 0.0
 
-    def work(self, stage: str) -> None:
-        """Run `stage` for every batch in order; on any exception record it and stop the run."""
+    def work(self, stage: str, after_batch: Callable[[], None] | None = None) -> None:
+        """Run `stage` for every batch in order, calling `after_batch` after each; on any exception record
+        it and stop the run."""
         i = self.batches.start
-        if stage != "train":
-            yield_cpu_to_training()
         try:
             for i in self.batches:
                 turn = self._begin(stage, i)
@@ -254,8 +266,16 @@ class _Pipeline:
                 ctx, staleness, start = turn
                 ctx, seen = call_stage(self.stages, stage, i, ctx, staleness)
                 self._finish(stage, i, ctx, start, self.rec.now(), seen)
+                if after_batch is not None:
+                    after_batch()
         except BaseException as err:
             self._fail(annotate(err, stage, i))
+
+    def work_in_thread(self, stage: str, policy: HostThreadPolicy) -> None:
+        """`work` in a stage thread of its own; a host stage's thread first keeps out of training's way."""
+        if stage != "train":
+            keep_off_training(policy)
+        self.work(stage)
 
     def _begin(self, stage: str, i: int) -> tuple[Any, int, float] | None:
         """Wait for the turn of `stage` on batch i and mark it started: (context, staleness, start time).
@@ -264,7 +284,7 @@ class _Pipeline:
         """
         with self.cond:
             while True:
-                if self.aborted:
+                if self.aborted or self.stopped():
                     return None
                 now = self.rec.now()
                 delay = self._delay(stage, i, now)
@@ -305,68 +325,84 @@ class _Pipeline:
             self.aborted = True
             self.cond.notify_all()
 
-    def supervise(self, stop: threading.Event | None, on_batch_done: Callable[[int], None] | None) -> None:
-        """In the calling thread: report finished batches until all are done or a stage failed; raise
-        KeyboardInterrupt when `stop` is set."""
-        reported = self.batches.start
-        while reported < self.batches.stop:
+    def stopped(self) -> bool:
+        """Whether the caller asked the run to stop."""
+        return self.stop is not None and self.stop.is_set()
+
+    def report_finished(self) -> None:
+        """In the calling thread: `on_batch_done` for every batch whose update ended since the last call."""
+        with self.cond:
+            finished = self.done["update_memory"]
+        if self.on_batch_done is not None:
+            for i in range(self.reported, finished):
+                self.on_batch_done(i)
+        self.reported = finished
+
+    def finish_reporting(self) -> None:
+        """In the calling thread, after its last train step: report the remaining updates as they end,
+        until all have, a stage failed or a stop was asked for."""
+        while self.reported < self.batches.stop:
             with self.cond:
-                self.cond.wait_for(lambda: self.failure is not None or self.done["update_memory"] > reported,
-                                   timeout=POLL_S)
-                finished, failure = self.done["update_memory"], self.failure
-            if failure is not None:
-                return
-            if on_batch_done is not None:
-                for i in range(reported, finished):
-                    on_batch_done(i)
-            reported = finished
-            if stop is not None and stop.is_set():
-                raise KeyboardInterrupt
-
-
-def yield_cpu_to_training() -> None:
-    """Lower the calling stage thread's CPU priority (Linux), so that on a machine with few cores the
-    compute-bound train stage keeps its cores and the other stages fill the gaps it leaves. Training
-    still never starves them for long: they need a few percent of the time and CFS gives a niced thread
-    about a tenth of a contended core."""
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-        except OSError:
-            pass
+                self.cond.wait_for(lambda: self.aborted or self.stopped()
+                                   or self.done["update_memory"] > self.reported, timeout=POLL_S)
+                if self.aborted or self.stopped():
+                    return
+            self.report_finished()
 
 
 def _run_pipelined(stages: StageFunctions, scheduler: Scheduler, batches: range, rec: _Recorder,
-                   stop: threading.Event | None, on_batch_done: Callable[[int], None] | None) -> None:
-    """One worker thread per stage over `batches`; always joins them before returning or raising."""
-    pipeline = _Pipeline(stages, scheduler, batches, rec)
-    workers = [threading.Thread(target=pipeline.work, args=(stage,), name=f"pipeline-{stage}", daemon=False)
-               for stage in STAGES]
-    for worker in workers:
-        worker.start()
-    try:
-        pipeline.supervise(stop, on_batch_done)
-    finally:
-        pipeline.abort()
+                   stop: threading.Event | None, on_batch_done: Callable[[int], None] | None,
+                   policy: HostThreadPolicy) -> None:
+    """One thread per stage; the train stage's is the calling thread unless `policy` says otherwise.
+    Always joins the stage threads before returning or raising."""
+    pipeline = _Pipeline(stages, scheduler, batches, rec, stop, on_batch_done)
+    threaded = [stage for stage in STAGES if stage != "train" or not policy.train_in_caller]
+    workers = [threading.Thread(target=pipeline.work_in_thread, args=(stage, policy), name=f"pipeline-{stage}",
+                                daemon=False) for stage in threaded]
+    with switch_interval(policy.switch_interval_s):
         for worker in workers:
-            worker.join()
+            worker.start()
+        try:
+            if policy.train_in_caller:
+                pipeline.work("train", after_batch=pipeline.report_finished)
+            pipeline.finish_reporting()
+        finally:
+            pipeline.abort()
+            for worker in workers:
+                worker.join()
     if pipeline.failure is not None:
         raise pipeline.failure
+    if pipeline.stopped():
+        raise KeyboardInterrupt
+
+
+def _run_segment(stages: StageFunctions, scheduler: Scheduler, batches: range, rec: _Recorder,
+                 stop: threading.Event | None, on_batch_done: Callable[[int], None] | None,
+                 policy: HostThreadPolicy) -> None:
+    """`batches` under one scheduler: its leading sequential batches, then the pipeline."""
+    warmup = batches.start + scheduler.sequential_batches(len(batches), rec.profiler)
+    _run_sequential(stages, range(batches.start, warmup), rec, stop, on_batch_done)
+    if warmup < batches.stop:
+        _run_pipelined(stages, scheduler, range(warmup, batches.stop), rec, stop, on_batch_done, policy)
 
 
 def run_batches(num_batches: int, stages: StageFunctions, scheduler: Scheduler, profiler: StageProfiler | None = None,
-                stop: threading.Event | None = None,
-                on_batch_done: Callable[[int], None] | None = None) -> RunStats:
+                stop: threading.Event | None = None, on_batch_done: Callable[[int], None] | None = None,
+                host_policy: HostThreadPolicy = HostThreadPolicy()) -> RunStats:
     """Run all five stages of batches 0..num_batches-1 as `scheduler` schedules them; return the measurements.
 
-    `profiler` (a fresh one if None) is updated with every stage event and read by the scheduler.
+    `profiler` (a fresh one if None) is updated with every stage event and read by the scheduler. The
+    scheduler may split the batches into segments, each run under a scheduler of its choice
+    (`Scheduler.segment`), and is told each segment's time per batch (`Scheduler.segment_done`).
     """
     profiler = profiler if profiler is not None else StageProfiler()
     rec = _Recorder(num_batches, profiler)
     if stop is not None and stop.is_set():
         raise KeyboardInterrupt
-    warmup = scheduler.sequential_batches(num_batches, profiler)
-    _run_sequential(stages, range(warmup), rec, stop, on_batch_done)
-    if warmup < num_batches:
-        _run_pipelined(stages, scheduler, range(warmup, num_batches), rec, stop, on_batch_done)
+    start = 0
+    while start < num_batches:
+        segment, end = scheduler.segment(start, num_batches)
+        _run_segment(stages, segment, range(start, end), rec, stop, on_batch_done, host_policy)
+        scheduler.segment_done(segment, range(start, end), rec.seconds_per_batch(range(start, end)))
+        start = end
     return rec.stats()

@@ -19,6 +19,8 @@ Modes:
 - `MSPipe`: warm-up batches run sequentially to measure stage times, then every batch gets the minimal
   bound computed online (`pipeline.engine.profiler.minimal_staleness`), and the memory fetch is delayed to the
   latest start that still has it ready when training is due, so it sees every update finished by then.
+- `Auto`: tries the candidate modes on the running job, a few batches each, keeps the fastest and tries
+  again now and then (the runner runs each of its segments under the mode it names).
 
 `SCHEDULERS` holds a factory per mode, called with the config's `pipeline` section; `pipeline.mode`
 selects one by name, and a new scheduler is a `Scheduler` subclass plus a registered factory.
@@ -73,6 +75,13 @@ class Scheduler:
                            profiler: StageProfiler) -> float:
         """When a memory fetch whose bound is met starts (seconds on the run's clock); default: now."""
         return now
+
+    def segment(self, start: int, num_batches: int) -> tuple[Scheduler, int]:
+        """The scheduler that runs batches `start` up to the returned end; default: itself, all the rest."""
+        return self, num_batches
+
+    def segment_done(self, scheduler: Scheduler, batches: range, seconds_per_batch: float | None) -> None:
+        """What a segment measured: its steady time per batch (None: too few batches to tell)."""
 
 
 class Sequential(Scheduler):
@@ -157,6 +166,62 @@ class MSPipe(Scheduler):
                                    profiler.tau("train"), profiler.tau("fetch_memory"))
 
 
+class Auto(Scheduler):
+    """Picks the fastest mode on the running job: each candidate trains `trial_batches` batches, `rounds`
+    times in turn, and the one with the shortest mean time per batch runs until `recheck_every` batches
+    later, when the trials run again. Candidates keep their own state (a reused `MSPipe` keeps its bound
+    and warm-up), so each trial segment is that mode exactly, and a trial cut short by the end of an
+    epoch carries on in the next. `decisions` keeps every choice with the times it was based on.
+    """
+
+    def __init__(self, candidates: dict[str, Scheduler], trial_batches: int = 10, rounds: int = 2,
+                 recheck_every: int = 400) -> None:
+        if not candidates or trial_batches < 2 or rounds < 1 or recheck_every < 1:
+            raise ValueError("auto needs candidates, trial_batches >= 2, rounds >= 1 and recheck_every >= 1, got "
+                             f"{list(candidates)}, {trial_batches}, {rounds}, {recheck_every}")
+        self.candidates = candidates
+        self.trial_batches = trial_batches
+        self.rounds = rounds
+        self.recheck_every = recheck_every
+        self.chosen: str | None = None
+        self.decisions: list[dict] = []
+        self._batches_seen = 0
+        self._since_choice = 0
+        self._trials: list[str] = []
+        self._measured: dict[str, list[float]] = {}
+
+    def segment(self, start: int, num_batches: int) -> tuple[Scheduler, int]:
+        if not self._trials and (self.chosen is None or self._since_choice >= self.recheck_every):
+            self._trials = list(self.candidates) * self.rounds
+            self._measured = {name: [] for name in self.candidates}
+        if self._trials:
+            return self.candidates[self._trials[0]], min(num_batches, start + self.trial_batches)
+        return self.candidates[self.chosen], min(num_batches, start + self.recheck_every - self._since_choice)
+
+    def segment_done(self, scheduler: Scheduler, batches: range, seconds_per_batch: float | None) -> None:
+        self._batches_seen += len(batches)
+        if not self._trials:
+            self._since_choice += len(batches)
+            return
+        if seconds_per_batch is not None:
+            self._measured[self._trials[0]].append(seconds_per_batch)
+        if len(batches) == self.trial_batches or seconds_per_batch is not None:
+            self._trials.pop(0)
+        if not self._trials:
+            self._choose()
+
+    def _choose(self) -> None:
+        """Keep the candidate with the shortest mean time per batch over its trials."""
+        means = {name: sum(times) / len(times) for name, times in self._measured.items() if times}
+        self.chosen = min(means, key=means.get) if means else next(iter(self.candidates))
+        self._since_choice = 0
+        decision = {"batch": self._batches_seen, "mode": self.chosen,
+                    "ms_per_batch": {name: 1000 * value for name, value in means.items()}}
+        self.decisions.append(decision)
+        times = ", ".join(f"{name} {ms:.1f}" for name, ms in decision["ms_per_batch"].items())
+        logger.debug("auto: %s, the fastest of the measured ms per batch (%s)", self.chosen, times)
+
+
 SCHEDULERS: Registry[Callable[[PipelineConfig], Scheduler]] = Registry("pipeline scheduler", "pipeline.mode")
 
 
@@ -182,6 +247,14 @@ def fixed_k_scheduler(cfg: PipelineConfig) -> Scheduler:
 def mspipe_scheduler(cfg: PipelineConfig) -> Scheduler:
     """MSPipe with `pipeline.k_max`, `pipeline.warmup_batches` and `pipeline.delayed_fetch`."""
     return MSPipe(cfg.k_max, cfg.warmup_batches, cfg.delayed_fetch)
+
+
+@SCHEDULERS.register("auto")
+def auto_scheduler(cfg: PipelineConfig) -> Scheduler:
+    """The fastest of `pipeline.auto.candidates` on the running job, re-checked now and then."""
+    auto = cfg.auto
+    return Auto({name: make_scheduler(name, cfg) for name in auto.candidates}, auto.trial_batches, auto.rounds,
+                auto.recheck_every)
 
 
 def make_scheduler(mode: str, cfg: PipelineConfig = PipelineConfig()) -> Scheduler:

@@ -128,13 +128,13 @@ CHOICES: dict[str, tuple[str, ...] | Registry] = {
     "pipeline.mitigation.similarity": SIMILARITIES,
     **{registry.config_key: registry for registry in REGISTRIES},
 }
-STRING_LISTS = {"plugins", "eval.negatives"}  # every other list holds integers
+STRING_LISTS = {"plugins", "eval.negatives", "pipeline.auto.candidates"}  # every other list holds integers
 
 POSITIVE = {
     "memory.dim", "memory.dim_time", "memory.mailbox_size", "embedding.layers", "embedding.heads",
     "embedding.dim_out", "train.batch_size", "train.epochs", "train.lr", "train.num_neg",
     "eval.batch_size", "pipeline.k", "pipeline.k_max", "pipeline.mitigation.top_k",
-    "pipeline.mitigation.refresh_every",
+    "pipeline.mitigation.refresh_every", "pipeline.auto.rounds", "pipeline.auto.recheck_every",
 }
 NON_NEGATIVE = {"train.weight_decay"}
 FRACTIONS = {
@@ -214,6 +214,15 @@ def _check_values(cfg: RunConfig, source: str) -> None:
     if unknown:
         raise ConfigError(f"{source}: key 'eval.negatives' has {unknown[0]!r}, expected a list of "
                           f"{', '.join(NEGATIVE_STRATEGIES)}")
+    auto = cfg.pipeline.auto
+    wrong = [mode for mode in auto.candidates if mode not in SCHEDULERS or mode == "auto"]
+    if not auto.candidates or wrong:
+        got = repr(wrong[0])[:80] if wrong else "an empty list"
+        raise ConfigError(f"{source}: key 'pipeline.auto.candidates' must list modes other than auto "
+                          f"({', '.join(m for m in SCHEDULERS.names() if m != 'auto')}), got {got}")
+    if auto.trial_batches < 2:
+        raise ConfigError(f"{source}: key 'pipeline.auto.trial_batches' must be >= 2 (a time per batch needs two "
+                          f"train steps), got {auto.trial_batches}")
     fanouts = cfg.sampler.fanouts
     if not fanouts or any(f < 0 for f in fanouts):
         raise ConfigError(f"{source}: key 'sampler.fanouts' must be a non-empty list of counts >= 0, got {fanouts!r}")

@@ -21,7 +21,7 @@ from pipeline.run.baselines import BASELINES, run_baseline
 from pipeline.run.checkpoint import (
     CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint, save_checkpoint,
 )
-from pipeline.engine.schedulers import Scheduler, make_scheduler
+from pipeline.engine.schedulers import Auto, Scheduler, make_scheduler
 from pipeline.engine.profiler import StageProfiler
 from pipeline.engine.runner import STAGES, RunStats, run_batches
 from pipeline.engine.stages import LinkPredictionStages
@@ -148,17 +148,24 @@ def train(cfg: RunConfig, events: EventStream, out_dir: Path, device: torch.devi
     batches_per_epoch = len(setup.train_batches)
     log = RunLog(out_dir, purge_step=state.next_epoch * batches_per_epoch if resume else None)
     mode = cfg.pipeline.mode
+    if mode == "auto" and setup.world.size > 1:
+        mode = "mspipe"
+        tqdm.write("pipeline auto: mspipe, since the processes of a data-parallel run must agree on a mode and "
+                   "auto chooses from one process's timings")
     profiler = StageProfiler()
+    chooser = make_scheduler(mode, cfg.pipeline)  # one per run: `auto` keeps its choice across epochs
     try:
         for epoch in range(state.next_epoch, cfg.train.epochs):
             if state.stopped_early:
                 break
-            scheduler = setup.world.agreed_scheduler(make_scheduler(mode, cfg.pipeline), profiler)
+            scheduler = setup.world.agreed_scheduler(chooser, profiler)
             _train_one_epoch(setup, state, epoch, scheduler, profiler, log, stop, show_progress)
             save_checkpoint(ckpt_path, _checkpoint_state(setup, state))
             patience = cfg.train.patience
             state.stopped_early = bool(patience) and epoch - state.best_epoch >= patience
         results = _results(setup, state, mode)
+        if isinstance(chooser, Auto):
+            results["auto"] = {"mode": chooser.chosen, "decisions": chooser.decisions}
         if cfg.eval.ranking == "all":
             results.update(rank_with_best_weights(setup, state, stop, show_progress))
             log.scalars(state.best_epoch, {f"eval/{key}": results[key] for key in ("test_mrr_all", "test_hits@10_all")})
@@ -171,13 +178,29 @@ def train(cfg: RunConfig, events: EventStream, out_dir: Path, device: torch.devi
 def _train_one_epoch(setup: RunSetup, state: TrainingState, epoch: int, scheduler: Scheduler, profiler: StageProfiler,
                      log: RunLog, stop: threading.Event | None, show_progress: bool) -> None:
     """One epoch: train, evaluate, log, and keep the weights if they are the best so far."""
+    decided = len(scheduler.decisions) if isinstance(scheduler, Auto) else 0
     stages, stats, seconds = _run_training(setup, epoch, scheduler, profiler, stop, show_progress)
     metrics = evaluate_after_training(setup, len(stages.batches), stop, show_progress)
     summary = _epoch_summary(epoch, stages, stats, seconds, len(setup.split.train), metrics)
+    if isinstance(scheduler, Auto):
+        _report_auto(log, scheduler, scheduler.decisions[decided:])
+        summary["auto_mode"] = scheduler.chosen
     _log_epoch(log, epoch * len(stages.batches), stages.step.losses, stats, summary, metrics)
     state.record_epoch(summary, metrics, setup.model)
     tqdm.write(f"epoch {epoch}: loss {summary['loss']:.4f}  {summary['events_per_s']:.0f} events/s  "
                f"val AP {metrics['val_ap']:.4f}  test AP {metrics['test_ap']:.4f}  k {summary['k_mean']:.1f}")
+
+
+def _report_auto(log: RunLog, auto: Auto, decisions: list[dict[str, Any]]) -> None:
+    """One console line per choice `auto` made in the epoch; TensorBoard, at the training step it was made:
+    the chosen mode (its position among the candidates) and each candidate's measured time per batch."""
+    names = list(auto.candidates)
+    for decision in decisions:
+        times = ", ".join(f"{name} {ms:.1f}" for name, ms in decision["ms_per_batch"].items())
+        tqdm.write(f"pipeline auto: {decision['mode']} from batch {decision['batch']} "
+                   f"(fastest; ms per batch: {times})")
+        log.scalars(decision["batch"], {"pipeline/auto_mode": names.index(decision["mode"]),
+                            **{f"pipeline/auto_ms_per_batch/{name}": ms for name, ms in decision["ms_per_batch"].items()}})
 
 
 def _run_training(setup: RunSetup, epoch: int, scheduler: Scheduler, profiler: StageProfiler,
