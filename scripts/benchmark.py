@@ -10,9 +10,10 @@ batches of roots (src, dst, one random negative dst per event): the raw neighbou
 full `TemporalSampler.sample()` including DGL block construction.
 
 `train`: training throughput of pipeline modes side by side in one invocation (same data, seed and
-epochs): events/s, speedup over the first mode, test AP, measured stage times, staleness bound `k`, the
-staleness seen, and the ideal pipeline speedup `min(sum(tau) / max(tau), cores)` from that mode's own
-stage times. Variants beyond the four modes make the ablation: `mspipe-no-delay` (memory fetched as soon
+epochs; the variants alternate, run after run): events/s, speedup over the first mode, test AP, measured
+stage times, staleness bound `k`, the staleness seen, the ideal pipeline speedup
+`min(sum(tau) / max(tau), cores)` from that mode's own stage times, and for `auto` the mode it chose in
+each run. Variants beyond the five modes make the ablation: `mspipe-no-delay` (memory fetched as soon
 as allowed), `mspipe-mitigation` / `mspipe-mitigation-coneighbour` (staleness mitigation on), and
 `fixed-k` expanded over `--k`.
 
@@ -113,6 +114,7 @@ TRAIN_VARIANTS: dict[str, dict] = {  # variant name -> config overrides
     "sequential": {"pipeline.mode": "sequential"},
     "presample": {"pipeline.mode": "presample"},
     "mspipe": {"pipeline.mode": "mspipe"},
+    "auto": {"pipeline.mode": "auto"},
     "mspipe-no-delay": {"pipeline.mode": "mspipe", "pipeline.delayed_fetch": False},
     "mspipe-mitigation": {"pipeline.mode": "mspipe", "pipeline.mitigation.enabled": True},
     "mspipe-mitigation-coneighbour": {"pipeline.mode": "mspipe", "pipeline.mitigation.enabled": True,
@@ -312,6 +314,7 @@ def summarize_runs(name: str, runs: list[dict], cores: int) -> dict:
         "staleness_max": max(r["staleness"]["max_seen"] for r in runs),
         "train_busy": statistics.mean(r["pipeline_utilization"] for r in runs),
         "ideal_speedup": ideal_speedup(stage_s, cores),
+        "auto_modes": [r["auto"]["mode"] for r in runs if "auto" in r],
         **{f"{stage}_ms": 1000 * seconds for stage, seconds in stage_s.items()},
     }
 
@@ -329,17 +332,18 @@ def benchmark_train(args: argparse.Namespace) -> dict:
         events = with_random_edge_features(events, args.edge_feat_dim, args.seed)
     plan = configure_process(args.threads)
     cores = args.threads or available_cores()
-    rows = []
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
-        for name, overrides in variants.items():
-            cfg = apply_overrides(base, overrides)
-            runs = []
-            for repeat in range(args.repeat):
+        for repeat in range(args.repeat):  # variants alternate, so a slow spell of the machine hits each alike
+            for name, overrides in variants.items():
                 out = Path(scratch) / f"{name}-{repeat}"
                 out.mkdir()
-                runs.append(train(cfg, events, out, torch.device("cpu"), args.seed, show_progress=False))
-            rows.append(summarize_runs(name, runs, cores))
-            print(f"{name}: {rows[-1]['events_per_s']:.0f} events/s, test AP {rows[-1]['test_ap']:.4f}", flush=True)
+                result = train(apply_overrides(base, overrides), events, out, torch.device("cpu"), args.seed,
+                               show_progress=False)
+                runs[name].append(result)
+                print(f"{name} run {repeat + 1}: {result['train_events_per_s']:.0f} events/s, test AP "
+                      f"{result['test_ap']:.4f}", flush=True)
+    rows = [summarize_runs(name, measured, cores) for name, measured in runs.items()]
     reference = rows[0]["events_per_s"]
     for row in rows:
         row["speedup"] = row["events_per_s"] / reference

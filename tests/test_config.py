@@ -116,3 +116,15 @@ def test_memoryless_model_needs_attention():
     assert cfg.memory is None
     with pytest.raises(ConfigError, match="embedding.module"):
         validate_config({"memory": None, "embedding": {"module": "jodie"}})
+
+
+@pytest.mark.parametrize("text, key", [
+    ("pipeline: {auto: {candidates: [sequential, auto]}}\n", "pipeline.auto.candidates"),
+    ("pipeline: {auto: {candidates: [turbo]}}\n", "pipeline.auto.candidates"),
+    ("pipeline: {auto: {candidates: []}}\n", "pipeline.auto.candidates"),
+    ("pipeline: {auto: {trial_batches: 1}}\n", "pipeline.auto.trial_batches"),
+    ("pipeline: {auto: {recheck_every: 0}}\n", "pipeline.auto.recheck_every"),
+])
+def test_bad_auto_settings_are_refused(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(write(tmp_path, text))

@@ -35,8 +35,9 @@ TGN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tgn.yml"
 
 
 def tgn_two_epochs() -> dict:
-    """TGN as `configs/tgn.yml` (global batch 600, mspipe), trained for 2 epochs."""
-    return apply_overrides(load_config(TGN_CONFIG), {"train.epochs": 2})
+    """TGN as `configs/tgn.yml` (global batch 600), trained for 2 epochs under mspipe, the mode ranks run
+    (one process under `auto` could pick another and see other staleness)."""
+    return apply_overrides(load_config(TGN_CONFIG), {"train.epochs": 2, "pipeline.mode": "mspipe"})
 
 
 def update(nodes, mem_ts, mem_value, mail_nodes=None, mail_ts=None) -> MemoryUpdate:

@@ -3,15 +3,19 @@ GIL, like the numpy/torch work of the real stages): scheduling rules for every s
 bound and delayed fetch, speed over sequential, exactness of k = 1, faults and stop requests."""
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline.engine.schedulers import FixedK, MSPipe, Scheduler, Presample, Sequential
 from pipeline.engine.profiler import StageProfiler, minimal_staleness
+from pipeline.engine.host_threads import HostThreadPolicy
 from pipeline.engine.runner import STAGES, RunStats, StageEvent, run_batches
 
 MS = 1e-3
@@ -371,3 +375,67 @@ def test_the_staleness_a_fetch_reports_replaces_the_scheduled_one(make):
     stages = FresherReads(DURATIONS)
     stats = run_batches(NUM_BATCHES, stages, make())
     assert stats.staleness == [max(stages.staleness[i] - 1, 0) for i in range(NUM_BATCHES)]
+
+
+class ThreadRecorder(SleepStages):
+    """Sleeping stages that record, per stage, the thread they ran in, its torch thread count, its Linux
+    scheduling policy and Python's switch interval at the time."""
+
+    def __init__(self, durations: dict) -> None:
+        super().__init__(durations)
+        self.seen: dict[str, set] = {stage: set() for stage in STAGES}
+
+    def _run(self, stage: str, i: int, ctx: dict | None) -> None:
+        policy = os.sched_getscheduler(threading.get_native_id()) if hasattr(os, "sched_getscheduler") else None
+        self.seen[stage].add((threading.get_ident(), torch.get_num_threads(), policy, sys.getswitchinterval()))
+        super()._run(stage, i, ctx)
+
+
+def test_the_train_stage_keeps_the_calling_thread_and_host_threads_keep_out_of_its_way():
+    threads_before = torch.get_num_threads()
+    interval_before = sys.getswitchinterval()
+    torch.set_num_threads(2)
+    try:
+        stages = ThreadRecorder({s: 2 * MS for s in STAGES})
+        run_batches(12, stages, FixedK(2))
+    finally:
+        torch.set_num_threads(threads_before)
+    caller = threading.get_ident()
+    assert {ident for ident, *_ in stages.seen["train"]} == {caller}
+    assert {threads for _, threads, *_ in stages.seen["train"]} == {2}
+    intervals = {interval for *_, interval in stages.seen["train"]}
+    assert len(intervals) == 1 and intervals.pop() == pytest.approx(HostThreadPolicy().switch_interval_s)
+    for stage in set(STAGES) - {"train"}:
+        assert len(stages.seen[stage]) == 1, f"{stage} ran in one thread of its own"
+        ident, threads, policy, _ = next(iter(stages.seen[stage]))
+        assert ident != caller and threads == 1, stage
+        if sys.platform.startswith("linux"):
+            assert policy == os.SCHED_IDLE, stage
+    assert sys.getswitchinterval() == interval_before
+
+
+def test_a_policy_with_every_setting_off_runs_the_train_stage_in_a_thread_of_its_own():
+    interval_before = sys.getswitchinterval()
+    stages = ThreadRecorder({s: 2 * MS for s in STAGES})
+    policy = HostThreadPolicy(train_in_caller=False, one_openmp_thread=False, sched_idle=False, switch_interval_s=None)
+    stats = run_batches(12, stages, FixedK(2), host_policy=policy)
+    assert_schedule_rules(stats, FixedK(2), 12)
+    assert threading.get_ident() not in {ident for ident, *_ in stages.seen["train"]}
+    assert {interval for *_, interval in stages.seen["sample"]} == {interval_before}
+
+
+# A GPU's regime: training is short beside the host stages; P = fetch_features + fetch_memory = 40 ms.
+GPU_LIKE = {"sample": 10 * MS, "fetch_features": 15 * MS, "fetch_memory": 25 * MS, "train": 20 * MS,
+            "update_memory": 20 * MS}
+
+
+def test_the_pipeline_reaches_the_schedule_models_speedup_at_gpu_like_stage_times():
+    period = max(GPU_LIKE["sample"], GPU_LIKE["fetch_features"] + GPU_LIKE["fetch_memory"], GPU_LIKE["train"],
+                 GPU_LIKE["update_memory"])
+    model_speedup = sum(GPU_LIKE.values()) / period
+    profiler = StageProfiler()
+    run_batches(5, SleepStages(GPU_LIKE), Sequential(), profiler=profiler)  # measured stage times: no warm-up below
+    stats = run_batches(30, SleepStages(GPU_LIKE), MSPipe(), profiler=profiler)
+    train_ends = sorted(e.end for e in stats.events if e.stage == "train")[5:]
+    steady_period = (train_ends[-1] - train_ends[0]) / (len(train_ends) - 1)
+    assert sum(GPU_LIKE.values()) / steady_period >= 0.94 * model_speedup

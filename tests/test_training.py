@@ -185,3 +185,18 @@ def test_mitigation_blends_stale_roots_in_a_real_run_and_reports_them(uci_events
     assert mitigated > 0
     values = EventAccumulator(str(tmp_path)).Reload().Scalars("pipeline/mitigated_roots")
     assert [event.value for event in values] == [mitigated]
+
+
+def test_auto_mode_reports_its_choice_in_results_tensorboard_and_the_console(events, tmp_path, capsys):
+    cfg = small_config(pipeline={"mode": "auto", "auto": {"trial_batches": 3, "rounds": 1, "recheck_every": 400}})
+    results = run(cfg, events, tmp_path)
+    assert results["mode"] == "auto"
+    assert results["auto"]["mode"] in ("sequential", "presample", "mspipe")
+    decision = results["auto"]["decisions"][0]
+    assert decision["mode"] == results["auto"]["mode"] and set(decision["ms_per_batch"]) == {
+        "sequential", "presample", "mspipe"}
+    assert all(h["auto_mode"] == results["auto"]["mode"] for h in results["history"])
+    assert json.loads((tmp_path / "results.json").read_text())["auto"] == results["auto"]
+    assert f"pipeline auto: {decision['mode']} from batch {decision['batch']}" in capsys.readouterr().out
+    scalars = EventAccumulator(str(tmp_path)).Reload().Tags()["scalars"]
+    assert "pipeline/auto_mode" in scalars and "pipeline/auto_ms_per_batch/mspipe" in scalars

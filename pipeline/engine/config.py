@@ -24,9 +24,9 @@ class AutoConfig:
     how many batches the chosen mode runs before the trials run again."""
 
     candidates: tuple[str, ...] = ("sequential", "presample", "mspipe")
-    trial_batches: int = 10
+    trial_batches: int = 8
     rounds: int = 2
-    recheck_every: int = 400
+    recheck_every: int = 1000
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """How the pipeline's host-stage threads keep out of the train stage's way on a CPU with few cores.
 
-Measured on a 2-core machine (`scripts/benchmark.py interference`, docs/pipeline-on-cpu.md), the train
+Measured on a 2-core machine (`scripts/interference.py`, docs/pipeline-on-cpu.md), the train
 stage of a pipelined run took twice its sequential time, and sleeping stand-ins for the host stages,
 which need no CPU at all, slowed it as much. The causes, and what each setting here does about them:
 

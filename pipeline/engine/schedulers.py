@@ -32,7 +32,7 @@ import logging
 from collections.abc import Callable
 
 from common.registry import Registry
-from pipeline.engine.config import PipelineConfig
+from pipeline.engine.config import AutoConfig, PipelineConfig
 from pipeline.engine.profiler import StageProfiler
 
 logger = logging.getLogger(__name__)
@@ -174,8 +174,8 @@ class Auto(Scheduler):
     epoch carries on in the next. `decisions` keeps every choice with the times it was based on.
     """
 
-    def __init__(self, candidates: dict[str, Scheduler], trial_batches: int = 10, rounds: int = 2,
-                 recheck_every: int = 400) -> None:
+    def __init__(self, candidates: dict[str, Scheduler], trial_batches: int = AutoConfig.trial_batches,
+                 rounds: int = AutoConfig.rounds, recheck_every: int = AutoConfig.recheck_every) -> None:
         if not candidates or trial_batches < 2 or rounds < 1 or recheck_every < 1:
             raise ValueError("auto needs candidates, trial_batches >= 2, rounds >= 1 and recheck_every >= 1, got "
                              f"{list(candidates)}, {trial_batches}, {rounds}, {recheck_every}")
