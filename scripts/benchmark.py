@@ -121,8 +121,8 @@ TRAIN_VARIANTS: dict[str, dict] = {  # variant name -> config overrides
     "mspipe-mitigation-coneighbour": {"pipeline.mode": "mspipe", "pipeline.mitigation.enabled": True,
                                       "pipeline.mitigation.similarity": "coneighbour"},
 }
-TRAIN_TABLE = ["variant", "events_per_s", "speedup", "speedup_median", "ideal_speedup", "test_ap", "k", "staleness_mean",
-               "staleness_max", "train_busy", *(f"{stage}_ms" for stage in STAGES)]
+TRAIN_TABLE = ["variant", "events_per_s", "speedup", "speedup_median", "ideal_speedup", "test_ap", "k",
+               "staleness_mean", "staleness_max", "train_busy", *(f"{stage}_ms" for stage in STAGES)]
 ACCURACY_TABLE = ["config", "variant", "dataset", "seeds", "val_ap_mean", "test_ap_mean", "test_ap@historical_mean",
                   "test_ap@inductive_mean", "test_auc_mean", "test_auc@historical_mean", "test_auc@inductive_mean",
                   "test_mrr_all_mean", "val_repeat_ap_mean", "test_repeat_ap_mean", "val_new_ap_mean", "test_new_ap_mean"]

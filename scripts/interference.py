@@ -48,7 +48,8 @@ from pipeline.run.config import apply_overrides, load_config
 from pipeline.run.setup import RunSetup, build_setup, training_stages
 
 POLICIES: dict[str, HostThreadPolicy] = {  # pipelined variant -> host-thread policy, one setting on after another
-    "before": HostThreadPolicy(train_in_caller=False, one_openmp_thread=False, sched_idle=False, switch_interval_s=None),
+    "before": HostThreadPolicy(train_in_caller=False, one_openmp_thread=False, sched_idle=False,
+                               switch_interval_s=None),
     "+train-in-caller": HostThreadPolicy(one_openmp_thread=False, sched_idle=False, switch_interval_s=None),
     "+one-openmp-thread": HostThreadPolicy(sched_idle=False, switch_interval_s=None),
     "+sched-idle": HostThreadPolicy(switch_interval_s=None),
@@ -125,7 +126,8 @@ class Case:
 
 def train_ms(events: list[StageEvent]) -> float:
     """Mean train-stage time of the batches from FIRST_TIMED_BATCH on, in ms."""
-    return 1000 * float(np.mean([e.end - e.start for e in events if e.stage == "train" and e.batch >= FIRST_TIMED_BATCH]))
+    timed = [e.end - e.start for e in events if e.stage == "train" and e.batch >= FIRST_TIMED_BATCH]
+    return 1000 * float(np.mean(timed))
 
 
 def run_variant(case: Case, variant: str, stage_s: dict[str, float] | None) -> dict:
@@ -158,13 +160,15 @@ def measure(case: Case, threads: int, repeat: int) -> list[dict]:
     alone_train = statistics.mean(r["train_ms"] for r in runs["alone"])
     rows = []
     for variant, measured in runs.items():
-        eps, train = statistics.mean(r["events_per_s"] for r in measured), statistics.mean(r["train_ms"] for r in measured)
+        eps = statistics.mean(r["events_per_s"] for r in measured)
+        train = statistics.mean(r["train_ms"] for r in measured)
         rows.append({
             "case": case.name, "threads": threads, "variant": variant, "events_per_s": eps,
             "speedup": eps / alone_eps, "train_ms": train, "train_vs_alone": train / alone_train,
             "train_busy": statistics.mean(r["train_busy"] for r in measured),
             "k": statistics.mean(r["k"] for r in measured),
-            "events_per_s_runs": [r["events_per_s"] for r in measured], "train_ms_runs": [r["train_ms"] for r in measured],
+            "events_per_s_runs": [r["events_per_s"] for r in measured],
+            "train_ms_runs": [r["train_ms"] for r in measured],
         })
     return rows
 
@@ -174,7 +178,8 @@ def parse_list(text: str, option: str, allowed: list[str] | None = None) -> list
     items = [item.strip() for item in text.split(",") if item.strip()]
     wrong = [item for item in items if allowed is not None and item not in allowed]
     if not items or wrong:
-        raise UserError(f"{option}: expected a comma-separated list of {', '.join(allowed or ['counts'])}, got '{text}'")
+        expected = ", ".join(allowed or ["counts"])
+        raise UserError(f"{option}: expected a comma-separated list of {expected}, got '{text}'")
     return items
 
 
