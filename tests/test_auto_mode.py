@@ -91,15 +91,37 @@ def test_a_trial_cut_short_by_the_end_of_an_epoch_goes_on_in_the_next():
     assert auto.chosen is not None and set(auto.decisions[0]["ms_per_batch"]) == {"sequential", "presample"}
 
 
+def choose(auto: Auto, ms_per_batch: dict[str, float]) -> str:
+    """Feed `auto` one trial per candidate with the given times per batch; the mode it keeps."""
+    for _ in auto.candidates:
+        segment, end = auto.segment(0, auto.trial_batches)
+        name = next(name for name, candidate in auto.candidates.items() if candidate is segment)
+        auto.segment_done(segment, range(0, end), ms_per_batch[name] / 1000)
+    return auto.chosen
+
+
+def test_auto_keeps_the_first_candidate_unless_another_beats_it_by_the_margin():
+    def fresh() -> Auto:
+        return Auto(candidates(), trial_batches=4, rounds=1, margin=0.05)
+
+    assert choose(fresh(), {"sequential": 100.0, "presample": 96.0, "mspipe": 97.0}) == "sequential"
+    assert choose(fresh(), {"sequential": 100.0, "presample": 96.0, "mspipe": 94.0}) == "mspipe"
+    assert choose(fresh(), {"sequential": 100.0, "presample": 90.0, "mspipe": 94.0}) == "presample"
+    no_margin = Auto(candidates(), trial_batches=4, rounds=1, margin=0.0)
+    assert choose(no_margin, {"sequential": 100.0, "presample": 99.0, "mspipe": 101.0}) == "presample"
+
+
 def test_auto_is_the_default_mode_and_reads_its_config():
     assert PipelineConfig().mode == "auto"
     auto = make_scheduler("auto", PipelineConfig(auto=AutoConfig(candidates=("sequential", "mspipe"), trial_batches=5,
-                                                                 rounds=3, recheck_every=77)))
+                                                                 rounds=3, recheck_every=77, margin=0.1)))
     assert isinstance(auto, Auto) and list(auto.candidates) == ["sequential", "mspipe"]
-    assert (auto.trial_batches, auto.rounds, auto.recheck_every) == (5, 3, 77)
+    assert (auto.trial_batches, auto.rounds, auto.recheck_every, auto.margin) == (5, 3, 77, 0.1)
     assert isinstance(auto.candidates["mspipe"], MSPipe)
 
 
 def test_auto_refuses_a_trial_too_short_to_time():
     with pytest.raises(ValueError, match="trial_batches"):
         Auto(candidates(), trial_batches=1)
+    with pytest.raises(ValueError, match="margin"):
+        Auto(candidates(), margin=1.0)

@@ -20,13 +20,16 @@ class MitigationConfig:
 
 @dataclass(frozen=True)
 class AutoConfig:
-    """`pipeline.auto`: the modes `auto` tries on the running job, batches per trial, trials per mode, and
-    how many batches the chosen mode runs before the trials run again."""
+    """`pipeline.auto`: the modes `auto` tries on the running job, batches per trial, trials per mode, how
+    many batches the chosen mode runs before the trials run again, and by how much (a fraction of its time
+    per batch) another mode must beat the first candidate to be chosen over it: the first is the one
+    without staleness, and a gain within the machine's noise is not worth staleness."""
 
     candidates: tuple[str, ...] = ("sequential", "presample", "mspipe")
     trial_batches: int = 8
     rounds: int = 2
     recheck_every: int = 1000
+    margin: float = 0.03
 
 
 @dataclass(frozen=True)

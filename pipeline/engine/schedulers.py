@@ -169,20 +169,24 @@ class MSPipe(Scheduler):
 class Auto(Scheduler):
     """Picks the fastest mode on the running job: each candidate trains `trial_batches` batches, `rounds`
     times in turn, and the one with the shortest mean time per batch runs until `recheck_every` batches
-    later, when the trials run again. Candidates keep their own state (a reused `MSPipe` keeps its bound
+    later, when the trials run again. The first candidate is kept unless another is faster by at least
+    `margin` (a fraction of the first's time). Candidates keep their own state (a reused `MSPipe` keeps its bound
     and warm-up), so each trial segment is that mode exactly, and a trial cut short by the end of an
     epoch carries on in the next. `decisions` keeps every choice with the times it was based on.
     """
 
     def __init__(self, candidates: dict[str, Scheduler], trial_batches: int = AutoConfig.trial_batches,
-                 rounds: int = AutoConfig.rounds, recheck_every: int = AutoConfig.recheck_every) -> None:
-        if not candidates or trial_batches < 2 or rounds < 1 or recheck_every < 1:
-            raise ValueError("auto needs candidates, trial_batches >= 2, rounds >= 1 and recheck_every >= 1, got "
-                             f"{list(candidates)}, {trial_batches}, {rounds}, {recheck_every}")
+                 rounds: int = AutoConfig.rounds, recheck_every: int = AutoConfig.recheck_every,
+                 margin: float = AutoConfig.margin) -> None:
+        if not candidates or trial_batches < 2 or rounds < 1 or recheck_every < 1 or not 0 <= margin < 1:
+            raise ValueError("auto needs candidates, trial_batches >= 2, rounds >= 1, recheck_every >= 1 and "
+                             f"0 <= margin < 1, got {list(candidates)}, {trial_batches}, {rounds}, {recheck_every}, "
+                             f"{margin}")
         self.candidates = candidates
         self.trial_batches = trial_batches
         self.rounds = rounds
         self.recheck_every = recheck_every
+        self.margin = margin
         self.chosen: str | None = None
         self.decisions: list[dict] = []
         self._batches_seen = 0
@@ -211,9 +215,13 @@ class Auto(Scheduler):
             self._choose()
 
     def _choose(self) -> None:
-        """Keep the candidate with the shortest mean time per batch over its trials."""
+        """Keep the candidate with the shortest mean time per batch over its trials, unless the first
+        candidate is within `margin` of it."""
         means = {name: sum(times) / len(times) for name, times in self._measured.items() if times}
-        self.chosen = min(means, key=means.get) if means else next(iter(self.candidates))
+        first = next(iter(self.candidates))
+        fastest = min(means, key=means.get) if means else first
+        beats_first = first not in means or means[fastest] < (1 - self.margin) * means[first]
+        self.chosen = fastest if beats_first else first
         self._since_choice = 0
         decision = {"batch": self._batches_seen, "mode": self.chosen,
                     "ms_per_batch": {name: 1000 * value for name, value in means.items()}}
@@ -254,7 +262,7 @@ def auto_scheduler(cfg: PipelineConfig) -> Scheduler:
     """The fastest of `pipeline.auto.candidates` on the running job, re-checked now and then."""
     auto = cfg.auto
     return Auto({name: make_scheduler(name, cfg) for name in auto.candidates}, auto.trial_batches, auto.rounds,
-                auto.recheck_every)
+                auto.recheck_every, auto.margin)
 
 
 def make_scheduler(mode: str, cfg: PipelineConfig = PipelineConfig()) -> Scheduler:
