@@ -6,7 +6,7 @@ from pathlib import Path
 
 from common.errors import DataError
 from graph.events import EventStream
-from graph.loaders import ColumnChoice, load_events
+from graph.loaders import ColumnChoice, clipped, load_events, path_status
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 BUILTIN_DATASETS: dict[str, Path] = {
@@ -23,7 +23,7 @@ def load_dataset(name_or_path: str, fmt: str | None = None, columns: ColumnChoic
     if name_or_path in BUILTIN_DATASETS:
         return load_events(BUILTIN_DATASETS[name_or_path], fmt=fmt, name=name_or_path, columns=columns)
     path = Path(name_or_path)
-    if path.exists() or len(path.parts) > 1 or path.suffix:
+    if len(path.parts) > 1 or path.suffix or path_status(path) is not None:
         return load_events(path, fmt=fmt, columns=columns)
     known = ", ".join(sorted(BUILTIN_DATASETS))
-    raise DataError(f"{name_or_path}: unknown dataset name and no such file (built-in datasets: {known})")
+    raise DataError(f"{clipped(name_or_path)}: unknown dataset name and no such file (built-in datasets: {known})")

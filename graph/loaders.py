@@ -12,18 +12,27 @@ Any file may be compressed as .xz or .gz.
 For csv and whitespace files laid out otherwise, `ColumnChoice` (`--columns src=0,dst=1,t=3`) names the
 columns by 0-based position or header name. Without it, a time column read by position that looks like
 something else (many rows going back in time, few distinct values) is an error that points to it.
+
+Reads are bounded and single-pass: only regular files are read (a FIFO or device is refused before it is
+read), each file is opened and read once (format detection looks at the same stream the parser reads), and
+a line longer than MAX_LINE_BYTES or a table wider than MAX_COLUMNS is refused with the file and line.
+Quotes are not special (a quoted field spans no lines); a cell or header name in double quotes is read
+without them.
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import lzma
-import pickle
+import os
 import re
+import stat
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -48,6 +57,19 @@ TIME_DISTINCT_SHARE = 0.01
 TIME_CHECK_MIN_ROWS = 100  # below this, shares of rows say too little to refuse a file
 COLUMN_KEYS = ("src", "dst", "t", "feat")
 
+# Limits on what one file may make the parser hold, so that a hostile or wrong file (no line breaks, a
+# binary blob, one endless line of commas) is refused with one line instead of filling memory. Real event
+# files stay far below them: a line holds one event (src, dst, t and at most a few hundred features; TGL,
+# DyGLib and JODIE CSVs with 172 feature columns have lines of about 2 KB, and 4,096 float columns written
+# with full precision take about 100 KB), so both limits leave a margin of 40x or more.
+MAX_LINE_BYTES = 4 * 2**20
+"""Longest line (bytes, after decompression) of an events file: 4 MiB. A longer line is refused."""
+MAX_COLUMNS = 4096
+"""Most columns (fields of the first line) of an events file; more is refused before pandas builds them."""
+READ_CHUNK = 2**20  # bytes taken from a (decompressed) file per read; below MAX_LINE_BYTES (see _LineBoundedStream)
+SHOWN_CHARS = 40  # an error message shows at most this many characters of a value taken from a file or option
+SHOWN_NAMES = 12  # ... and at most this many of a header's column names
+
 
 @dataclass(frozen=True)
 class ColumnChoice:
@@ -59,24 +81,65 @@ class ColumnChoice:
     t: int | str
     feat: tuple[int | str, ...] = ()
 
+    def roles(self) -> list[tuple[str, int | str]]:
+        """(role, column) for every chosen column: src, dst, t, then feat once per feature column."""
+        return [("src", self.src), ("dst", self.dst), ("t", self.t), *(("feat", key) for key in self.feat)]
+
 
 def parse_columns(spec: str) -> ColumnChoice:
-    """`src=0,dst=1,t=3[,feat=4+5]` (positions or header names) as a `ColumnChoice`."""
+    """`src=0,dst=1,t=3[,feat=4+5]` (positions or header names) as a `ColumnChoice`; a column named for
+    two roles (src=0,dst=0, or feat=3+3) is an error, since the events would silently be self-loops or
+    carry a feature twice."""
+    shown = f"--columns {shown_value(spec)}"
     chosen: dict[str, list[int | str]] = {}
     for item in spec.split(","):
         key, _, value = (part.strip() for part in item.partition("="))
         if key not in COLUMN_KEYS or not value:
-            raise DataError(f"--columns {spec!r}: expected key=column pairs for {', '.join(COLUMN_KEYS)} "
-                            f"(e.g. src=0,dst=1,t=3), got {item.strip()!r}")
+            raise DataError(f"{shown}: expected key=column pairs for {', '.join(COLUMN_KEYS)} "
+                            f"(e.g. src=0,dst=1,t=3), got {shown_value(item.strip())}")
         if key in chosen:
-            raise DataError(f"--columns {spec!r}: key {key!r} is given twice")
+            raise DataError(f"{shown}: key {key!r} is given twice")
         chosen[key] = [int(v) if v.strip().isdigit() else v.strip() for v in value.split("+")]
     missing = [key for key in COLUMN_KEYS[:3] if key not in chosen]
     if missing:
-        raise DataError(f"--columns {spec!r}: missing {', '.join(missing)} (src, dst and t are required)")
+        raise DataError(f"{shown}: missing {', '.join(missing)} (src, dst and t are required)")
     if any(len(chosen[key]) != 1 for key in COLUMN_KEYS[:3]):
-        raise DataError(f"--columns {spec!r}: src, dst and t take one column each")
-    return ColumnChoice(chosen["src"][0], chosen["dst"][0], chosen["t"][0], tuple(chosen.get("feat", ())))
+        raise DataError(f"{shown}: src, dst and t take one column each")
+    choice = ColumnChoice(chosen["src"][0], chosen["dst"][0], chosen["t"][0], tuple(chosen.get("feat", ())))
+    _require_distinct(choice.roles(), shown, lambda key: f"column {shown_value(key)}")
+    return choice
+
+
+def _require_distinct(roles: Sequence[tuple[str, object]], where: str, describe) -> None:
+    """Raise a DataError naming the first column that two roles share (`describe` names a column)."""
+    seen: dict[object, str] = {}
+    for role, column in roles:
+        if column in seen:
+            twice = f"for both {seen[column]} and {role}" if seen[column] != role else f"twice for {role}"
+            raise DataError(f"{where}: {describe(column)} is named {twice}; each column can have one role "
+                            f"(src, dst, t or one feature)")
+        seen[column] = role
+
+
+def shown_value(value: object, limit: int = SHOWN_CHARS) -> str:
+    """`repr` of a value for an error message, cut to `limit` characters first (values from files and options
+    can be megabytes long; the cut is marked with ...)."""
+    if isinstance(value, (str, bytes)) and len(value) > limit:
+        return f"{value[:limit]!r}..."
+    text = repr(value)
+    return text if len(text) <= limit + 2 else f"{text[:limit]}..."
+
+
+def clipped(text: str, limit: int = 4 * SHOWN_CHARS) -> str:
+    """`text` (a path or name as the user typed it) cut to `limit` characters for an error message."""
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _shown_names(names: Sequence[object]) -> str:
+    """A header's column names for an error message: the first SHOWN_NAMES, cut to 4 * SHOWN_CHARS in all."""
+    listed = ", ".join(str(name)[:4 * SHOWN_CHARS] for name in names[:SHOWN_NAMES])
+    shown = clipped(listed)
+    return shown if shown == listed and len(names) <= SHOWN_NAMES else f"{shown} ({len(names):,} columns)"
 
 
 @dataclass(frozen=True)
@@ -98,17 +161,20 @@ def load_events(path: str | Path, fmt: str | None = None, name: str | None = Non
     `fmt` is one of FORMATS, or None to detect it from the header and file name; `name` defaults to
     the dataset name the file name implies (`ml_uci.csv.xz` -> "uci", `DIR/edges.csv` -> "DIR").
     `columns` picks the columns of a csv or whitespace file (then `fmt` None means csv when the first
-    line has a comma).
+    line has a comma). The file is opened and read once; only a regular file is read.
     """
     file = _resolve_path(Path(path))
-    if columns is None:
-        fmt = detect_format(file) if fmt is None else _known_format(fmt, file)
-        raw = _READERS[fmt](file)
-    else:
-        fmt = ("csv" if "," in _first_line(file) else "jodie") if fmt is None else _known_format(fmt, file)
-        if fmt not in POSITIONAL_SEPARATORS:
+    if fmt is not None:
+        _known_format(fmt, file)
+        if columns is not None and fmt not in POSITIONAL_SEPARATORS:
             raise DataError(f"{file}: --columns applies to csv and whitespace (jodie) files, not to format {fmt!r}")
-        raw = _read_positional(file, POSITIONAL_SEPARATORS[fmt], columns)
+    with _open_events(file) as text:
+        first = text.first_line()
+        if columns is None:
+            raw = _READERS[fmt or _detect(file, first)](file, text)
+        else:
+            fmt = fmt or ("csv" if "," in first else "jodie")
+            raw = _read_positional(file, text, POSITIONAL_SEPARATORS[fmt], columns)
     return event_stream_from_raw(
         name or dataset_name(file), raw.src, raw.dst, raw.t, source=str(file),
         edge_feat=raw.edge_feat, raw_node_feat=raw.node_feat, ext_roll=raw.ext_roll,
@@ -118,8 +184,12 @@ def load_events(path: str | Path, fmt: str | None = None, name: str | None = Non
 def detect_format(path: str | Path) -> str:
     """Guess the format from the header line, then from the file name (edges.csv, ml_*.csv)."""
     file = _resolve_path(Path(path))
-    header = _first_line(file)
-    fields = {field.strip() for field in header.split(",")}
+    with _open_events(file) as text:
+        return _detect(file, text.first_line())
+
+
+def _detect(file: Path, header: str) -> str:
+    fields = {_unquoted(field) for field in header.split(",")}
     stem, suffix = _bare_name(file), Path(_uncompressed_name(file)).suffix
     if {"src", "dst", "time"} <= fields or stem == TGL_EDGES_STEM:
         return "tgl"
@@ -136,22 +206,35 @@ def dataset_name(path: Path) -> str:
     return stem.removeprefix("ml_")
 
 
+def path_status(path: Path) -> os.stat_result | None:
+    """`os.stat` of `path`, None when nothing is there; any other failure (a name too long, no permission
+    on a folder above it) is a one-line DataError that shows at most the path's first characters."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError) as err:  # ValueError: a NUL character in the path
+        reason = getattr(err, "strerror", None) or _shown_error(err)
+        raise DataError(f"{clipped(str(path))}: cannot read: {reason}") from err
+
+
 def _resolve_path(path: Path) -> Path:
     """The events file `path` names; a directory stands for the TGL edges.csv inside it."""
-    if not path.exists():
+    status = path_status(path)
+    if status is None:
         raise DataError(f"{path}: no such file or directory")
-    if not path.is_dir():
+    if not stat.S_ISDIR(status.st_mode):
         return path
     for suffix in ("", *COMPRESSION_OPENERS):
         candidate = path / (TGL_EDGES + suffix)
-        if candidate.is_file():
+        if path_status(candidate) is not None:  # not is_file(): a FIFO or device named edges.csv is refused when opened
             return candidate
     raise DataError(f"{path}: directory has no {TGL_EDGES} (TGL layout)")
 
 
 def _known_format(fmt: str, path: Path) -> str:
     if fmt not in FORMATS:
-        raise DataError(f"{path}: unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+        raise DataError(f"{path}: unknown format {shown_value(fmt)} (known: {', '.join(FORMATS)})")
     return fmt
 
 
@@ -165,48 +248,175 @@ def _bare_name(path: Path) -> str:
     return Path(_uncompressed_name(path)).stem
 
 
-def _first_line(path: Path) -> str:
-    """The first line of a (possibly compressed) text file; an empty file is an error."""
-    opener = COMPRESSION_OPENERS.get(path.suffix, open)
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def _require_regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+        raise DataError(f"{path}: is {kind}, not a regular file; only regular files are read "
+                        f"(save the data to a file first)")
+
+
+def open_regular_file(path: str | Path) -> BinaryIO:
+    """`path` opened for binary reading, or a one-line DataError when it cannot be read or is not a regular
+    file: a FIFO or device is refused without reading it (or blocking on it: it is opened non-blocking and
+    checked on the opened descriptor, so nothing can swap the file in between)."""
+    path = Path(path)
     try:
-        with opener(path, "rt", encoding="utf-8-sig", errors="replace") as handle:
-            line = handle.readline()
-    except READ_ERRORS as err:
-        raise DataError(f"{path}: cannot read: {one_line(err)}") from err
-    if not line.strip():
-        raise DataError(f"{path}: file is empty (no header and no events)")
-    return line
+        _require_regular(path, os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err.strerror or one_line(err)}") from err
+    try:
+        _require_regular(path, os.fstat(fd).st_mode)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-def _has_header(path: Path, sep: str) -> bool:
+class _LineBoundedStream:
+    """The bytes of one events file, decompressed and read once, front to back, for both format detection
+    (`first_line`) and pandas (`read`); a line longer than MAX_LINE_BYTES is a DataError naming it.
+
+    Reads hand out at most READ_CHUNK (< MAX_LINE_BYTES) bytes, so only the line that runs across the
+    boundary of two chunks can be the long one. Lines end at \n or \r (pandas ends rows at both); quotes
+    are not special (pandas reads with quoting off), so no row spans lines.
+    """
+
+    def __init__(self, path: Path, stream: BinaryIO) -> None:
+        self.path = path
+        self._stream = stream
+        self._ahead = b""  # read for first_line(), not yet handed to read()
+        self._line = 1  # number of the line the next byte belongs to
+        self._line_bytes = 0  # bytes of that line seen so far
+        self._first: str | None = None
+
+    def _pull(self, size: int) -> bytes:
+        try:
+            chunk = self._stream.read(min(size, READ_CHUNK))
+        except READ_ERRORS as err:
+            raise DataError(f"{self.path}: cannot read: {_shown_error(err)}") from err
+        self._count(chunk)
+        return chunk
+
+    def _count(self, chunk: bytes) -> None:
+        first_end = min((at for at in (chunk.find(b"\n"), chunk.find(b"\r")) if at >= 0), default=-1)
+        if first_end < 0:
+            self._line_bytes += len(chunk)
+        else:
+            self._line_bytes += first_end
+        if self._line_bytes > MAX_LINE_BYTES:
+            raise DataError(f"{self.path}: line {self._line:,} is longer than {MAX_LINE_BYTES // 2**20} MiB, the "
+                            f"limit for one event's line (is this a text table of events?)")
+        if first_end >= 0:
+            self._line += chunk.count(b"\n") or chunk.count(b"\r")
+            self._line_bytes = len(chunk) - 1 - max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+
+    def first_line(self) -> str:
+        """The first line (without its line break; BOM dropped, undecodable bytes replaced); an empty file
+        is an error. What it read is still handed out by `read`."""
+        if self._first is not None:
+            return self._first
+        while not (b"\n" in self._ahead or b"\r" in self._ahead):
+            chunk = self._pull(READ_CHUNK)
+            if not chunk:
+                break
+            self._ahead += chunk
+        line = re.split(rb"[\r\n]", self._ahead, maxsplit=1)[0].decode("utf-8-sig", errors="replace")
+        if not line.strip():
+            raise DataError(f"{self.path}: file is empty (no header and no events)")
+        self._first = line
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        if self._ahead:
+            chunk, self._ahead = (self._ahead, b"") if size < 0 else (self._ahead[:size], self._ahead[size:])
+            return chunk
+        if size >= 0:
+            return self._pull(size)
+        return b"".join(iter(lambda: self._pull(READ_CHUNK), b""))
+
+
+class _open_events:  # noqa: N801  (used as a context manager, like open)
+    """Open an events file once (a regular file only; decompressed when .xz/.gz) as a `_LineBoundedStream`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> _LineBoundedStream:
+        self._raw = open_regular_file(self.path)
+        opener = COMPRESSION_OPENERS.get(self.path.suffix)
+        try:
+            self._stream = self._raw if opener is None else opener(self._raw, "rb")
+        except READ_ERRORS as err:
+            self._raw.close()
+            raise DataError(f"{self.path}: cannot read: {_shown_error(err)}") from err
+        return _LineBoundedStream(self.path, self._stream)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._stream.close()
+        except READ_ERRORS:
+            pass  # a damaged compressed stream may fail again on close; the error that matters was raised
+        finally:
+            self._raw.close()
+
+
+def _shown_error(err: BaseException) -> str:
+    """A library's message on one line, cut to a length an error line can hold."""
+    return clipped(one_line(err))
+
+
+def _unquoted(field: str) -> str:
+    """A field without surrounding blanks and one pair of double quotes (`"src"` -> `src`)."""
+    field = field.strip()
+    return field[1:-1].strip() if len(field) >= 2 and field[0] == field[-1] == '"' else field
+
+
+def _field_count(line: str, sep: str) -> int:
+    """Fields of a line, counted only up to MAX_COLUMNS + 1 (a long line is not split into millions)."""
+    if sep == ",":
+        return line.count(",") + 1
+    return len(line.split(None, MAX_COLUMNS))
+
+
+def _has_header(line: str, sep: str) -> bool:
     """A header line is one whose first field is not a number."""
-    first_field = re.split(sep, _first_line(path).strip())[0].strip()
+    first_field = re.split(sep, line.strip(), maxsplit=1)[0]
     try:
-        float(first_field)
+        float(_unquoted(first_field))
     except ValueError:
         return True
     return False
 
 
-def _read_table(path: Path, sep: str, header: int | None) -> pd.DataFrame:
-    """Parse the file with pandas; parser failures and files without data rows become DataErrors."""
+def _read_table(path: Path, text: _LineBoundedStream, sep: str, header: int | None) -> pd.DataFrame:
+    """Parse the stream with pandas; parser failures and files without data rows become DataErrors. The
+    first line's width is checked against MAX_COLUMNS first (pandas refuses later lines wider than it)."""
+    if _field_count(text.first_line(), sep) > MAX_COLUMNS:
+        raise DataError(f"{path}: line 1 has more than {MAX_COLUMNS:,} columns, the limit for an events file "
+                        f"(src, dst, t and edge features)")
     try:
-        frame = pd.read_csv(path, sep=sep, header=header, compression="infer", float_precision="round_trip")
+        frame = pd.read_csv(text, sep=sep, header=header, float_precision="round_trip", quoting=csv.QUOTE_NONE)
     except pd.errors.EmptyDataError as err:
         raise DataError(f"{path}: file is empty (no header and no events)") from err
     except (pd.errors.ParserError, UnicodeDecodeError, *READ_ERRORS) as err:
-        raise DataError(f"{path}: cannot parse: {one_line(err)}") from err
+        raise DataError(f"{path}: cannot parse: {_shown_error(err)}") from err
     if frame.empty:
         raise DataError(f"{path}: no events (the file has a header but no data rows)")
     if header is not None:
-        frame.columns = [str(column).strip() for column in frame.columns]
+        frame.columns = [_unquoted(str(column)) for column in frame.columns]
     return frame
 
 
 def _column_label(frame: pd.DataFrame, column: object) -> str:
     """`column 4 ('ts')` for a named column, `column 3` for a header-less one (1-based positions)."""
     position = frame.columns.get_loc(column) + 1
-    return f"column {position}" if isinstance(column, int) else f"column {position} ({column!r})"
+    return f"column {position}" if isinstance(column, int) else f"column {position} ({shown_value(column)})"
 
 
 def _raise_at_first(bad: np.ndarray, frame: pd.DataFrame, columns: Sequence, path: Path, problem: str) -> None:
@@ -216,20 +426,28 @@ def _raise_at_first(bad: np.ndarray, frame: pd.DataFrame, columns: Sequence, pat
     row, col = np.argwhere(bad.reshape(bad.shape[0], -1))[0]
     column = columns[col]
     raise DataError(f"{path}: data row {row + 1}, {_column_label(frame, column)}: "
-                    f"{problem} (found {frame[column].iloc[row]!r})")
+                    f"{problem} (found {shown_value(frame[column].iloc[row])})")
 
 
 def _require_columns(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> None:
     for column in columns:
         if column not in frame.columns:
-            raise DataError(f"{path}: missing column {column!r} (header has: {', '.join(map(str, frame.columns))})")
+            raise DataError(f"{path}: missing column {column!r} (header has: {_shown_names(frame.columns)})")
 
 
 def _finite_numbers(frame: pd.DataFrame, columns: Sequence, path: Path, what: str) -> np.ndarray:
     """The columns as a float64 (rows, len(columns)) matrix; non-numeric, NaN or inf cells are errors."""
-    block = frame[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    block = frame[list(columns)].apply(_to_numeric).to_numpy(np.float64, na_value=np.nan)
     _raise_at_first(~np.isfinite(block), frame, columns, path, f"{what} is not a finite number")
     return block
+
+
+def _to_numeric(series: pd.Series) -> pd.Series:
+    """A column as numbers (NaN where a cell is not one); text cells lose one pair of double quotes first,
+    since the parser keeps them (quoting is off so that no quoted field can span lines)."""
+    if not pd.api.types.is_numeric_dtype(series.dtype):
+        series = series.astype(object).map(lambda cell: _unquoted(cell) if isinstance(cell, str) else cell)
+    return pd.to_numeric(series, errors="coerce")
 
 
 def _node_id_column(frame: pd.DataFrame, column: object, path: Path) -> np.ndarray:
@@ -257,19 +475,25 @@ def _ext_roll_column(frame: pd.DataFrame, path: Path) -> np.ndarray:
 
 
 def _read_matrix(path: Path) -> np.ndarray | None:
-    """A 2-D numeric feature matrix from a .pt tensor or a .npy array; None when the file is absent."""
-    if not path.is_file():
+    """A 2-D numeric feature matrix from a .pt tensor or a .npy array; None when the file is absent. The
+    file is opened once and must be a regular file; a .npy header that promises more data than the file
+    holds is refused before anything is allocated for it."""
+    if not path.exists():
         return None
-    try:
-        if path.suffix == ".pt":
-            tensor = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(tensor, torch.Tensor):
-                raise DataError(f"{path}: expected a torch tensor, found {type(tensor).__name__}")
-            matrix = tensor.detach().to(torch.float32).numpy()
-        else:
-            matrix = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
-        raise DataError(f"{path}: cannot read feature matrix: {one_line(err)}") from err
+    with open_regular_file(path) as handle:
+        try:
+            if path.suffix == ".pt":
+                tensor = torch.load(handle, map_location="cpu", weights_only=True)
+                if not isinstance(tensor, torch.Tensor):
+                    raise DataError(f"{path}: expected a torch tensor, found {type(tensor).__name__}")
+                matrix = tensor.detach().to(torch.float32).numpy()
+            else:
+                _require_npy_size(path, handle)
+                matrix = np.load(handle, allow_pickle=False)
+        except DataError:
+            raise
+        except Exception as err:  # whatever random bytes make the unpickler, the zip reader or numpy raise
+            raise DataError(f"{path}: cannot read feature matrix: {_shown_error(err) or type(err).__name__}") from err
     if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.number):
         raise DataError(f"{path}: expected a 2-D numeric matrix, found shape {matrix.shape} of {matrix.dtype}")
     with np.errstate(over="ignore", invalid="ignore"):
@@ -277,8 +501,25 @@ def _read_matrix(path: Path) -> np.ndarray | None:
     bad = np.argwhere(~np.isfinite(features))
     if len(bad):
         row, col = bad[0]
-        raise DataError(f"{path}: row {row}, column {col}: feature is not a finite float32 (found {matrix[row, col]!r})")
+        raise DataError(f"{path}: row {row}, column {col}: feature is not a finite float32 "
+                        f"(found {matrix[row, col]!r})")
     return features
+
+
+def _require_npy_size(path: Path, handle: BinaryIO) -> None:
+    """Refuse a .npy file whose header's shape needs more bytes than the file has (np.load would allocate
+    the whole array first); leaves `handle` at the start. Headers it cannot read are left to np.load."""
+    version = np.lib.format.read_magic(handle)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version in readers:
+        shape, _, dtype = readers[version](handle)
+        if not dtype.hasobject:
+            needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            available = os.fstat(handle.fileno()).st_size - handle.tell()
+            if needed > available:
+                raise DataError(f"{path}: header promises a {shape} array of {dtype} ({needed:,} bytes), but the "
+                                f"file holds {available:,} bytes after it (truncated or not a feature file)")
+    handle.seek(0)
 
 
 def _edge_rows(matrix: np.ndarray | None, num_events: int, feat_path: Path, events_path: Path,
@@ -313,9 +554,10 @@ def _with_features(raw: _RawEvents, path: Path, edge_path: Path, node_path: Path
     )
 
 
-def _read_event_columns(path: Path, src: str, dst: str, time: str) -> tuple[pd.DataFrame, _RawEvents]:
+def _read_event_columns(path: Path, text: _LineBoundedStream, src: str, dst: str,
+                        time: str) -> tuple[pd.DataFrame, _RawEvents]:
     """A headed CSV's table and its source, destination and time columns, validated."""
-    frame = _read_table(path, sep=",", header=0)
+    frame = _read_table(path, text, sep=",", header=0)
     _require_columns(frame, (src, dst, time), path)
     raw = _RawEvents(
         src=_node_id_column(frame, src, path), dst=_node_id_column(frame, dst, path),
@@ -324,15 +566,15 @@ def _read_event_columns(path: Path, src: str, dst: str, time: str) -> tuple[pd.D
     return frame, raw
 
 
-def _read_tgl(path: Path) -> _RawEvents:
-    frame, raw = _read_event_columns(path, "src", "dst", "time")
+def _read_tgl(path: Path, text: _LineBoundedStream) -> _RawEvents:
+    frame, raw = _read_event_columns(path, text, "src", "dst", "time")
     if "ext_roll" in frame.columns:
         raw = replace(raw, ext_roll=_ext_roll_column(frame, path))
     return _with_features(raw, path, path.parent / "edge_features.pt", path.parent / "node_features.pt", padded=False)
 
 
-def _read_dyglib(path: Path) -> _RawEvents:
-    _, raw = _read_event_columns(path, "u", "i", "ts")
+def _read_dyglib(path: Path, text: _LineBoundedStream) -> _RawEvents:
+    _, raw = _read_event_columns(path, text, "u", "i", "ts")
     stem = _bare_name(path)
     return _with_features(raw, path, path.with_name(f"{stem}.npy"), path.with_name(f"{stem}_node.npy"), padded=True)
 
@@ -344,17 +586,20 @@ def _edge_feature_columns(frame: pd.DataFrame, columns: Sequence, path: Path) ->
     return block
 
 
-def _read_positional(path: Path, sep: str, columns: ColumnChoice | None = None) -> _RawEvents:
-    """`src, dst, t, feat...` by position, with or without a header line, or the columns `columns` names."""
-    frame = _read_table(path, sep=sep, header=0 if _has_header(path, sep) else None)
+def _read_positional(path: Path, text: _LineBoundedStream, sep: str, columns: ColumnChoice | None = None) -> _RawEvents:
+    """`src, dst, t, feat...` by position, with or without a header line, or the columns `columns` names
+    (which must be distinct columns of the file: a name and a position may point to the same one)."""
+    frame = _read_table(path, text, sep=sep, header=0 if _has_header(text.first_line(), sep) else None)
     if columns is None:
         if frame.shape[1] < 3:
             raise DataError(f"{path}: expected at least 3 columns (src, dst, t), found {frame.shape[1]}")
         src_column, dst_column, time_column, *feature_columns = frame.columns
     else:
-        src_column, dst_column, time_column = (_chosen_column(frame, key, path)
-                                               for key in (columns.src, columns.dst, columns.t))
-        feature_columns = [_chosen_column(frame, key, path) for key in columns.feat]
+        chosen = [(role, _chosen_column(frame, key, path)) for role, key in columns.roles()]
+        _require_distinct(chosen, f"{path}: --columns", lambda column: f"{_column_label(frame, column)} "
+                                                                         f"(position {frame.columns.get_loc(column)})")
+        (_, src_column), (_, dst_column), (_, time_column), *features = chosen
+        feature_columns = [column for _, column in features]
     raw = _RawEvents(
         src=_node_id_column(frame, src_column, path), dst=_node_id_column(frame, dst_column, path),
         t=_finite_numbers(frame, [time_column], path, "timestamp")[:, 0],
@@ -369,12 +614,12 @@ def _chosen_column(frame: pd.DataFrame, key: int | str, path: Path) -> object:
     """The frame's column at 0-based position `key`, or with header name `key`."""
     if isinstance(key, int):
         if key >= frame.shape[1]:
-            raise DataError(f"{path}: --columns names position {key}, but the file has {frame.shape[1]} columns "
+            raise DataError(f"{path}: --columns names position {key:,}, but the file has {frame.shape[1]} columns "
                             f"(positions 0 to {frame.shape[1] - 1})")
         return frame.columns[key]
     if key not in frame.columns or isinstance(frame.columns[0], int):
-        header = ", ".join(map(str, frame.columns)) if not isinstance(frame.columns[0], int) else "no header line"
-        raise DataError(f"{path}: --columns names column {key!r}, which the file does not have ({header})")
+        header = _shown_names(frame.columns) if not isinstance(frame.columns[0], int) else "no header line"
+        raise DataError(f"{path}: --columns names column {shown_value(key)}, which the file does not have ({header})")
     return key
 
 

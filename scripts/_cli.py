@@ -5,7 +5,10 @@ traceback, and an exit code that says what kind of failure it was. Scripts impor
 - a user error (`UserError`: bad file, key or checkpoint): exit 2;
 - a failure inside a pipeline stage (a bug, annotated by the runner with `pipeline_stage` and
   `pipeline_batch`) or an operating-system error (disk full, no permission): exit 1;
-- Ctrl-C, or SIGINT/SIGTERM turned into a stop request by the script: `interrupted`, exit 130.
+- Ctrl-C, or SIGINT/SIGTERM turned into a stop request by the script: `interrupted`, exit 130. That holds
+  from the start: importing this module (the scripts import it before anything heavy) installs a SIGINT
+  handler that ends a script still loading its modules with `interrupted`, exit 130, and raises
+  `KeyboardInterrupt` as Python's own does once the script's code runs.
 
 With the environment variable MSPIPE_DEBUG=1 the full traceback is printed before the error line.
 Any other exception is a bug and propagates with Python's own traceback (exit 1).
@@ -15,25 +18,55 @@ the process settings (allocator, torch threads) every training entry point appli
 """
 from __future__ import annotations
 
-import argparse
 import os
+import signal
 import sys
-import traceback
-from collections.abc import Callable
-from typing import NoReturn
+from pathlib import Path
+from types import FrameType
+
+INTERRUPT_EXIT = 130
+
+
+def _interrupt_while_loading(signum: int, frame: FrameType | None) -> None:
+    """SIGINT while a script is still loading (no function of the script has started): `interrupted` and
+    exit 130 at once, rather than a KeyboardInterrupt traceback from inside some import; nothing has been
+    written yet. Otherwise Python's own behaviour, a `KeyboardInterrupt` that `run_cli` (or the script)
+    turns into `interrupted`."""
+    script = vars(sys.modules["__main__"])
+    while frame is not None:
+        if frame.f_globals is script and not frame.f_code.co_name.startswith("<"):
+            raise KeyboardInterrupt
+        frame = frame.f_back
+    sys.stdout.flush()
+    print("interrupted", file=sys.stderr, flush=True)
+    os._exit(INTERRUPT_EXIT)
+
+
+def _started_as_script() -> bool:
+    """Whether this process runs one of scripts/*.py (not, say, pytest importing this module)."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is not None and Path(main_file).resolve().parent == Path(__file__).resolve().parent
+
+
+if _started_as_script() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, _interrupt_while_loading)
+
+import argparse  # noqa: E402  (the imports below take seconds: after the handler)
+import traceback  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import NoReturn  # noqa: E402
 
 os.environ.setdefault("DGLBACKEND", "pytorch")
 
-from common.errors import UserError, one_line  # noqa: E402
+from common.errors import DataError, UserError, one_line  # noqa: E402
 from graph.datasets import load_dataset  # noqa: E402  (after DGLBACKEND, before anything imports dgl)
 from graph.events import EventStream  # noqa: E402
-from graph.loaders import parse_columns  # noqa: E402
+from graph.loaders import clipped, parse_columns  # noqa: E402
 from pipeline.engine.allocator import keep_freed_memory  # noqa: E402
 from pipeline.engine.threads import ThreadPlan, configure_threads  # noqa: E402
 
 FAILURE_EXIT = 1
 USER_ERROR_EXIT = 2
-INTERRUPT_EXIT = 130
 DEBUG_ENV = "MSPIPE_DEBUG"
 
 
@@ -95,6 +128,12 @@ def add_data_arguments(parser: argparse.ArgumentParser, default: str) -> None:
 
 
 def load_data(args: argparse.Namespace) -> EventStream:
-    """The event stream --data, --format and --columns describe."""
+    """The event stream --data, --format and --columns describe. Bad input is a one-line DataError (the
+    loaders bound what one line may hold; see graph/loaders.py); a file too large for this machine's memory
+    is one too, instead of a MemoryError traceback."""
     columns = None if args.columns is None else parse_columns(args.columns)
-    return load_dataset(args.data, fmt=args.format, columns=columns)
+    try:
+        return load_dataset(args.data, fmt=args.format, columns=columns)
+    except MemoryError:
+        raise DataError(f"{clipped(args.data)}: not enough memory to load it (use a machine with more memory, or fewer "
+                        f"events or feature columns)") from None

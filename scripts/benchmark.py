@@ -76,12 +76,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from _cli import add_data_arguments, configure_process, load_data  # first: Ctrl-C while importing is `interrupted`
+
 import dgl
 import numpy as np
 import torch
 
 import pyg_reference
-from _cli import add_data_arguments, configure_process, load_data
 from common.errors import UserError
 from graph.datasets import load_dataset
 from graph.events import EventStream, event_stream_from_raw

@@ -32,10 +32,11 @@ import sys
 import time
 from pathlib import Path
 
+from _cli import configure_process, run_cli  # first: Ctrl-C while importing is `interrupted`, exit 130
+
 import numpy as np
 import torch
 
-from _cli import configure_process, run_cli
 from benchmark import COMPARE_CASES, REPO, git_commit, library_versions, print_table, write_json
 from common.errors import UserError
 from graph.datasets import load_dataset

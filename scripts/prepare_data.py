@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from _cli import add_data_arguments, load_data, run_cli  # first: Ctrl-C while importing is `interrupted`, exit 130
+
 import numpy as np
 import pandas as pd
 import torch
-from _cli import add_data_arguments, load_data, run_cli
 
 from common.errors import UserError
 from graph.datasets import DEFAULT_DATASET

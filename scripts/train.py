@@ -4,6 +4,7 @@
 
 Writes TensorBoard logs, `checkpoint.pt` (every epoch, atomically), `pipeline_events.csv`,
 `timeline.png` and `results.json` into --out. `--resume` continues a killed run from its last checkpoint.
+One run at a time per --out: a second is refused while the first holds the directory's lock (`.lock`).
 
 Data-parallel on N processes (docs/distributed.md); rank 0 writes --out, rank r > 0 writes --out/rank<r>:
 
@@ -11,13 +12,16 @@ Data-parallel on N processes (docs/distributed.md); rank 0 writes --out, rank r 
 """
 from __future__ import annotations
 
+from _cli import add_data_arguments, configure_process, load_data, run_cli  # first: Ctrl-C while importing
+
 import argparse
+import fcntl
 import math
+import os
 import signal
 import threading
+import time
 from pathlib import Path
-
-from _cli import add_data_arguments, configure_process, load_data, run_cli
 
 import torch
 
@@ -83,24 +87,116 @@ def run_files(out_dir: Path) -> list[Path]:
     return [p for p in out_dir.iterdir() if p.name in RUN_FILES or p.name.startswith("events.out.tfevents")]
 
 
-def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path:
-    """Check the run directory before training: never overwrite a run unless asked, fail early if unwritable."""
-    if resume:
-        if not (out_dir / CHECKPOINT_NAME).is_file():
-            raise UserError(f"{out_dir}: --resume given but there is no {CHECKPOINT_NAME} to resume from")
-    elif out_dir.is_dir() and run_files(out_dir):
-        if not overwrite:
-            raise UserError(f"{out_dir}: already holds a run; pass --overwrite to replace it or --resume to continue it")
-        for path in run_files(out_dir):
-            path.unlink()
+LOCK_NAME = ".lock"
+HOLDER_WAIT_S = 1.0  # how long to wait for a lock's new holder to write its pid
+
+
+class RunLock:
+    """An exclusive `flock` on `<run directory>/.lock`, so that one run at a time uses a directory.
+
+    The kernel drops the lock when its process ends however it ends (kill -9 included), so a lock file
+    left behind never blocks a later run. `release` removes the file while still holding the lock; a run
+    that opened the file just before checks, once it holds a lock, that it locked the file now at the path.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.path = out_dir / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock and write this process's pid into it; a `UserError` naming the holder's pid if
+        another run holds it, an `OSError` if the file cannot be created or locked."""
+        while self.fd is None:
+            # never through a link: a run directory from elsewhere could point .lock at another file
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise UserError(f"{self.out_dir}: another run (pid {holder}) is using this run directory; wait "
+                                f"for it to end or choose another --out") from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if not self._is_current(fd):
+                os.close(fd)  # its holder removed the file after we opened it: lock the one there now
+                continue
+            self.fd = fd
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except BaseException:
+                self.release()
+                raise
+        return self
+
+    def _is_current(self, fd: int) -> bool:
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+
+    def _holder(self, fd: int) -> str:
+        """The pid the holder wrote (it writes it right after locking, so wait a moment for it)."""
+        deadline = time.monotonic() + HOLDER_WAIT_S
+        while True:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            if text or time.monotonic() > deadline:
+                return text if text.isdigit() else "unknown"
+            time.sleep(0.02)
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (the file first, while the lock still guards it)."""
+        if self.fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:
+            pass  # the directory went away or became read-only; the lock still ends with the descriptor
+        os.close(self.fd)
+        self.fd = None
+
+
+def _cannot_write(out_dir: Path, err: OSError) -> UserError:
+    return UserError(f"{out_dir}: cannot write to the run directory ({err.strerror or err})")
+
+
+def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> RunLock:
+    """Lock the run directory and check it before training: another run must not be using it, an earlier
+    run is never overwritten unless asked, and an unwritable directory fails early. The caller releases
+    the returned lock when the run ends."""
+    no_checkpoint = f"{out_dir}: --resume given but there is no {CHECKPOINT_NAME} to resume from"
+    if resume and not out_dir.is_dir():
+        raise UserError(no_checkpoint)  # before creating the directory
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        lock = RunLock(out_dir).acquire()
     except OSError as err:
-        raise UserError(f"{out_dir}: cannot write to the run directory ({err.strerror or err})") from None
-    return out_dir
+        raise _cannot_write(out_dir, err) from None
+    try:
+        if resume:
+            if not (out_dir / CHECKPOINT_NAME).is_file():
+                raise UserError(no_checkpoint)
+        elif run_files(out_dir):
+            if not overwrite:
+                raise UserError(f"{out_dir}: already holds a run; pass --overwrite to replace it or --resume to "
+                                f"continue it")
+            for path in run_files(out_dir):
+                path.unlink()
+        probe = out_dir / ".write-test"
+        try:
+            probe.write_bytes(b"ok")
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as err:
+        lock.release()
+        raise _cannot_write(out_dir, err) from None
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def stop_on_signals() -> threading.Event:
@@ -138,11 +234,14 @@ def main(argv: list[str] | None = None) -> int:
 def train_as(world: LocalWorld, args: argparse.Namespace, cfg: RunConfig, events: EventStream,
              device: torch.device) -> dict:
     """Train as this process's part of `world`: rank 0 writes --out, rank r > 0 its own copy in rank<r>/."""
-    out = Path(args.out) if world.rank == 0 else Path(args.out) / f"rank{world.rank}"
-    out_dir = prepare_run_dir(out, resume=args.resume, overwrite=args.overwrite)
-    configure_process(args.threads)
-    return train(cfg, events, out_dir, device, args.seed, resume=args.resume, stop=stop_on_signals(),
-                 show_progress=not args.no_progress and world.rank == 0, world=world)
+    out_dir = Path(args.out) if world.rank == 0 else Path(args.out) / f"rank{world.rank}"
+    lock = prepare_run_dir(out_dir, resume=args.resume, overwrite=args.overwrite)
+    try:
+        configure_process(args.threads)
+        return train(cfg, events, out_dir, device, args.seed, resume=args.resume, stop=stop_on_signals(),
+                     show_progress=not args.no_progress and world.rank == 0, world=world)
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":

@@ -17,10 +17,15 @@ def fingerprints():
     return config_fingerprint(validate_config({})), dataset_fingerprint(synthetic_events(num_events=200, seed=1))
 
 
+def layout(fingerprints, **entries) -> dict:
+    """A checkpoint with every entry scripts/train.py writes (empty where a test does not need it)."""
+    return {"config": {}, "seed": 0, "config_fingerprint": fingerprints[0], "dataset_fingerprint": fingerprints[1],
+            "model": {}, "optimizer": {}, "training": {}, **entries}
+
+
 def test_round_trip(tmp_path, fingerprints):
     path = tmp_path / "checkpoint.pt"
-    state = {"config_fingerprint": fingerprints[0], "dataset_fingerprint": fingerprints[1],
-             "weights": torch.arange(5.0)}
+    state = layout(fingerprints, weights=torch.arange(5.0))
     save_checkpoint(path, state)
     loaded = load_checkpoint(path, *fingerprints)
     assert torch.equal(loaded["weights"], state["weights"])
@@ -29,7 +34,7 @@ def test_round_trip(tmp_path, fingerprints):
 
 def test_failed_write_keeps_previous_checkpoint(tmp_path, fingerprints):
     path = tmp_path / "checkpoint.pt"
-    good = {"config_fingerprint": fingerprints[0], "dataset_fingerprint": fingerprints[1], "value": 1}
+    good = layout(fingerprints, value=1)
     save_checkpoint(path, good)
 
     class Unpicklable:
@@ -56,7 +61,7 @@ def test_corrupt_checkpoint_is_refused(tmp_path, fingerprints, damage):
 
 def test_mismatched_checkpoint_is_refused(tmp_path, fingerprints):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint(path, {"config_fingerprint": fingerprints[0], "dataset_fingerprint": fingerprints[1]})
+    save_checkpoint(path, layout(fingerprints))
     other_cfg = config_fingerprint(validate_config({"memory": {"dim": 50}}))
     other_data = dataset_fingerprint(synthetic_events(num_events=200, seed=2))
     with pytest.raises(CheckpointError, match="different config"):

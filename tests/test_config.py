@@ -123,6 +123,8 @@ def test_memoryless_model_needs_attention():
     ("pipeline: {auto: {candidates: [turbo]}}\n", "pipeline.auto.candidates"),
     ("pipeline: {auto: {candidates: []}}\n", "pipeline.auto.candidates"),
     ("pipeline: {auto: {trial_batches: 1}}\n", "pipeline.auto.trial_batches"),
+    ("pipeline: {auto: {margin: 1.0}}\n", "pipeline.auto.margin"),
+    ("pipeline: {auto: {margin: -0.1}}\n", "pipeline.auto.margin"),
     ("pipeline: {auto: {recheck_every: 0}}\n", "pipeline.auto.recheck_every"),
 ])
 def test_bad_auto_settings_are_refused(tmp_path, text, key):

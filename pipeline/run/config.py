@@ -4,6 +4,11 @@ A config names the parts a model is composed from; every key has a default here,
 states what differs. An unknown key, a wrong type or an out-of-range value is a `ConfigError` naming the
 file and the dotted key, because a silently ignored typo would train a different model than intended.
 
+A config is small, so whatever it came from (a YAML file, `--set`, a checkpoint) is bounded before it is
+read: at most `MAX_CONFIG_BYTES` of YAML, `MAX_DEPTH` levels of nesting, `MAX_VALUES` values (a YAML alias
+counts once per use, so an alias bomb is refused without being expanded) and strings of `MAX_STRING`
+characters. Every error message shows a value through `shown`, which never builds more than a short repr.
+
 The swappable parts (`memory.updater`, `embedding.module`, `predictor.module`, `sampler.strategy`,
 `pipeline.mode`) are checked against their registries, after importing the config's `plugins`, so a
 part a plugin registers is as valid as a built-in one.
@@ -11,10 +16,12 @@ part a plugin registers is as valid as a built-in one.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import math
+import reprlib
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any, NoReturn, get_args, get_type_hints
 
 import yaml
 
@@ -34,6 +41,13 @@ from sampler.temporal import STRATEGIES
 MODES = SCHEDULERS.names()  # the built-in modes; a plugin's scheduler is selected in the YAML
 RANKINGS = ("none", "all")
 EDGEBANK_MEMORIES = ("unlimited", "window")
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; a megabyte of YAML is not a config
+MAX_DEPTH = 16  # levels of mappings and lists (a config uses 4: pipeline.auto.candidates[0])
+MAX_VALUES = 10_000  # mappings, lists and scalars, each use of a YAML alias counting again
+MAX_STRING = 4096  # characters of one string (a plugin path at most PATH_MAX)
+MAX_INTEGER = 2**63 - 1  # integers must fit the int64 they end up in
+SHOWN_CHARS = 80  # how much of a value an error message shows
 
 
 @dataclass(frozen=True)
@@ -139,7 +153,7 @@ POSITIVE = {
 NON_NEGATIVE = {"train.weight_decay"}
 FRACTIONS = {
     "embedding.dropout", "eval.val_ratio", "eval.test_ratio", "eval.inductive_ratio",
-    "pipeline.mitigation.quantile", "pipeline.mitigation.gamma", "edgebank.window_ratio",
+    "pipeline.mitigation.quantile", "pipeline.mitigation.gamma", "edgebank.window_ratio", "pipeline.auto.margin",
 }
 RANGES: tuple[tuple[set[str], Callable[[float], bool], str], ...] = (
     (POSITIVE, lambda value: value > 0, "> 0"),
@@ -154,10 +168,10 @@ def _merge(defaults: Any, given: Any, key: str, source: str) -> Any:
         if given is None and key == "memory":
             return None
         if not isinstance(given, dict):
-            raise ConfigError(f"{source}: key '{key}' must be a mapping, got {type(given).__name__}")
-        unknown = sorted(set(given) - set(defaults))
+            raise ConfigError(f"{source}: {_where(key)} must be a mapping, got {type(given).__name__}")
+        unknown = sorted(set(given) - set(defaults), key=str)
         if unknown:
-            where = f"{key}.{unknown[0]}" if key else unknown[0]
+            where = f"{key}.{_key_name(unknown[0])}" if key else _key_name(unknown[0])
             raise ConfigError(f"{source}: unknown key '{where}' (known: {', '.join(sorted(defaults))})")
         return {
             name: _merge(value, given[name], f"{key}.{name}" if key else name, source) if name in given
@@ -166,29 +180,192 @@ def _merge(defaults: Any, given: Any, key: str, source: str) -> Any:
         }
     if isinstance(defaults, bool):
         if not isinstance(given, bool):
-            raise ConfigError(f"{source}: key '{key}' must be true or false, got {given!r}")
+            raise ConfigError(f"{source}: key '{key}' must be true or false, got {shown(given)}")
         return given
     if isinstance(defaults, (int, float)):
         if isinstance(given, bool) or not isinstance(given, (int, float)):
-            raise ConfigError(f"{source}: key '{key}' must be a number, got {given!r}")
-        if isinstance(defaults, int) and not isinstance(given, int):
-            raise ConfigError(f"{source}: key '{key}' must be an integer, got {given!r}")
+            raise ConfigError(f"{source}: key '{key}' must be a number, got {shown(given)}")
+        if isinstance(defaults, int):
+            if not isinstance(given, int):
+                raise ConfigError(f"{source}: key '{key}' must be an integer, got {shown(given)}")
+            if abs(given) > MAX_INTEGER:
+                raise ConfigError(f"{source}: key '{key}' must be an integer below 2**63, got {shown(given)}")
+        elif not _finite(given):
+            raise ConfigError(f"{source}: key '{key}' must be a finite number, got {shown(given)}")
         return given
     if isinstance(defaults, list):
         strings = key in STRING_LISTS
         if not isinstance(given, list) or not all(_is_list_item(v, strings) for v in given):
             raise ConfigError(f"{source}: key '{key}' must be a list of {'strings' if strings else 'integers'}, "
-                              f"got {given!r}")
+                              f"got {shown(given)}")
         return list(given)
     if not isinstance(given, str):
-        raise ConfigError(f"{source}: key '{key}' must be a string, got {given!r}")
+        raise ConfigError(f"{source}: key '{key}' must be a string, got {shown(given)}")
     return given
+
+
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _is_list_item(value: Any, strings: bool) -> bool:
     if strings:
         return isinstance(value, str)
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _ShortRepr(reprlib.Repr):
+    """reprlib's abbreviated repr, also for what it would otherwise print in full: huge integers (whose
+    repr Python refuses past 4300 digits) and objects of other types (bytes, dates, anything unpickled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxtuple, self.maxdict, self.maxset = 3, 4, 4, 4, 4
+        self.maxstring = self.maxother = self.maxlong = SHOWN_CHARS
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 4 * SHOWN_CHARS:
+            return f"<an integer of about {int(x.bit_length() * math.log10(2)) + 1} digits>"
+        return super().repr_int(x, level)
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        if isinstance(x, (float, bool, type(None))):
+            return repr(x)
+        return f"<{type(x).__name__}>"
+
+
+_SHORT_REPR = _ShortRepr()
+
+
+def shown(value: Any) -> str:
+    """`repr(value)` for an error message, cut to about `SHOWN_CHARS` characters; its cost does not grow with
+    the value (a list of a billion items, a recursive one or a huge integer show as quickly as a number)."""
+    text = _SHORT_REPR.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def _key_name(name: Any) -> str:
+    """A mapping key as part of a dotted key in a message (a YAML key may be any scalar, of any length)."""
+    return name if isinstance(name, str) and len(name) <= SHOWN_CHARS else shown(name)
+
+
+def _where(key: str) -> str:
+    """'key <dotted key>' for a message, at most about two values long; 'the config' for the top level."""
+    if not key:
+        return "the config"
+    return f"key '{key}'" if len(key) <= 2 * SHOWN_CHARS else f"key '{key[:SHOWN_CHARS]}...{key[-SHOWN_CHARS:]}'"
+
+
+def check_bounds(given: Any, source: str) -> None:
+    """Refuse a config value that nests deeper than `MAX_DEPTH`, holds more than `MAX_VALUES` values
+    (counting every use of a shared or recursive part: YAML aliases, a checkpoint's pickled references) or
+    a string longer than `MAX_STRING`. Iterative and stops at the first bound it passes, so it costs at
+    most `MAX_VALUES` steps whatever `given` is."""
+    count = 0
+    stack: list[tuple[Iterator[tuple[Any, str]], int]] = [(iter([(given, "")]), 0)]
+    while stack:
+        items, depth = stack[-1]
+        item = next(items, None)
+        if item is None:
+            stack.pop()
+            continue
+        value, key = item
+        where = _where(key)
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(f"{source}: {where} holds more than {MAX_VALUES} values (every use of a YAML "
+                              f"alias counts); a config is far smaller")
+        if isinstance(value, (dict, list, tuple)):
+            children = _children(value, key)
+        else:
+            if isinstance(value, str) and len(value) > MAX_STRING:
+                raise ConfigError(f"{source}: {where} holds a string of {len(value)} characters "
+                                  f"(at most {MAX_STRING})")
+            continue
+        if depth >= MAX_DEPTH:
+            raise ConfigError(f"{source}: {where} nests deeper than {MAX_DEPTH} levels")
+        stack.append((children, depth + 1))
+
+
+def _children(value: dict | list | tuple, key: str) -> Iterator[tuple[Any, str]]:
+    """The items of a mapping or list, each with its dotted key (a list's items share the list's)."""
+    if isinstance(value, dict):
+        for name, child in value.items():
+            yield child, f"{key}.{_key_name(name)}" if key else _key_name(name)
+    else:
+        for child in value:
+            yield child, key
+
+
+class _OverBound(Exception):
+    """A YAML document past a bound (`message`), at dotted `key` and `line`, found while composing."""
+
+    def __init__(self, message: str, key: str, line: int) -> None:
+        super().__init__(message, key, line)
+        self.message, self.key, self.line = message, key, line
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses, while composing and so before anything is built, a document nested
+    deeper than `MAX_DEPTH` (its composer recurses once per level: `[[[...]]]` a thousand deep would end in
+    a `RecursionError`), one holding more than `MAX_VALUES` values once its aliases are expanded (each
+    node's expanded size is summed from its children's, so an alias bomb is never expanded), and an alias
+    inside its own anchor. `check_bounds` applies the same bounds to the data, whatever its source."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._path: list[str | None] = []  # per open node: its mapping key, or None (list item, key, root)
+        self._sizes: dict[int, int] = {}  # id(node) -> values it holds with aliases expanded
+
+    def _refuse(self, message: str) -> NoReturn:
+        key = ".".join(name for name in self._path if name is not None)
+        raise _OverBound(message, key, self.peek_event().start_mark.line + 1)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._path.append(_key_name(index.value) if isinstance(index, yaml.ScalarNode) else None)
+        try:
+            if len(self._path) > MAX_DEPTH + 1:
+                self._refuse(f"nests deeper than {MAX_DEPTH} levels")
+            if self.check_event(yaml.AliasEvent):
+                anchor = self.peek_event().anchor
+                if anchor in self.anchors and id(self.anchors[anchor]) not in self._sizes:
+                    self._refuse(f"holds an alias to itself (*{_key_name(anchor)})")
+                return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
+            if isinstance(node, yaml.MappingNode):
+                size = 1 + sum(self._sizes[id(key)] + self._sizes[id(value)] for key, value in node.value)
+            elif isinstance(node, yaml.SequenceNode):
+                size = 1 + sum(self._sizes[id(item)] for item in node.value)
+            else:
+                size = 1
+            if size > MAX_VALUES:
+                self._refuse(f"holds more than {MAX_VALUES} values (every use of a YAML alias counts)")
+            self._sizes[id(node)] = size
+            return node
+        finally:
+            self._path.pop()
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """`text` as YAML data (safe types only); a document past the bounds (`_BoundedLoader`), a number Python
+    will not convert or anything else the parser rejects is one `ConfigError` naming `source`."""
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_data()
+    except _OverBound as err:
+        raise ConfigError(f"{source}: {_where(err.key)} {err.message} (line {err.line})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = one_line(getattr(err, "problem", None) or err)
+        raise ConfigError(f"{source}:{where} invalid YAML ({shown(problem)})") from None
+    except (ValueError, OverflowError) as err:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"{source}: invalid YAML ({shown(one_line(err))})") from None
+    finally:
+        loader.dispose()
 
 
 def _lookup(cfg: RunConfig, dotted: str) -> Any:
@@ -204,28 +381,32 @@ def _check_values(cfg: RunConfig, source: str) -> None:
     for key, allowed in CHOICES.items():
         value = _lookup(cfg, key)
         if value is not None and value not in allowed:
-            raise ConfigError(f"{source}: key '{key}' is {value!r}, expected one of {', '.join(allowed)}")
+            raise ConfigError(f"{source}: key '{key}' is {shown(value)}, expected one of {', '.join(allowed)}")
     for keys, in_range, expected in RANGES:
         for key in keys:
             value = _lookup(cfg, key)
             if value is not None and not in_range(value):
-                raise ConfigError(f"{source}: key '{key}' must be {expected}, got {value!r}")
+                raise ConfigError(f"{source}: key '{key}' must be {expected}, got {shown(value)}")
     unknown = [strategy for strategy in cfg.eval.negatives if strategy not in NEGATIVE_STRATEGIES]
     if unknown:
-        raise ConfigError(f"{source}: key 'eval.negatives' has {unknown[0]!r}, expected a list of "
+        raise ConfigError(f"{source}: key 'eval.negatives' has {shown(unknown[0])}, expected a list of "
                           f"{', '.join(NEGATIVE_STRATEGIES)}")
     auto = cfg.pipeline.auto
     wrong = [mode for mode in auto.candidates if mode not in SCHEDULERS or mode == "auto"]
     if not auto.candidates or wrong:
-        got = repr(wrong[0])[:80] if wrong else "an empty list"
+        got = shown(wrong[0]) if wrong else "an empty list"
         raise ConfigError(f"{source}: key 'pipeline.auto.candidates' must list modes other than auto "
                           f"({', '.join(m for m in SCHEDULERS.names() if m != 'auto')}), got {got}")
     if auto.trial_batches < 2:
         raise ConfigError(f"{source}: key 'pipeline.auto.trial_batches' must be >= 2 (a time per batch needs two "
                           f"train steps), got {auto.trial_batches}")
+    if auto.margin >= 1:
+        raise ConfigError(f"{source}: key 'pipeline.auto.margin' must be below 1 (a fraction of the first "
+                          f"candidate's time per batch), got {auto.margin}")
     fanouts = cfg.sampler.fanouts
     if not fanouts or any(f < 0 for f in fanouts):
-        raise ConfigError(f"{source}: key 'sampler.fanouts' must be a non-empty list of counts >= 0, got {fanouts!r}")
+        raise ConfigError(f"{source}: key 'sampler.fanouts' must be a non-empty list of counts >= 0, "
+                          f"got {shown(list(fanouts))}")
     if cfg.embedding.dim_out % cfg.embedding.heads:
         raise ConfigError(f"{source}: key 'embedding.dim_out' must be divisible by 'embedding.heads'")
     if cfg.memory is None and cfg.embedding.module != "attention":
@@ -240,6 +421,7 @@ def validate_config(given: dict, source: str = "<config>", base_dir: Path | None
     Imports the `plugins` first (`.py` paths relative to `base_dir`, default the working directory) and
     stores them as absolute paths, so the parts they register can be named and the config stays valid.
     """
+    check_bounds(given, source)
     merged = _merge(DEFAULTS, given, "", source)
     merged["plugins"] = load_plugins(merged["plugins"], base_dir or Path.cwd(), source)
     cfg = _record(RunConfig, merged)
@@ -253,12 +435,19 @@ def load_config(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        given = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} invalid YAML") from None
-    return validate_config(given, str(path), path.parent)
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror or err})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: config file is larger than {MAX_CONFIG_BYTES >> 20} MiB; a config is a few "
+                          f"hundred bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: config file is not UTF-8 text (byte {err.start})") from None
+    given = read_yaml(text, str(path))
+    return validate_config({} if given is None else given, str(path), path.parent)
 
 
 def parse_settings(settings: list[str], source: str = "--set") -> dict[str, Any]:
@@ -267,11 +456,8 @@ def parse_settings(settings: list[str], source: str = "--set") -> dict[str, Any]
     for setting in settings:
         key, sep, text = setting.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"{source}: '{setting}' is not KEY=VALUE (e.g. memory.update_time=batch)")
-        try:
-            overrides[key.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{source}: value of '{key.strip()}' is not valid YAML ({one_line(error)})") from None
+            raise ConfigError(f"{source}: {shown(setting)} is not KEY=VALUE (e.g. memory.update_time=batch)")
+        overrides[key.strip()] = read_yaml(text, f"{source}: value of '{_key_name(key.strip())}'")
     return overrides
 
 
@@ -285,7 +471,7 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str = "co
         parts = dotted.split(".")
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
-                raise ConfigError(f"{source}: key '{dotted}' does not exist in this config")
+                raise ConfigError(f"{source}: key '{_key_name(dotted)}' does not exist in this config")
             node = node[part]
         node[parts[-1]] = value
     return validate_config(given, source)

@@ -22,11 +22,16 @@ PALETTE = "tab10"
 
 def timeline_figure(events: Sequence[StageEvent], title: str | None = None,
                     path: str | Path | None = None) -> Figure:
-    """A Gantt chart of `events` (time in ms since the run started); also saved as PNG to `path` if given."""
+    """A Gantt chart of `events` (time in ms since the run started); also saved as PNG to `path` if given.
+    An event of a stage not in STAGES is a ValueError naming it (there is no row to draw it in)."""
+    rows = {stage: row for row, stage in enumerate(STAGES)}
+    unknown = next((e.stage for e in events if e.stage not in rows), None)
+    if unknown is not None:
+        shown = repr(unknown[:40]) + ("..." if len(unknown) > 40 else "") if isinstance(unknown, str) else "non-text"
+        raise ValueError(f"unknown pipeline stage {shown} (stages: {', '.join(STAGES)})")
     figure = Figure(figsize=(10, 3))
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
-    rows = {stage: row for row, stage in enumerate(STAGES)}
     y = np.array([rows[e.stage] for e in events], dtype=float)
     start_ms = np.array([1000 * e.start for e in events])
     width_ms = np.array([1000 * (e.end - e.start) for e in events])

@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.errors import ConfigError
+from common.errors import ConfigError, NonFiniteLossError
 from graph.events import EventStream
+from models.tgnn import build_model
 from pipeline.run.baselines import BASELINES, run_baseline
 from pipeline.run.checkpoint import (
-    CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint, save_checkpoint,
+    CHECKPOINT_NAME, check_contents, check_plugins, check_weights, config_fingerprint, dataset_fingerprint,
+    load_optimizer_state, resume_checkpoint, save_checkpoint,
 )
 from pipeline.engine.schedulers import Auto, Scheduler, make_scheduler
 from pipeline.engine.profiler import StageProfiler
@@ -79,6 +81,7 @@ def evaluate(setup: RunSetup, name: str, indices: np.ndarray, inductive: np.ndar
     run_stages(stages, make_scheduler("sequential"), None, stop, f"eval {name}", show_progress)
     pos, neg = setup.world.split_scores(np.concatenate(setup.eval_positions(len(indices))),
                                         np.concatenate(stages.step.pos_scores), np.concatenate(stages.step.neg_scores))
+    _check_scores(name, pos, neg)
     metrics = split_metrics(name, pos, neg, negative_columns(setup.cfg), setup.cfg.eval.batch_size,
                             event_subsets(indices, inductive, setup.repeated_pairs))
     if ranker is not None:
@@ -124,9 +127,12 @@ def _checkpoint_state(setup: RunSetup, state: TrainingState) -> dict[str, Any]:
 
 
 def _restore(setup: RunSetup, path: Path) -> TrainingState:
-    ckpt = load_checkpoint(path, config_fingerprint(setup.cfg), dataset_fingerprint(setup.events))
+    """The training state `--resume` continues from, with the model and optimizer loaded; a checkpoint of
+    another config, dataset or plugins, or one whose contents do not fit the model, is refused first."""
+    ckpt = resume_checkpoint(path, setup.cfg, dataset_fingerprint(setup.events))
+    check_contents(path, ckpt, setup.model.state_dict())
     setup.model.load_state_dict(ckpt["model"])
-    setup.optimizer.load_state_dict(ckpt["optimizer"])
+    load_optimizer_state(path, setup.optimizer, ckpt["optimizer"])
     return TrainingState(**ckpt["training"])
 
 
@@ -180,6 +186,7 @@ def _train_one_epoch(setup: RunSetup, state: TrainingState, epoch: int, schedule
     """One epoch: train, evaluate, log, and keep the weights if they are the best so far."""
     decided = len(scheduler.decisions) if isinstance(scheduler, Auto) else 0
     stages, stats, seconds = _run_training(setup, epoch, scheduler, profiler, stop, show_progress)
+    _check_weights(setup.model, epoch)
     metrics = evaluate_after_training(setup, len(stages.batches), stop, show_progress)
     summary = _epoch_summary(epoch, stages, stats, seconds, len(setup.split.train), metrics)
     if isinstance(scheduler, Auto):
@@ -191,14 +198,41 @@ def _train_one_epoch(setup: RunSetup, state: TrainingState, epoch: int, schedule
                f"val AP {metrics['val_ap']:.4f}  test AP {metrics['test_ap']:.4f}  k {summary['k_mean']:.1f}")
 
 
+def _non_finite(values: torch.Tensor | np.ndarray) -> str | None:
+    """'nan' or 'inf' if `values` hold one (nan first), else None."""
+    values = torch.as_tensor(values)
+    if bool(torch.isnan(values).any()):
+        return "nan"
+    return "inf" if bool(torch.isinf(values).any()) else None
+
+
+def _check_weights(model: torch.nn.Module, epoch: int) -> None:
+    """Divergence the per-batch loss check cannot see: the optimizer step of an epoch's last batch (or of
+    one whose loss stayed finite) left a weight NaN or infinite. Raised before evaluation scores with them
+    and before the epoch's checkpoint is written, so the last checkpoint stays the last good one."""
+    for name, weight in model.named_parameters():
+        kind = _non_finite(weight.detach())
+        if kind is not None:
+            raise NonFiniteLossError(f"training weights became {kind} in epoch {epoch} (parameter '{name}'); "
+                                     f"lower train.lr")
+
+
+def _check_scores(split: str, pos: np.ndarray, neg: np.ndarray) -> None:
+    """Scores that are NaN or infinite (finite weights, but a memory that overflowed) as the same user error
+    as a diverged loss, rather than the metric library's `Input contains NaN`."""
+    kind = _non_finite(pos) or _non_finite(neg)
+    if kind is not None:
+        raise NonFiniteLossError(f"the model's {split} scores became {kind}: training diverged; lower train.lr")
+
+
 def _report_auto(log: RunLog, auto: Auto, decisions: list[dict[str, Any]]) -> None:
     """One console line per choice `auto` made in the epoch; TensorBoard, at the training step it was made:
     the chosen mode (its position among the candidates) and each candidate's measured time per batch."""
     names = list(auto.candidates)
     for decision in decisions:
         times = ", ".join(f"{name} {ms:.1f}" for name, ms in decision["ms_per_batch"].items())
-        tqdm.write(f"pipeline auto: {decision['mode']} from batch {decision['batch']} "
-                   f"(fastest; ms per batch: {times})")
+        tqdm.write(f"pipeline auto: {decision['mode']} from batch {decision['batch']} (ms per batch: {times}; "
+                   f"another mode replaces {names[0]} only if {auto.margin:.0%} faster)")
         log.scalars(decision["batch"], {"pipeline/auto_mode": names.index(decision["mode"]),
                             **{f"pipeline/auto_ms_per_batch/{name}": ms for name, ms in decision["ms_per_batch"].items()}})
 
@@ -248,12 +282,35 @@ def _log_epoch(log: RunLog, first_step: int, losses: list[float], stats: RunStat
 
 
 def evaluate_checkpoint(ckpt: dict[str, Any], events: EventStream, device: torch.device,
-                        show_progress: bool = True) -> dict[str, float]:
+                        show_progress: bool = True, *, path: Path = Path(CHECKPOINT_NAME),
+                        plugins: tuple[str, ...] = ()) -> dict[str, float]:
     """Re-evaluate a checkpoint's best weights on a memory rebuilt by replaying the training events;
-    ranks the test split against every destination too when its config asks (`eval.ranking: all`)."""
-    setup = build_setup(validate_config(ckpt["config"], "checkpoint config"), events, device, ckpt["seed"])
+    ranks the test split against every destination too when its config asks (`eval.ranking: all`).
+
+    The checkpoint is data: the plugins its config records are never imported. `plugins` (resolved, what
+    the user named) are, and must cover them; the weights must fit the model its config describes, which
+    is checked on shapes alone (device `meta`) before anything of that size is allocated."""
+    check_plugins(path, ckpt, plugins, "pass them with --plugins")
+    cfg = validate_config({**ckpt["config"], "plugins": list(plugins)}, f"{path}: stored config")
+    shapes = _model_shapes(cfg, events)
+    if shapes is not None:
+        check_weights(path, "model", ckpt["model"], shapes)
+    setup = build_setup(cfg, events, device, ckpt["seed"])
+    check_contents(path, ckpt, setup.model.state_dict())
     best = ckpt["training"]["best_model"] or ckpt["model"]
     return replay_and_evaluate(setup, best, None, show_progress, setup.cfg.eval.ranking == "all")
+
+
+def _model_shapes(cfg: RunConfig, events: EventStream) -> dict[str, torch.Tensor] | None:
+    """The state dict `cfg`'s model would have, as `meta` tensors (shapes and dtypes, no memory); None when a
+    (plugin's) part cannot be built on `meta`, and the real model is checked instead."""
+    if cfg.model in BASELINES:
+        return None
+    try:
+        with torch.device("meta"):
+            return build_model(cfg, events.dim_node_feat, events.dim_edge_feat).state_dict()
+    except Exception:
+        return None
 
 
 def rank_with_best_weights(setup: RunSetup, state: TrainingState, stop: threading.Event | None,
