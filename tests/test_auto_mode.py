@@ -111,12 +111,26 @@ def test_auto_keeps_the_first_candidate_unless_another_beats_it_by_the_margin():
     assert choose(no_margin, {"sequential": 100.0, "presample": 99.0, "mspipe": 101.0}) == "presample"
 
 
+def test_a_clear_loser_of_the_first_round_runs_no_more_trials():
+    auto = Auto(candidates(), trial_batches=4, rounds=3, drop=0.1)
+    times = {"sequential": 100.0, "presample": 105.0, "mspipe": 130.0}
+    tried = []
+    while auto.chosen is None:
+        segment, end = auto.segment(0, auto.trial_batches)
+        name = next(name for name, candidate in auto.candidates.items() if candidate is segment)
+        tried.append(name)
+        auto.segment_done(segment, range(0, end), times[name] / 1000)
+    assert tried == ["sequential", "presample", "mspipe"] + ["sequential", "presample"] * 2
+    assert auto.chosen == "sequential" and auto.decisions[0]["ms_per_batch"]["mspipe"] == pytest.approx(130.0)
+
+
 def test_auto_is_the_default_mode_and_reads_its_config():
     assert PipelineConfig().mode == "auto"
     auto = make_scheduler("auto", PipelineConfig(auto=AutoConfig(candidates=("sequential", "mspipe"), trial_batches=5,
-                                                                 rounds=3, recheck_every=77, margin=0.1)))
+                                                                 rounds=3, recheck_every=77, margin=0.1,
+                                                                 drop=0.2)))
     assert isinstance(auto, Auto) and list(auto.candidates) == ["sequential", "mspipe"]
-    assert (auto.trial_batches, auto.rounds, auto.recheck_every, auto.margin) == (5, 3, 77, 0.1)
+    assert (auto.trial_batches, auto.rounds, auto.recheck_every, auto.margin, auto.drop) == (5, 3, 77, 0.1, 0.2)
     assert isinstance(auto.candidates["mspipe"], MSPipe)
 
 

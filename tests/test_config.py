@@ -125,6 +125,7 @@ def test_memoryless_model_needs_attention():
     ("pipeline: {auto: {trial_batches: 1}}\n", "pipeline.auto.trial_batches"),
     ("pipeline: {auto: {margin: 1.0}}\n", "pipeline.auto.margin"),
     ("pipeline: {auto: {margin: -0.1}}\n", "pipeline.auto.margin"),
+    ("pipeline: {auto: {drop: -0.5}}\n", "pipeline.auto.drop"),
     ("pipeline: {auto: {recheck_every: 0}}\n", "pipeline.auto.recheck_every"),
 ])
 def test_bad_auto_settings_are_refused(tmp_path, text, key):

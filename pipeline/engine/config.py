@@ -21,15 +21,17 @@ class MitigationConfig:
 @dataclass(frozen=True)
 class AutoConfig:
     """`pipeline.auto`: the modes `auto` tries on the running job, batches per trial, trials per mode, how
-    many batches the chosen mode runs before the trials run again, and by how much (a fraction of its time
-    per batch) another mode must beat the first candidate to be chosen over it: the first is the one
-    without staleness, and a gain within the machine's noise is not worth staleness."""
+    many batches the chosen mode runs before the trials run again, by how much (a fraction of its time per
+    batch) another mode must beat the first candidate to be chosen over it (the first is the one without
+    staleness, and a gain within the machine's noise is not worth staleness), and how much slower than the
+    fastest a mode may be after a round and still run the next (a clear loser's trials only cost time)."""
 
     candidates: tuple[str, ...] = ("sequential", "presample", "mspipe")
     trial_batches: int = 8
     rounds: int = 2
     recheck_every: int = 1000
     margin: float = 0.03
+    drop: float = 0.1
 
 
 @dataclass(frozen=True)

@@ -169,24 +169,27 @@ class MSPipe(Scheduler):
 class Auto(Scheduler):
     """Picks the fastest mode on the running job: each candidate trains `trial_batches` batches, `rounds`
     times in turn, and the one with the shortest mean time per batch runs until `recheck_every` batches
-    later, when the trials run again. The first candidate is kept unless another is faster by at least
-    `margin` (a fraction of the first's time). Candidates keep their own state (a reused `MSPipe` keeps its bound
+    later, when the trials run again. After each round, a candidate slower than the fastest by more
+    than `drop` (a fraction) runs no more trials. The first candidate is kept unless another is faster
+    by at least `margin` (a fraction of the first's time). Candidates keep their own state (a reused `MSPipe` keeps its bound
     and warm-up), so each trial segment is that mode exactly, and a trial cut short by the end of an
     epoch carries on in the next. `decisions` keeps every choice with the times it was based on.
     """
 
     def __init__(self, candidates: dict[str, Scheduler], trial_batches: int = AutoConfig.trial_batches,
                  rounds: int = AutoConfig.rounds, recheck_every: int = AutoConfig.recheck_every,
-                 margin: float = AutoConfig.margin) -> None:
-        if not candidates or trial_batches < 2 or rounds < 1 or recheck_every < 1 or not 0 <= margin < 1:
-            raise ValueError("auto needs candidates, trial_batches >= 2, rounds >= 1, recheck_every >= 1 and "
-                             f"0 <= margin < 1, got {list(candidates)}, {trial_batches}, {rounds}, {recheck_every}, "
-                             f"{margin}")
+                 margin: float = AutoConfig.margin, drop: float = AutoConfig.drop) -> None:
+        if (not candidates or trial_batches < 2 or rounds < 1 or recheck_every < 1 or not 0 <= margin < 1
+                or drop < 0):
+            raise ValueError("auto needs candidates, trial_batches >= 2, rounds >= 1, recheck_every >= 1, "
+                             f"0 <= margin < 1 and drop >= 0, got {list(candidates)}, {trial_batches}, {rounds}, "
+                             f"{recheck_every}, {margin}, {drop}")
         self.candidates = candidates
         self.trial_batches = trial_batches
         self.rounds = rounds
         self.recheck_every = recheck_every
         self.margin = margin
+        self.drop = drop
         self.chosen: str | None = None
         self.decisions: list[dict] = []
         self._batches_seen = 0
@@ -211,8 +214,18 @@ class Auto(Scheduler):
             self._measured[self._trials[0]].append(seconds_per_batch)
         if len(batches) == self.trial_batches or seconds_per_batch is not None:
             self._trials.pop(0)
+            self._drop_clear_losers()
         if not self._trials:
             self._choose()
+
+    def _drop_clear_losers(self) -> None:
+        """Once every candidate has a trial, one slower than the fastest by more than `drop` runs no more
+        trials: further rounds are for close calls, and each trial of a clear loser costs time."""
+        means = {name: sum(times) / len(times) for name, times in self._measured.items() if times}
+        if len(means) < len(self.candidates):
+            return
+        limit = (1 + self.drop) * min(means.values())
+        self._trials = [name for name in self._trials if means[name] <= limit]
 
     def _choose(self) -> None:
         """Keep the candidate with the shortest mean time per batch over its trials, unless the first
@@ -262,7 +275,7 @@ def auto_scheduler(cfg: PipelineConfig) -> Scheduler:
     """The fastest of `pipeline.auto.candidates` on the running job, re-checked now and then."""
     auto = cfg.auto
     return Auto({name: make_scheduler(name, cfg) for name in auto.candidates}, auto.trial_batches, auto.rounds,
-                auto.recheck_every, auto.margin)
+                auto.recheck_every, auto.margin, auto.drop)
 
 
 def make_scheduler(mode: str, cfg: PipelineConfig = PipelineConfig()) -> Scheduler:

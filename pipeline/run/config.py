@@ -150,7 +150,7 @@ POSITIVE = {
     "eval.batch_size", "pipeline.k", "pipeline.k_max", "pipeline.mitigation.top_k",
     "pipeline.mitigation.refresh_every", "pipeline.auto.rounds", "pipeline.auto.recheck_every",
 }
-NON_NEGATIVE = {"train.weight_decay"}
+NON_NEGATIVE = {"train.weight_decay", "pipeline.auto.drop"}
 FRACTIONS = {
     "embedding.dropout", "eval.val_ratio", "eval.test_ratio", "eval.inductive_ratio",
     "pipeline.mitigation.quantile", "pipeline.mitigation.gamma", "edgebank.window_ratio", "pipeline.auto.margin",
