@@ -30,7 +30,6 @@ import dataclasses
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from _cli import configure_process, run_cli  # first: Ctrl-C while importing is `interrupted`, exit 130
 

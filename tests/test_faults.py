@@ -112,28 +112,6 @@ def no_temporary_files(out: Path) -> bool:
 # --- the command line, in this process and as a subprocess ----------------------------------------------
 
 @pytest.fixture
-def train_cli(scripts_dir, monkeypatch, capsys) -> Callable[..., tuple[int, str, str]]:
-    """Run scripts/train.py's command line in this process; return (exit code, stdout, stderr).
-
-    The script's SIGINT/SIGTERM handlers are left out so that pytest keeps its own.
-    """
-    monkeypatch.syspath_prepend(str(scripts_dir))
-    import train as train_script
-    from _cli import run_cli
-    monkeypatch.setattr(train_script, "stop_on_signals", threading.Event)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["train.py", *args])
-        with pytest.raises(SystemExit) as exit_:
-            run_cli(train_script.main)
-        captured = capsys.readouterr()
-        return exit_.value.code, captured.out, captured.err
-
-    return run
-
-
-@pytest.fixture
 def start_training(scripts_dir) -> Iterator[Callable[[list[str]], subprocess.Popen]]:
     """Start scripts/train.py as a process; any still running when the test ends (it failed) is killed."""
     started: list[subprocess.Popen] = []

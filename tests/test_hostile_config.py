@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -296,25 +295,6 @@ def config_file(workdir) -> Path:
 def cli_args(config_file: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return ["--config", str(config_file), "--data", str(data), "--out", str(out), "--threads", "1",
             "--no-progress", *extra]
-
-
-@pytest.fixture
-def train_cli(scripts_dir, monkeypatch, capsys) -> Callable[..., tuple[int, str, str]]:
-    """scripts/train.py's command line in this process (its signal handlers left out): (code, out, err)."""
-    monkeypatch.syspath_prepend(str(scripts_dir))
-    import train as train_script
-    from _cli import run_cli
-    monkeypatch.setattr(train_script, "stop_on_signals", threading.Event)
-
-    def cli(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["train.py", *args])
-        with pytest.raises(SystemExit) as exit_:
-            run_cli(train_script.main)
-        captured = capsys.readouterr()
-        return exit_.value.code, captured.out, captured.err
-
-    return cli
 
 
 def assert_one_error_line(code: int, stderr: str, *fragments: str) -> None:

@@ -118,36 +118,6 @@ def plugin_run(workdir, plugin_config_file, events) -> Path:
     return train_run(plugin_config_file, events, workdir / "plugin-run")
 
 
-def cli(scripts_dir: Path, monkeypatch, capsys, script: str) -> Callable[..., tuple[int, str, str]]:
-    """Run a script's command line in this process; return (exit code, stdout, stderr)."""
-    monkeypatch.syspath_prepend(str(scripts_dir))
-    module = __import__(script)
-    from _cli import run_cli
-    if script == "train":
-        import threading
-        monkeypatch.setattr(module, "stop_on_signals", threading.Event)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", [f"{script}.py", *args])
-        with pytest.raises(SystemExit) as exit_:
-            run_cli(module.main)
-        captured = capsys.readouterr()
-        return exit_.value.code, captured.out, captured.err
-
-    return run
-
-
-@pytest.fixture
-def evaluate_cli(scripts_dir, monkeypatch, capsys):
-    return cli(scripts_dir, monkeypatch, capsys, "evaluate")
-
-
-@pytest.fixture
-def train_cli(scripts_dir, monkeypatch, capsys):
-    return cli(scripts_dir, monkeypatch, capsys, "train")
-
-
 def copy_run(run: Path, out: Path) -> Path:
     shutil.copytree(run, out)
     return out
