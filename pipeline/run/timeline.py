@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from graph.loaders import shown_value
 from pipeline.engine.profiler import STAGES
 from pipeline.engine.runner import StageEvent
 
@@ -27,8 +28,7 @@ def timeline_figure(events: Sequence[StageEvent], title: str | None = None,
     rows = {stage: row for row, stage in enumerate(STAGES)}
     unknown = next((e.stage for e in events if e.stage not in rows), None)
     if unknown is not None:
-        shown = repr(unknown[:40]) + ("..." if len(unknown) > 40 else "") if isinstance(unknown, str) else "non-text"
-        raise ValueError(f"unknown pipeline stage {shown} (stages: {', '.join(STAGES)})")
+        raise ValueError(f"unknown pipeline stage {shown_value(unknown)} (stages: {', '.join(STAGES)})")
     figure = Figure(figsize=(10, 3))
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()

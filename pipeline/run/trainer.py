@@ -20,7 +20,7 @@ from graph.events import EventStream
 from models.tgnn import build_model
 from pipeline.run.baselines import BASELINES, run_baseline
 from pipeline.run.checkpoint import (
-    CHECKPOINT_NAME, check_contents, check_plugins, check_weights, config_fingerprint, dataset_fingerprint,
+    CHECKPOINT_NAME, check_contents, check_plugins, config_fingerprint, dataset_fingerprint,
     load_optimizer_state, resume_checkpoint, save_checkpoint,
 )
 from pipeline.engine.schedulers import Auto, Scheduler, make_scheduler
@@ -289,14 +289,16 @@ def evaluate_checkpoint(ckpt: dict[str, Any], events: EventStream, device: torch
 
     The checkpoint is data: the plugins its config records are never imported. `plugins` (resolved, what
     the user named) are, and must cover them; the weights must fit the model its config describes, which
-    is checked on shapes alone (device `meta`) before anything of that size is allocated."""
+    is checked on shapes alone (device `meta`) before anything of that size is allocated, or on the built
+    model where a part cannot be built on `meta`."""
     check_plugins(path, ckpt, plugins, "pass them with --plugins")
     cfg = validate_config({**ckpt["config"], "plugins": list(plugins)}, f"{path}: stored config")
     shapes = _model_shapes(cfg, events)
     if shapes is not None:
-        check_weights(path, "model", ckpt["model"], shapes)
+        check_contents(path, ckpt, shapes)
     setup = build_setup(cfg, events, device, ckpt["seed"])
-    check_contents(path, ckpt, setup.model.state_dict())
+    if shapes is None:
+        check_contents(path, ckpt, setup.model.state_dict())
     best = ckpt["training"]["best_model"] or ckpt["model"]
     return replay_and_evaluate(setup, best, None, show_progress, setup.cfg.eval.ranking == "all")
 
