@@ -12,6 +12,7 @@ import pytest
 
 from graph.datasets import load_dataset
 from graph.events import EventStream
+from small import write_events_csv
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +71,14 @@ def evaluate_cli(scripts_dir, monkeypatch, capsys) -> Callable[..., tuple[int, s
     """scripts/evaluate.py's command line, run in this process."""
     return script_cli(scripts_dir, monkeypatch, capsys, "evaluate")
 
+
+@pytest.fixture(scope="module")
+def workdir(request, tmp_path_factory) -> Path:
+    """A folder the tests of one module share (named after the module)."""
+    return tmp_path_factory.mktemp(request.module.__name__)
+
+
+@pytest.fixture(scope="module")
+def data_file(workdir) -> Path:
+    """The small synthetic CSV (`small.write_events_csv`, seed 3) in the module's folder."""
+    return write_events_csv(workdir / "events.csv", seed=3)

@@ -1,8 +1,11 @@
-"""The small training config the tests share: dimensions and batches that train in seconds."""
+"""The small training config the tests share: dimensions and batches that train in seconds; and the small
+synthetic CSV the command-line tests hand to the scripts."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from graph.synthetic import synthetic_events
 from pipeline.run.config import RunConfig, validate_config
 
 SMALL = {
@@ -33,3 +36,11 @@ def small_overrides(cfg: RunConfig, **sections: Any) -> dict[str, Any]:
     if cfg.memory is None:
         del shrunk["memory"]
     return {f"{section}.{key}": value for section, values in shrunk.items() for key, value in values.items()}
+
+
+def write_events_csv(path: Path, seed: int) -> Path:
+    """A small synthetic stream as a `src,dst,t` CSV, as a user would hand it to scripts/train.py."""
+    events = synthetic_events(num_nodes=60, num_events=3000, seed=seed)
+    rows = "\n".join(f"{s},{d},{t!r}" for s, d, t in zip(events.src, events.dst, events.t))
+    path.write_text("src,dst,t\n" + rows + "\n")
+    return path

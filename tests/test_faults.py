@@ -24,13 +24,12 @@ import torch
 import yaml
 
 from graph.datasets import load_dataset
-from graph.synthetic import synthetic_events
 from pipeline.engine.runner import STAGES
 from pipeline.engine.stages import LinkPredictionStages
 from pipeline.run.checkpoint import CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint
 from pipeline.run.config import apply_overrides, load_config
 from pipeline.run.trainer import train
-from small import small_sections
+from small import small_sections, write_events_csv
 
 pytestmark = pytest.mark.faults
 
@@ -43,24 +42,6 @@ RESULTS = "results.json"
 
 
 # --- shared data, config and a finished one-epoch run --------------------------------------------------
-
-def write_events_csv(path: Path, seed: int) -> Path:
-    """A small synthetic stream as a `src,dst,t` CSV, as a user would hand it to scripts/train.py."""
-    events = synthetic_events(num_nodes=60, num_events=3000, seed=seed)
-    rows = "\n".join(f"{s},{d},{t!r}" for s, d, t in zip(events.src, events.dst, events.t))
-    path.write_text("src,dst,t\n" + rows + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("faults")
-
-
-@pytest.fixture(scope="module")
-def data_file(workdir) -> Path:
-    return write_events_csv(workdir / "events.csv", seed=3)
-
 
 @pytest.fixture(scope="module")
 def config_file(workdir) -> Path:

@@ -35,6 +35,7 @@ from pipeline.run.config import (
 )
 from pipeline.run.trainer import train
 from small import small_config, small_sections
+from test_faults import assert_one_error_line as assert_one_line, cli_args
 
 MAX_MESSAGE = 300  # a config error about a hostile value stays one short line
 FAST_S = 5.0  # reading a hostile config costs at most this (the alias bomb took 33 s and 2.4 GB)
@@ -268,23 +269,6 @@ def test_non_finite_scores_are_the_diverged_training_error():
 
 # --- the command line: one line, exit 2 -------------------------------------------------------------
 
-def write_events_csv(path: Path, seed: int = 3) -> Path:
-    stream = synthetic_events(num_nodes=60, num_events=3000, seed=seed)
-    rows = "\n".join(f"{s},{d},{t!r}" for s, d, t in zip(stream.src, stream.dst, stream.t))
-    path.write_text("src,dst,t\n" + rows + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("hostile-config")
-
-
-@pytest.fixture(scope="module")
-def data_file(workdir) -> Path:
-    return write_events_csv(workdir / "events.csv")
-
-
 @pytest.fixture(scope="module")
 def config_file(workdir) -> Path:
     path = workdir / "small.yml"
@@ -292,17 +276,10 @@ def config_file(workdir) -> Path:
     return path
 
 
-def cli_args(config_file: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--config", str(config_file), "--data", str(data), "--out", str(out), "--threads", "1",
-            "--no-progress", *extra]
-
-
 def assert_one_error_line(code: int, stderr: str, *fragments: str) -> None:
     assert code == 2, stderr
-    assert stderr.startswith("error: ") and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
     assert len(stderr) < MAX_MESSAGE, stderr
-    for fragment in fragments:
-        assert fragment in stderr, stderr
+    assert_one_line(stderr, *fragments)
 
 
 @pytest.mark.parametrize("extra, fragments", [

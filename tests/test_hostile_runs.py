@@ -38,7 +38,7 @@ from pipeline.run.config import load_config, validate_config
 from pipeline.run.plugins import missing_plugins
 from pipeline.run.setup import build_setup
 from pipeline.run.trainer import TrainingState, train
-from test_faults import FAULTS_CONFIG, assert_one_error_line, cli_args, no_temporary_files, write_events_csv
+from test_faults import FAULTS_CONFIG, assert_one_error_line, cli_args, no_temporary_files
 
 pytestmark = pytest.mark.faults
 
@@ -58,16 +58,6 @@ Path(__file__).with_name("payload-ran").write_text("the run directory ran code")
 
 
 # --- a plain run, a run trained with a plugin, and the command lines ------------------------------------
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("hostile")
-
-
-@pytest.fixture(scope="module")
-def data_file(workdir) -> Path:
-    return write_events_csv(workdir / "events.csv", seed=3)
-
 
 @pytest.fixture(scope="module")
 def config_file(workdir) -> Path:
