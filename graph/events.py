@@ -44,7 +44,7 @@ def repeated_pairs(events: EventStream) -> np.ndarray:
     """Mask of the events whose two endpoints already interacted earlier in the stream (either direction).
 
     A memory-based model has the pair's history in its memory for these; a split's share of them varies
-    (UCI: 76% of validation and 82% of test events), and with it what a model's AP on the split measures.
+    from stream to stream and split to split, and with it what a model's AP on the split measures.
     """
     low, high = np.minimum(events.src, events.dst), np.maximum(events.src, events.dst)
     _, first, inverse = np.unique(low.astype(np.int64) * events.num_nodes + high, return_index=True,

@@ -80,3 +80,9 @@ def _node_mask(nodes: np.ndarray, num_nodes: int) -> np.ndarray:
     mask = np.zeros(num_nodes, dtype=bool)
     mask[nodes] = True
     return mask
+
+
+def chronological_batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Split time-ordered event indices into consecutive batches of `batch_size` (the last may be short): how
+    every training, evaluation and benchmark loop cuts a split into batches."""
+    return [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]

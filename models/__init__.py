@@ -1,8 +1,6 @@
 """Memory-based temporal GNNs (TGN, JODIE, APAN) composed of a memory updater, a node embedding and an
 edge predictor, computed with DGL message passing over the sampler's blocks."""
-import os
-
-os.environ.setdefault("DGLBACKEND", "pytorch")
+import common  # noqa: F401  (selects DGL's backend before dgl loads)
 
 from models import dyrep  # noqa: E402, F401  (registers the "dyrep" memory updater)
 from models.interface import ModelInputs  # noqa: E402

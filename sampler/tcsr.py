@@ -63,7 +63,7 @@ class TCSR:
         """Positions `[start, end)` of each node's edges with time strictly before its given time.
 
         One vectorised binary search over all queries: stateless, so any batch can be searched in any order.
-        The queries are searched in sorted order, which keeps the search cache-friendly (about 2.5x faster).
+        The queries are searched in sorted order, which keeps the search cache-friendly.
         """
         nodes = np.asarray(nodes, dtype=np.int64)
         time_rank = np.searchsorted(self._distinct_times, times, side="left")

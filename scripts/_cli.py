@@ -56,14 +56,12 @@ import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
-os.environ.setdefault("DGLBACKEND", "pytorch")
-
 from common.errors import DataError, UserError, one_line  # noqa: E402
-from graph.datasets import load_dataset  # noqa: E402  (after DGLBACKEND, before anything imports dgl)
+from graph.datasets import load_dataset  # noqa: E402
 from graph.events import EventStream  # noqa: E402
 from graph.loaders import clipped, parse_columns  # noqa: E402
-from pipeline.engine.allocator import keep_freed_memory  # noqa: E402
-from pipeline.engine.threads import ThreadPlan, configure_threads  # noqa: E402
+from _allocator import keep_freed_memory  # noqa: E402
+from _threads import ThreadPlan, configure_threads  # noqa: E402
 
 FAILURE_EXIT = 1
 USER_ERROR_EXIT = 2
@@ -72,7 +70,7 @@ DEBUG_ENV = "MSPIPE_DEBUG"
 
 def configure_process(threads: int | None) -> ThreadPlan:
     """The process settings every training entry point applies before its stage threads start: the
-    allocator policy (pipeline/engine/allocator.py), then torch's thread counts (`threads`, default: the
+    allocator policy (scripts/_allocator.py), then torch's thread counts (`threads`, default: the
     available cores)."""
     keep_freed_memory()
     return configure_threads(threads)

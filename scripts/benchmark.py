@@ -34,7 +34,7 @@ internal `compare-run` subcommand, one system after the other, then again), so i
 training events/s, peak RSS, the RSS training added, test AP (ours: of the best epoch by validation AP, as
 the trainer reports it; PyG: after the last epoch), page faults and kernel CPU seconds of the whole run,
 and the ratios to PyG of the means. Each system runs twice over: `ours` with the allocator policy
-scripts/train.py sets (pipeline/engine/allocator.py) and `ours-malloc-defaults` without it; `pyg` as PyG's
+scripts/train.py sets (scripts/_allocator.py) and `ours-malloc-defaults` without it; `pyg` as PyG's
 users run it and `pyg+keep-freed` with our policy. So the table separates what the policy gives from what
 the rest of the training step does. `other_cpu_load`
 is how many cores other processes kept busy during a run: well above 0 on a 2-core machine, the run was
@@ -90,9 +90,9 @@ from graph.negatives import batch_seed, sample_negatives
 from graph.split import chronological_split
 from graph.synthetic import with_random_edge_features
 from pipeline.engine.runner import STAGES
-from pipeline.engine.stages import TRAIN_STEP_PARTS, LinkPredictionStages
-from pipeline.engine.allocator import keep_freed_memory
-from pipeline.engine.threads import available_cores, configure_threads
+from pipeline.stages.link_prediction import TRAIN_STEP_PARTS, LinkPredictionStages
+from _allocator import keep_freed_memory
+from _threads import available_cores, configure_threads
 from pipeline.run.checkpoint import CHECKPOINT_NAME
 from pipeline.run.config import MODES, apply_overrides, load_config, parse_settings
 from pipeline.run.setup import build_setup, training_stages

@@ -16,8 +16,8 @@ from pathlib import Path
 from _cli import add_data_arguments, load_data, run_cli
 
 from graph.datasets import DEFAULT_DATASET
-from pipeline.engine.allocator import keep_freed_memory
-from pipeline.engine.device import resolve_device
+from _allocator import keep_freed_memory
+from pipeline.stages.device import resolve_device
 from pipeline.run.checkpoint import CHECKPOINT_NAME, dataset_fingerprint, load_checkpoint
 from pipeline.run.plugins import load_plugins
 from pipeline.run.trainer import evaluate_checkpoint

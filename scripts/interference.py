@@ -43,7 +43,7 @@ from graph.synthetic import with_random_edge_features
 from pipeline.engine.host_threads import HostThreadPolicy
 from pipeline.engine.runner import StageEvent, run_batches
 from pipeline.engine.schedulers import MSPipe, Scheduler, Sequential
-from pipeline.engine.stages import BatchContext, LinkPredictionStages
+from pipeline.stages.link_prediction import BatchContext, LinkPredictionStages
 from pipeline.run.config import apply_overrides, load_config
 from pipeline.run.setup import RunSetup, build_setup, training_stages
 

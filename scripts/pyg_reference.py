@@ -18,7 +18,8 @@ from common.errors import UserError, one_line
 from graph.events import EventStream
 from graph.negatives import batch_seed, eval_negatives, sample_negatives
 from graph.split import Split
-from pipeline.engine.stages import chronological_batches, link_prediction_loss
+from graph.split import chronological_batches
+from pipeline.stages.link_prediction import link_prediction_loss
 from pipeline.run.evaluation import ranking_metrics
 
 PYG_VERSION = "2.8.1"  # the version the comparison was written and measured with (pyproject's `bench` extra)

@@ -28,10 +28,11 @@ import torch
 from common.errors import UserError
 from graph.datasets import DEFAULT_DATASET
 from graph.events import EventStream
-from pipeline.engine.device import resolve_device
+from pipeline.stages.device import resolve_device
 from pipeline.run.checkpoint import CHECKPOINT_NAME
 from pipeline.run.config import MODES, RunConfig, apply_overrides, load_config, parse_settings
-from pipeline.run.distributed import DEFAULT_TIMEOUT_S, LocalWorld, init_world
+from pipeline.run.distributed import DEFAULT_TIMEOUT_S, init_world
+from pipeline.run.world import LocalWorld, World
 from pipeline.run.reporting import RUN_FILES
 from pipeline.run.trainer import train
 
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train_as(world: LocalWorld, args: argparse.Namespace, cfg: RunConfig, events: EventStream,
+def train_as(world: World, args: argparse.Namespace, cfg: RunConfig, events: EventStream,
              device: torch.device) -> dict:
     """Train as this process's part of `world`: rank 0 writes --out, rank r > 0 its own copy in rank<r>/."""
     out_dir = Path(args.out) if world.rank == 0 else Path(args.out) / f"rank{world.rank}"

@@ -8,7 +8,7 @@ import contextlib
 import torch
 from torch import nn
 
-import pipeline.engine.stages as stages_module
+import pipeline.stages.link_prediction as stages_module
 from graph.synthetic import synthetic_events
 from memory.store import MemoryBatch
 from pipeline.run.config import validate_config

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common.errors import UserError
-from pipeline.engine.device import DGL_CUDA_INSTALL, resolve_device
+from pipeline.stages.device import DGL_CUDA_INSTALL, resolve_device
 
 
 def test_cpu_and_unknown_devices():

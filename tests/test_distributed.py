@@ -29,6 +29,7 @@ from pipeline.run.distributed import (
 from pipeline.engine.schedulers import MSPipe
 from pipeline.engine.profiler import STAGES, StageProfiler, minimal_staleness
 from pipeline.run.trainer import train
+from pipeline.run.world import LocalWorld, local_batches
 
 WORLD_SIZE = 2
 TGN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tgn.yml"
@@ -61,12 +62,12 @@ def test_shards_interleave_every_global_batch_and_fold_a_tail_shorter_than_the_w
     shards = [Shard(rank, 3) for rank in range(3)]
     global_batches = shards[0].global_batches(indices, 10)
     assert [len(b) for b in global_batches] == [10, 12], "a tail of 2 events joins the batch before"
-    local = [shard.local_batches(indices, 10) for shard in shards]
+    local = [local_batches(shard, indices, 10) for shard in shards]
     for i, batch in enumerate(global_batches):
         assert np.array_equal(np.sort(np.concatenate([rank_batches[i] for rank_batches in local])), batch)
         assert all(np.all(np.diff(rank_batches[i]) > 0) for rank_batches in local), "shares stay chronological"
     assert np.array_equal(local[1][0], [11, 14, 17])
-    single = Shard().local_batches(indices, 10)
+    single = local_batches(LocalWorld(), indices, 10)
     assert [b.tolist() for b in single] == [indices[:10].tolist(), indices[10:20].tolist(), indices[20:].tolist()]
 
 

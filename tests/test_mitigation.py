@@ -8,7 +8,7 @@ import torch
 
 from memory import MemoryStore
 from memory.batch import MemoryUpdate
-from pipeline.engine.mitigation import SimilarityTable, mitigate
+from pipeline.stages.mitigation import SimilarityTable, mitigate
 
 
 def store_with(mem: list[list[float]], mem_ts: list[float], never_written: int = 0) -> MemoryStore:

@@ -20,7 +20,7 @@ from models.embedding import JodieProjection
 from models.memory_updaters import MemoryRows, build_updater, source_gap_scale
 from models.predictor import EdgePredictor
 from models.time_encoding import TimeEncoding, elapsed
-from pipeline.engine.stages import link_prediction_loss
+from pipeline.stages.link_prediction import link_prediction_loss
 from pipeline.run.config import RunConfig, validate_config
 from sampler.tcsr import TCSR
 from sampler.temporal import TemporalSampler

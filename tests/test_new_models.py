@@ -13,7 +13,7 @@ from graph.synthetic import synthetic_events
 from models import ModelInputs, build_model
 from models.memory_updaters import MemoryRows
 from models.write_back import event_order
-from pipeline.engine.stages import LinkPredictionStages
+from pipeline.stages.link_prediction import LinkPredictionStages
 from pipeline.run.config import RunConfig, apply_overrides, load_config
 from pipeline.run.setup import build_setup, training_stages
 from pipeline.run.trainer import train

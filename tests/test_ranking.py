@@ -12,7 +12,7 @@ import torch
 
 from common.errors import ConfigError
 from graph.synthetic import synthetic_events
-from pipeline.engine.stages import Scoring
+from pipeline.stages.link_prediction import Scoring
 from pipeline.run.config import validate_config
 from pipeline.run.ranking import CandidateRanker, true_destinations
 from pipeline.run.setup import build_setup, evaluation_stages

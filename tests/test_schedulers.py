@@ -1,11 +1,10 @@
 """The pure parts of scheduling: the minimal staleness formula, the stage-time profiler, the delayed
-fetch start, the schedulers' parameters, `make_scheduler` and the thread-count plan."""
+fetch start, the schedulers' parameters and `make_scheduler`."""
 from __future__ import annotations
 
 import math
 
 import pytest
-import torch
 
 from common.errors import UserError
 from pipeline.engine.config import PipelineConfig
@@ -13,7 +12,6 @@ from pipeline.engine.schedulers import (
     FixedK, MSPipe, Presample, Sequential, delayed_fetch_start, make_scheduler,
 )
 from pipeline.engine.profiler import STAGES, StageProfiler, minimal_staleness
-from pipeline.engine.threads import ThreadPlan, configure_threads, thread_plan
 
 
 def taus(sample=0.0, fetch_features=0.0, fetch_memory=0.0, train=0.0, update_memory=0.0) -> dict[str, float]:
@@ -139,15 +137,3 @@ def test_make_scheduler_reads_the_pipeline_config():
     assert (default.k_max, default.warmup_batches, default.delayed_fetch) == (8, 5, True)
     with pytest.raises(UserError, match="pipeline.mode"):
         make_scheduler("async")
-
-
-def test_thread_plan_gives_training_every_core():
-    assert thread_plan(2) == ThreadPlan(intra_op=2, inter_op=1)
-    assert thread_plan(16).intra_op == 16
-    assert thread_plan(0).intra_op == 1
-
-
-def test_configure_threads_applies_the_plan_to_torch():
-    current = torch.get_num_threads()
-    assert configure_threads(current) == thread_plan(current)
-    assert torch.get_num_threads() == current

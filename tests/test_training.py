@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import pipeline.engine.stages as stages_module
+import pipeline.stages.link_prediction as stages_module
 from common.errors import NonFiniteLossError
 from graph.synthetic import synthetic_events
 from pipeline.engine.runner import STAGES

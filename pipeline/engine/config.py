@@ -1,21 +1,8 @@
-"""The `pipeline` config section as typed, frozen records (its defaults are written here only)."""
+"""The engine's settings as typed, frozen records: which scheduler runs the stages and its parameters (their
+defaults are written here only)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-SIMILARITIES = ("cosine", "coneighbour")
-
-
-@dataclass(frozen=True)
-class MitigationConfig:
-    """`pipeline.mitigation`: blend stale roots' memory with similar, fresher nodes' (docs/method.md §6)."""
-
-    enabled: bool = False
-    quantile: float = 0.99
-    top_k: int = 10
-    gamma: float = 0.9
-    similarity: str = "cosine"
-    refresh_every: int = 20
 
 
 @dataclass(frozen=True)
@@ -45,5 +32,4 @@ class PipelineConfig:
     k_max: int = 8
     warmup_batches: int = 5
     delayed_fetch: bool = True
-    mitigation: MitigationConfig = field(default_factory=MitigationConfig)
     auto: AutoConfig = field(default_factory=AutoConfig)

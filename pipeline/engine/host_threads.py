@@ -1,8 +1,9 @@
 """How the pipeline's host-stage threads keep out of the train stage's way on a CPU with few cores.
 
-Measured on a 2-core machine (`scripts/interference.py`, docs/pipeline-on-cpu.md), the train
-stage of a pipelined run took twice its sequential time, and sleeping stand-ins for the host stages,
-which need no CPU at all, slowed it as much. The causes, and what each setting here does about them:
+On a machine with few cores, a pipelined run's train stage can run much slower than the same stage
+run alone, even beside host stages that need no CPU at all (docs/pipeline-on-cpu.md has the
+measurements, `scripts/interference.py` the experiment). The causes, and what each setting here does
+about them:
 
 - `train_in_caller`: torch runs OpenMP parallel regions in a team that belongs to the calling thread.
   A train stage in a thread of its own gets a second team beside the one that trained the sequential

@@ -13,10 +13,11 @@ from graph.events import EventStream, repeated_pairs
 from graph.split import chronological_split
 from models.edgebank import EdgeBank
 from pipeline.run.config import RunConfig
-from pipeline.run.evaluation import event_subsets, ranking_summary, ranks_against_candidates, split_metrics
+from pipeline.run.evaluation import (event_subsets, negative_columns, ranking_summary, ranks_against_candidates,
+                                     split_metrics, split_negatives)
 from pipeline.run.ranking import true_destinations
 from pipeline.run.reporting import RunLog
-from pipeline.run.setup import negative_columns, require_every_part, split_negatives
+from pipeline.run.setup import require_every_part
 
 BASELINES = ("edgebank",)
 

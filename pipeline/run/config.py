@@ -32,9 +32,10 @@ from models.config import DELIVERIES, UPDATE_TIMES, EmbeddingConfig, MemoryConfi
 from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS
 from models.predictor import PREDICTORS
-from pipeline.engine.config import SIMILARITIES, PipelineConfig
+from pipeline.engine.config import PipelineConfig
 from pipeline.engine.schedulers import SCHEDULERS
 from pipeline.run.plugins import load_plugins
+from pipeline.stages.mitigation import SIMILARITIES, MitigationConfig
 from sampler.config import SamplerConfig
 from sampler.temporal import STRATEGIES
 
@@ -89,6 +90,13 @@ class EdgeBankConfig:
 
 
 @dataclass(frozen=True)
+class PipelineSection(PipelineConfig):
+    """`pipeline`: the engine's scheduler settings and the link-prediction stages' staleness mitigation."""
+
+    mitigation: MitigationConfig = field(default_factory=MitigationConfig)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole validated run config. `model` is a label for logs and results; the sections compose the model."""
 
@@ -101,7 +109,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     edgebank: EdgeBankConfig = field(default_factory=EdgeBankConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    pipeline: PipelineSection = field(default_factory=PipelineSection)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain YAML/JSON data (lists, not tuples), as checkpoints and results.json keep it."""

@@ -1,8 +1,7 @@
 """Data-parallel training across processes (docs/method.md §8): `torch.distributed` + DDP, launched by `torchrun`.
 
-A world says how one process takes part in a run. `LocalWorld` is the single process: it trains on
-whole batches and every method is the identity, so the single-process path is unchanged.
-`DistributedWorld` is one rank of `torchrun --nproc_per_node=N ... --distributed`:
+`DistributedWorld` is one rank of `torchrun --nproc_per_node=N ... --distributed`, a `World`
+(pipeline/run/world.py) beside the single process's `LocalWorld`:
 
 - batches: `train.batch_size` is the *global* batch; rank r takes events `r::N` of every global batch,
   in chronological order (`Shard`). A last global batch with fewer than N events is folded into the
@@ -46,9 +45,10 @@ from common.errors import LaunchError
 from memory.batch import MemoryUpdate
 from memory.shared import SharedMemoryStore, shared_memory_root
 from memory.store import MemoryStore
+from graph.split import chronological_batches
 from pipeline.engine.schedulers import Scheduler
 from pipeline.engine.profiler import STAGES, StageProfiler, minimal_staleness
-from pipeline.engine.stages import chronological_batches
+from pipeline.run.world import scatter_scores
 
 DEFAULT_TIMEOUT_S = 60.0
 LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -86,19 +86,6 @@ class Shard:
     def share(self, batch_len: int) -> np.ndarray:
         """Positions inside a global batch of `batch_len` events that this rank takes, in order."""
         return np.arange(self.rank, batch_len, self.world)
-
-    def local_batches(self, indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
-        """This rank's share of each global batch of `indices`."""
-        return [batch[self.share(len(batch))] for batch in self.global_batches(indices, batch_size)]
-
-
-def scatter_scores(positions: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Scores put back in split order: row `positions[j]` gets `pos[j]` and `neg[j]`."""
-    ordered_pos = np.empty_like(pos)
-    ordered_neg = np.empty_like(neg)
-    ordered_pos[positions] = pos
-    ordered_neg[positions] = neg
-    return ordered_pos, ordered_neg
 
 
 def merge_updates(updates: list[MemoryUpdate]) -> MemoryUpdate:
@@ -245,57 +232,11 @@ class AgreedScheduler(Scheduler):
         return self.inner.memory_fetch_start(now, prev_train_start, prev_train_end, profiler)
 
 
-class LocalWorld:
-    """A run in a single process: whole batches, one store, the plain model, local metrics."""
-
-    def __init__(self) -> None:
-        self.shard = Shard()
-
-    @property
-    def rank(self) -> int:
-        """This process's rank (0 for a single process)."""
-        return self.shard.rank
-
-    @property
-    def size(self) -> int:
-        """How many processes train together."""
-        return self.shard.world
-
-    def place(self, device: torch.device) -> torch.device:
-        """The device this process trains on, given the one the user asked for."""
-        return device
-
-    def learning_rate(self, lr: float) -> float:
-        """The configured learning rate scaled for the number of processes (by sqrt of it)."""
-        return lr * math.sqrt(self.size)
-
-    def memory_store(self, num_nodes: int, dim_memory: int, dim_mail: int, mailbox_size: int,
-                     pin_memory: bool) -> MemoryStore:
-        """The memory store the run's stages read and write."""
-        return MemoryStore(num_nodes, dim_memory, dim_mail, mailbox_size, pin_memory=pin_memory)
-
-    def train_module(self, model: nn.Module) -> nn.Module:
-        """The module the train stage calls (it steps the parameters of `model`)."""
-        return model
-
-    def split_scores(self, positions: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The scores of a whole evaluation split in split order, from this process's scored rows."""
-        return scatter_scores(positions, pos, neg)
-
-    def agreed_scheduler(self, scheduler: Scheduler, profiler: StageProfiler) -> Scheduler:
-        """The scheduler of the next epoch, deciding from stage times every process agrees on."""
-        return scheduler
-
-    def close(self) -> None:
-        """Release what the run set up (nothing for a single process)."""
-
-
-class DistributedWorld(LocalWorld):
+class DistributedWorld:
     """One rank of a data-parallel run (see the module docstring); made by `init_world`."""
 
     def __init__(self, rank: int, size: int, local_rank: int, node_rank: int, host_group: dist.ProcessGroup,
                  schedule_group: dist.ProcessGroup, timeout_s: float) -> None:
-        super().__init__()
         self.shard = Shard(rank, size)
         self.local_rank = local_rank
         self.node_rank = node_rank
@@ -304,8 +245,26 @@ class DistributedWorld(LocalWorld):
         self.timeout_s = timeout_s
         self._stores: list[MachineMemoryStore] = []
 
+    @property
+    def rank(self) -> int:
+        return self.shard.rank
+
+    @property
+    def size(self) -> int:
+        return self.shard.world
+
     def place(self, device: torch.device) -> torch.device:
         return torch.device("cuda", self.local_rank) if device.type == "cuda" else device
+
+    def learning_rate(self, lr: float) -> float:
+        """`lr` scaled by the square root of the number of processes (the global batch grows with it)."""
+        return lr * math.sqrt(self.size)
+
+    def global_batches(self, indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
+        return self.shard.global_batches(indices, batch_size)
+
+    def share(self, batch_len: int) -> np.ndarray:
+        return self.shard.share(batch_len)
 
     def memory_store(self, num_nodes: int, dim_memory: int, dim_mail: int, mailbox_size: int,
                      pin_memory: bool) -> MemoryStore:

@@ -1,9 +1,48 @@
-"""Link-prediction metrics: AP and ROC-AUC (one negative per positive) and MRR (against K fixed negatives
+"""Evaluation of link prediction: the fixed negatives of each split (one set of columns per negative
+strategy), and the metrics: AP and ROC-AUC (one negative per positive) and MRR (against K fixed negatives
 per positive) over a whole split, and AP and AUC averaged over evaluation batches as DyGLib reports them."""
 from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
+
+from graph.events import EventStream
+from graph.negatives import edge_negatives, eval_negatives, named_seed
+from graph.split import Split, chronological_batches
+from pipeline.run.config import RunConfig
+
+
+def negative_columns(cfg: RunConfig) -> dict[str, slice]:
+    """The columns of an evaluation split's negatives that each strategy of `eval.negatives` fills: random
+    first (`max(1, eval.mrr_negatives)` destinations per event; the first one gives AP/AUC), then one column
+    for each of the others, in config order."""
+    columns = {"random": slice(0, max(1, cfg.eval.mrr_negatives))}
+    for strategy in cfg.eval.negatives:
+        if strategy not in columns:
+            end = next(reversed(columns.values())).stop
+            columns[strategy] = slice(end, end + 1)
+    return columns
+
+
+def split_negatives(cfg: RunConfig, events: EventStream, split: Split, seed: int, split_name: str,
+                    indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Negative destinations `(len(indices), columns)` of an evaluation split, laid out by `negative_columns`,
+    and their sources (None when random is the only strategy: each negative keeps its event's source).
+
+    Fixed by the run's seed, the split and the strategy, so every model and run ranks against the same
+    negatives; the historical and inductive ones follow DyGLib over the global evaluation batches."""
+    columns = negative_columns(cfg)
+    random = columns["random"]
+    dst = [eval_negatives(np.unique(events.dst), len(indices), random.stop, split_name, seed)]
+    src = [np.repeat(events.src[indices][:, None], random.stop, axis=1)]
+    batches = chronological_batches(indices, cfg.eval.batch_size)
+    for strategy in list(columns)[1:]:
+        neg_src, neg_dst = edge_negatives(strategy, events.src, events.dst, events.t, batches,
+                                          observed_until=events.t[split.train[-1]],
+                                          seed=named_seed(seed, split_name, strategy))
+        src.append(neg_src[:, None])
+        dst.append(neg_dst[:, None])
+    return np.hstack(dst), np.hstack(src) if len(columns) > 1 else None
 
 
 def ranking_metrics(pos: np.ndarray, neg: np.ndarray) -> dict[str, float]:
@@ -35,8 +74,8 @@ def batch_mean_metrics(pos: np.ndarray, neg: np.ndarray, batch_size: int) -> dic
     """
     if len(pos) == 0:
         return {"ap": float("nan"), "auc": float("nan")}
-    per_batch = [ranking_metrics(pos[start:start + batch_size], neg[start:start + batch_size, :1])
-                 for start in range(0, len(pos), batch_size)]
+    per_batch = [ranking_metrics(pos[rows], neg[rows, :1])
+                 for rows in chronological_batches(np.arange(len(pos)), batch_size)]
     return {key: float(np.mean([metrics[key] for metrics in per_batch])) for key in ("ap", "auc")}
 
 

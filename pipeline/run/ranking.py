@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from graph.events import EventStream
-from pipeline.engine.stages import BatchContext, LinkPredictionStages, Scoring
+from pipeline.stages.link_prediction import BatchContext, LinkPredictionStages, Scoring
 from pipeline.run.evaluation import ranks_against_candidates
 
 ROOTS_PER_CHUNK = 10_000  # candidate roots scored in one forward pass (bounds the memory a pass gathers)

@@ -1,10 +1,9 @@
 """Builds everything a run needs from a validated config and an event stream: the split, the samplers,
 the model, the optimizer, the memory store, the negatives and the stage functions for each split.
 
-The world (`LocalWorld` or `DistributedWorld`, pipeline/run/distributed.py) decides what differs when several
-processes train together: each process's share of every batch, the memory store, the module the train
-stage calls and the learning rate. A single process (`LocalWorld`, the default) trains on whole batches
-with a plain store and model."""
+The world (pipeline/run/world.py: `LocalWorld`, the default, or `DistributedWorld`) decides what differs
+when several processes train together: each process's share of every batch, the memory store, the module
+the train stage calls and the learning rate."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,15 +14,16 @@ import torch
 
 from common.errors import DataError
 from graph.events import EventStream, repeated_pairs
-from graph.negatives import batch_seed, edge_negatives, eval_negatives, named_seed, sample_negatives
+from graph.negatives import batch_seed, sample_negatives
 from graph.split import Split, chronological_split
 from memory.store import MemoryStore
 from models.tgnn import TemporalModel, build_model
-from pipeline.engine.device import host_tensor, pins_host_memory
-from pipeline.engine.mitigation import SimilarityTable
-from pipeline.engine.stages import GradientStep, LinkPredictionStages, Mitigation, Scoring, StreamTensors
+from pipeline.stages.device import host_tensor, pins_host_memory
+from pipeline.stages.mitigation import SimilarityTable
+from pipeline.stages.link_prediction import GradientStep, LinkPredictionStages, Mitigation, Scoring, StreamTensors
 from pipeline.run.config import RunConfig
-from pipeline.run.distributed import LocalWorld
+from pipeline.run.evaluation import split_negatives
+from pipeline.run.world import LocalWorld, World, local_batches
 from sampler.tcsr import TCSR
 from sampler.temporal import TemporalSampler
 
@@ -46,13 +46,13 @@ class RunSetup:
     store: MemoryStore | None
     train_candidates: np.ndarray
     mitigation: Mitigation | None
-    world: LocalWorld
+    world: World
     _eval_negatives: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
 
     @property
     def train_batches(self) -> list[np.ndarray]:
         """The training events of this process's share of every global batch."""
-        return self.world.shard.local_batches(self.split.train, self.cfg.train.batch_size)
+        return local_batches(self.world, self.split.train, self.cfg.train.batch_size)
 
     def eval_negatives(self, split_name: str, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """`split_negatives` of a split, drawn once per run (they are fixed, and the historical ones take a
@@ -69,7 +69,7 @@ class RunSetup:
 
     def eval_positions(self, num_events: int) -> list[np.ndarray]:
         """Positions in an evaluation split of `num_events` of this process's share of every batch."""
-        return self.world.shard.local_batches(np.arange(num_events), self.cfg.eval.batch_size)
+        return local_batches(self.world, np.arange(num_events), self.cfg.eval.batch_size)
 
 
 def _sampler(events: EventStream, indices: np.ndarray, cfg: RunConfig, seed: int) -> TemporalSampler:
@@ -81,7 +81,7 @@ def _sampler(events: EventStream, indices: np.ndarray, cfg: RunConfig, seed: int
 
 
 def build_setup(cfg: RunConfig, events: EventStream, device: torch.device, seed: int,
-                world: LocalWorld | None = None) -> RunSetup:
+                world: World | None = None) -> RunSetup:
     """Create the run's objects; training sees only training events, evaluation sees the whole stream.
 
     `world` (default: a single process) says how this process takes part in a data-parallel run.
@@ -136,15 +136,15 @@ def require_every_part(events: EventStream, split: Split) -> None:
 def training_stages(setup: RunSetup, epoch: int) -> LinkPredictionStages:
     """Stage functions for one training epoch; negatives and uniform draws are seeded per global batch,
     and a process takes the negatives of its share, so they do not depend on the number of processes."""
-    shard = setup.world.shard
-    global_batches = shard.global_batches(setup.split.train, setup.cfg.train.batch_size)
+    world = setup.world
+    global_batches = world.global_batches(setup.split.train, setup.cfg.train.batch_size)
     batches = setup.train_batches
     num_neg = setup.cfg.train.num_neg
 
     def negatives(i: int, events: np.ndarray) -> tuple[np.ndarray, None]:
         size = len(global_batches[i])
         drawn = sample_negatives(setup.train_candidates, (num_neg, size), batch_seed(setup.seed, epoch, i))
-        return drawn[:, shard.share(size)].reshape(-1), None
+        return drawn[:, world.share(size)].reshape(-1), None
 
     return LinkPredictionStages(
         batches=batches, stream=setup.stream, sampler=setup.train_sampler, negatives=negatives,
@@ -152,40 +152,6 @@ def training_stages(setup: RunSetup, epoch: int) -> LinkPredictionStages:
         step=GradientStep(setup.optimizer), sample_seed=lambda i: batch_seed(setup.seed + 1, epoch, i),
         mitigation=setup.mitigation,
     )
-
-
-def negative_columns(cfg: RunConfig) -> dict[str, slice]:
-    """The columns of an evaluation split's negatives that each strategy of `eval.negatives` fills: random
-    first (`max(1, eval.mrr_negatives)` destinations per event; the first one gives AP/AUC), then one column
-    for each of the others, in config order."""
-    columns = {"random": slice(0, max(1, cfg.eval.mrr_negatives))}
-    for strategy in cfg.eval.negatives:
-        if strategy not in columns:
-            end = next(reversed(columns.values())).stop
-            columns[strategy] = slice(end, end + 1)
-    return columns
-
-
-def split_negatives(cfg: RunConfig, events: EventStream, split: Split, seed: int, split_name: str,
-                    indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Negative destinations `(len(indices), columns)` of an evaluation split, laid out by `negative_columns`,
-    and their sources (None when random is the only strategy: each negative keeps its event's source).
-
-    Fixed by the run's seed, the split and the strategy, so every model and run ranks against the same
-    negatives; the historical and inductive ones follow DyGLib over the global evaluation batches."""
-    columns = negative_columns(cfg)
-    random = columns["random"]
-    dst = [eval_negatives(np.unique(events.dst), len(indices), random.stop, split_name, seed)]
-    src = [np.repeat(events.src[indices][:, None], random.stop, axis=1)]
-    batch_size = cfg.eval.batch_size
-    batches = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
-    for strategy in list(columns)[1:]:
-        neg_src, neg_dst = edge_negatives(strategy, events.src, events.dst, events.t, batches,
-                                          observed_until=events.t[split.train[-1]],
-                                          seed=named_seed(seed, split_name, strategy))
-        src.append(neg_src[:, None])
-        dst.append(neg_dst[:, None])
-    return np.hstack(dst), np.hstack(src) if len(columns) > 1 else None
 
 
 def evaluation_stages(setup: RunSetup, split_name: str, indices: np.ndarray, version_offset: int) -> LinkPredictionStages:

@@ -26,13 +26,13 @@ from pipeline.run.checkpoint import (
 from pipeline.engine.schedulers import Auto, Scheduler, make_scheduler
 from pipeline.engine.profiler import StageProfiler
 from pipeline.engine.runner import STAGES, RunStats, run_batches
-from pipeline.engine.stages import LinkPredictionStages
+from pipeline.stages.link_prediction import LinkPredictionStages
 from pipeline.run.config import RunConfig, validate_config
-from pipeline.run.distributed import LocalWorld
-from pipeline.run.evaluation import event_subsets, ranking_summary, split_metrics
+from pipeline.run.world import World
+from pipeline.run.evaluation import event_subsets, negative_columns, ranking_summary, split_metrics
 from pipeline.run.ranking import CandidateRanker
 from pipeline.run.reporting import RunLog
-from pipeline.run.setup import RunSetup, build_setup, evaluation_stages, negative_columns, training_stages
+from pipeline.run.setup import RunSetup, build_setup, evaluation_stages, training_stages
 
 
 @dataclass
@@ -138,7 +138,7 @@ def _restore(setup: RunSetup, path: Path) -> TrainingState:
 
 def train(cfg: RunConfig, events: EventStream, out_dir: Path, device: torch.device, seed: int, *,
           resume: bool = False, stop: threading.Event | None = None, show_progress: bool = True,
-          world: LocalWorld | None = None) -> dict[str, Any]:
+          world: World | None = None) -> dict[str, Any]:
     """Train `cfg` on `events`, writing logs, checkpoints and results into `out_dir`; return the results.
 
     `world` makes this process one rank of a data-parallel run (pipeline/run/distributed.py); default: alone.

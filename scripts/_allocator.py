@@ -3,16 +3,14 @@
 A training step allocates and frees the same large tensors every batch (per-edge keys and values of a
 few MB each). glibc's malloc serves blocks above its mmap threshold with fresh `mmap` pages and unmaps
 them on free, and trims freed memory off the top of each thread's heap, so later batches page-fault it
-back in: 1.1 million faults and 4.4 s of kernel time in a 2-epoch Wikipedia run of `scripts/benchmark.py
-compare` (`benchmarks/compare_pyg_tgn.json`). Raising the mmap and trim thresholds keeps those pages in
-the heap, where the next batch reuses them: 80,000 faults and 1.1 s.
+back in. Raising the mmap and trim thresholds keeps those pages in the heap, where the next batch reuses
+them.
 
 A heap kept this way holds on to its peak, and glibc gives threads heaps (arenas) of their own, up to 8
 per core. The runner starts new stage threads every epoch, which may land on arenas not used before, so
-with unlimited arenas the resident memory grew epoch after epoch (`scripts/benchmark.py soak`, 4 UCI
-epochs: 859 to 1,055 MB, measured while writing this). Two arenas bound it to about two peaks (822 to
-835 MB, `benchmarks/soak_uci_tgn.json`), and the stage threads make a few hundred allocations per batch,
-too few to queue on two locks.
+with unlimited arenas the resident memory grows epoch after epoch; two arenas bound it to about two
+peaks, and the stage threads make a few hundred allocations per batch, too few to queue on two locks.
+The page faults and resident memory this saves are in docs/results.md ("Memory over a long run").
 """
 from __future__ import annotations
 

@@ -21,8 +21,8 @@ from memory.batch import MemoryBatch, MemoryUpdate
 from memory.store import MemoryStore
 from models.interface import ModelInputs
 from models.tgnn import TemporalModel
-from pipeline.engine.device import CopyStream, to_device
-from pipeline.engine.mitigation import SimilarityTable, mitigate
+from pipeline.stages.device import CopyStream, to_device
+from pipeline.stages.mitigation import SimilarityTable, mitigate
 from sampler.temporal import TemporalSampler
 
 
@@ -249,8 +249,3 @@ def link_prediction_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> 
     """Binary cross-entropy of positives against ones and negatives against zeros."""
     return F.binary_cross_entropy_with_logits(pos_logits, torch.ones_like(pos_logits)) + \
         F.binary_cross_entropy_with_logits(neg_logits, torch.zeros_like(neg_logits))
-
-
-def chronological_batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Split time-ordered event indices into consecutive batches of `batch_size` (the last may be short)."""
-    return [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]

@@ -8,7 +8,7 @@ ours, with two measures: cosine similarity of memory vectors, or Jaccard overlap
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -17,7 +17,21 @@ import torch
 import torch.nn.functional as F
 
 from memory.batch import MemoryBatch, as_host_nodes
-from pipeline.engine.config import SIMILARITIES, MitigationConfig
+
+SIMILARITIES = ("cosine", "coneighbour")
+
+
+@dataclass(frozen=True)
+class MitigationConfig:
+    """`pipeline.mitigation`: blend stale roots' memory with similar, fresher nodes' (docs/method.md §6)."""
+
+    enabled: bool = False
+    quantile: float = 0.99
+    top_k: int = 10
+    gamma: float = 0.9
+    similarity: str = "cosine"
+    refresh_every: int = 20
+
 
 NO_NEIGHBOUR = -1
 
