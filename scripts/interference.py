@@ -36,7 +36,8 @@ from _cli import configure_process, run_cli  # first: Ctrl-C while importing is 
 import numpy as np
 import torch
 
-from benchmark import COMPARE_CASES, REPO, git_commit, library_versions, print_table, write_json
+from benchmarks.shared import REPO, git_commit, library_versions, print_table, write_json
+from benchmarks.compare import COMPARE_CASES
 from common.errors import UserError
 from graph.datasets import load_dataset
 from graph.synthetic import with_random_edge_features

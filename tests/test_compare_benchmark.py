@@ -1,5 +1,6 @@
-"""`scripts/benchmark.py compare`: this project's TGN against the PyTorch Geometric reference
-(scripts/pyg_reference.py). torch_geometric is optional, so only the reference's own test needs it."""
+"""The benchmarks (benchmarks/, run through scripts/benchmark.py), chiefly `compare`: this project's TGN
+against the PyTorch Geometric reference (benchmarks/pyg_tgn.py). torch_geometric is optional, so only the
+reference's own test needs it."""
 from __future__ import annotations
 
 import json
@@ -11,30 +12,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import benchmark  # scripts/benchmark.py, the command line (scripts/ is on pytest's pythonpath)
+from benchmarks import accuracy, compare, pyg_tgn
+from benchmarks.attention import attention_with_dgl, attention_with_torch
 from common.errors import UserError
 from graph.split import chronological_split
 
 
 @pytest.fixture
-def benchmark(scripts_dir, monkeypatch):
-    """scripts/benchmark.py as a module (it imports scripts/pyg_reference.py as a sibling)."""
-    monkeypatch.syspath_prepend(str(scripts_dir))
-    import benchmark
-    return benchmark
-
-
-@pytest.fixture
-def without_pyg(benchmark, monkeypatch):
+def without_pyg(monkeypatch):
     """torch_geometric behaves as if it were not installed."""
     def missing():
         raise ModuleNotFoundError("No module named 'torch_geometric'")
 
-    monkeypatch.setattr(benchmark.pyg_reference, "import_pyg", missing)
+    monkeypatch.setattr(pyg_tgn, "import_pyg", missing)
 
 
-def test_compare_without_pyg_fails_up_front_with_the_install_command(benchmark, without_pyg, monkeypatch,
-                                                                     tmp_path, capsys):
-    monkeypatch.setattr(benchmark, "launch_compare_run", lambda *args: pytest.fail("a run was launched"))
+def test_compare_without_pyg_fails_up_front_with_the_install_command(without_pyg, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(compare, "launch_compare_run", lambda *args: pytest.fail("a run was launched"))
     out = tmp_path / "compare.json"
     assert benchmark.main(["compare", "--cases", "uci", "--out", str(out)]) == 2
     err = capsys.readouterr().err
@@ -43,13 +38,13 @@ def test_compare_without_pyg_fails_up_front_with_the_install_command(benchmark, 
     assert not out.exists()
 
 
-def test_the_reference_without_pyg_raises_the_same_user_error(benchmark, without_pyg, uci_events):
+def test_the_reference_without_pyg_raises_the_same_user_error(without_pyg, uci_events):
     with pytest.raises(UserError, match=r"pip install torch_geometric==\S+"):
-        benchmark.pyg_reference.train_pyg_tgn(uci_events, chronological_split(uci_events), batch_size=200, epochs=1)
+        pyg_tgn.train_pyg_tgn(uci_events, chronological_split(uci_events), batch_size=200, epochs=1)
 
 
-def test_compare_alternates_systems_and_reports_ratios_of_the_means(benchmark, monkeypatch, tmp_path):
-    monkeypatch.setattr(benchmark.pyg_reference, "require_pyg", lambda: type("pyg", (), {"__version__": "x"}))
+def test_compare_alternates_systems_and_reports_ratios_of_the_means(monkeypatch, tmp_path):
+    monkeypatch.setattr(pyg_tgn, "require_pyg", lambda: type("pyg", (), {"__version__": "x"}))
     launched = []
 
     def fake_run(system, case, args):
@@ -59,7 +54,7 @@ def test_compare_alternates_systems_and_reports_ratios_of_the_means(benchmark, m
                 "peak_rss_mb": rss, "train_rss_mb": rss / 10, "test_ap": 0.9, "val_ap": 0.8,
                 "page_faults": 1000 * len(launched), "kernel_cpu_s": 0.5, "other_cpu_load": 0.0}
 
-    monkeypatch.setattr(benchmark, "launch_compare_run", fake_run)
+    monkeypatch.setattr(compare, "launch_compare_run", fake_run)
     out = tmp_path / "compare.json"
     assert benchmark.main(["compare", "--cases", "uci", "--repeat", "2", "--out", str(out)]) == 0
     systems = ["ours", "ours-malloc-defaults", "pyg", "pyg+keep-freed"]
@@ -76,8 +71,8 @@ def test_compare_alternates_systems_and_reports_ratios_of_the_means(benchmark, m
     assert results["command"] == " ".join(sys.argv)
 
 
-def test_first_events_renumbers_the_nodes_that_occur(benchmark, uci_events):
-    head = benchmark.first_events(uci_events, 500)
+def test_first_events_renumbers_the_nodes_that_occur(uci_events):
+    head = compare.first_events(uci_events, 500)
     assert head.num_events == 500 and head.num_nodes == len(np.unique(np.r_[head.src, head.dst]))
     np.testing.assert_array_equal(head.node_ids[head.src], uci_events.node_ids[uci_events.src[:500]])
     np.testing.assert_array_equal(head.t, uci_events.t[:500])
@@ -96,17 +91,16 @@ def test_compare_run_of_ours_prints_one_json_line(scripts_dir):
     assert math.isfinite(run["test_ap"]) and math.isfinite(run["val_ap"])
 
 
-def test_the_pyg_reference_learns_on_a_uci_slice(benchmark, uci_events):
+def test_the_pyg_reference_learns_on_a_uci_slice(uci_events):
     pytest.importorskip("torch_geometric")
-    events = benchmark.first_events(uci_events, 5000)
+    events = compare.first_events(uci_events, 5000)
     # lr 1e-3 (PyG's example uses 1e-4) so that a few epochs on 2,300 training events learn something.
-    results = benchmark.pyg_reference.train_pyg_tgn(events, chronological_split(events), batch_size=200, epochs=5,
-                                                    lr=1e-3)
+    results = pyg_tgn.train_pyg_tgn(events, chronological_split(events), batch_size=200, epochs=5, lr=1e-3)
     assert 0.5 < results["val_ap"] <= 1 and 0.5 < results["test_ap"] <= 1
     assert results["train_events_per_s"] > 0 and len(results["epoch_time_s"]) == 5
 
 
-def test_attention_benchmark_times_two_implementations_of_the_same_function(benchmark, tmp_path):
+def test_attention_benchmark_times_two_implementations_of_the_same_function(tmp_path):
     out = tmp_path / "attention.json"
     assert benchmark.main(["attention", "--roots", "30,60", "--fanout", "4", "--repeat", "2", "--threads", "1",
                            "--out", str(out)]) == 0
@@ -115,18 +109,17 @@ def test_attention_benchmark_times_two_implementations_of_the_same_function(benc
     assert all(row["dgl_ms"] > 0 and row["torch_ms"] > 0 for row in rows)
 
 
-def test_torch_only_attention_matches_dgl_with_roots_that_have_no_neighbours(benchmark):
+def test_torch_only_attention_matches_dgl_with_roots_that_have_no_neighbours():
     import dgl
     import torch
     dst = torch.tensor([0, 0, 2, 2, 2])  # root 1 has no neighbour
     block = dgl.create_block((torch.arange(3, 8), dst), num_src_nodes=8, num_dst_nodes=3)
     key, value, query = torch.randn(5, 2, 4), torch.randn(5, 2, 4), torch.randn(3, 2, 4)
-    torch.testing.assert_close(benchmark.attention_with_torch(dst, 3, key, value, query),
-                               benchmark.attention_with_dgl(block, key, value, query))
+    torch.testing.assert_close(attention_with_torch(dst, 3, key, value, query),
+                               attention_with_dgl(block, key, value, query))
 
 
-def test_accuracy_runs_every_variant_through_train_overrides_and_groups_rows_by_variant(benchmark, monkeypatch,
-                                                                                       tmp_path):
+def test_accuracy_runs_every_variant_through_train_overrides_and_groups_rows_by_variant(monkeypatch, tmp_path):
     commands, run = [], subprocess.run
 
     def fake_train(command, **kwargs):
@@ -142,7 +135,7 @@ def test_accuracy_runs_every_variant_through_train_overrides_and_groups_rows_by_
             "staleness": {"mean_seen": k - 1.0}, "history": [{"mitigated_roots": 0}]}))
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(benchmark.subprocess, "run", fake_train)
+    monkeypatch.setattr(accuracy.subprocess, "run", fake_train)
     out = tmp_path / "accuracy.json"
     assert benchmark.main(["accuracy", "--configs", "configs/dyglib/tgn.yml", "--data", "uci", "--seeds", "0,1",
                            "--variant", "sequential:pipeline.mode=sequential",
@@ -161,14 +154,14 @@ def test_accuracy_runs_every_variant_through_train_overrides_and_groups_rows_by_
     assert sorted(run["staleness_mean_seen"] for run in runs) == [0.0, 0.0, 15.0, 15.0]
 
 
-def test_a_variant_without_a_name_or_with_a_bad_setting_is_refused(benchmark):
+def test_a_variant_without_a_name_or_with_a_bad_setting_is_refused():
     with pytest.raises(UserError, match="--variant"):
-        benchmark.parse_variant("pipeline.k=16")
+        accuracy.parse_variant("pipeline.k=16")
     with pytest.raises(UserError, match="--variant k16"):
-        benchmark.parse_variant("k16:pipeline.k")
+        accuracy.parse_variant("k16:pipeline.k")
 
 
-def test_accuracy_summarises_a_baseline_that_does_not_train(benchmark, monkeypatch, tmp_path):
+def test_accuracy_summarises_a_baseline_that_does_not_train(monkeypatch, tmp_path):
     """EdgeBank's results.json has no staleness and no epoch history; its row still gets every metric."""
     run = subprocess.run
 
@@ -182,7 +175,7 @@ def test_accuracy_summarises_a_baseline_that_does_not_train(benchmark, monkeypat
             "test_new_ap": 0.5}))
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(benchmark.subprocess, "run", fake_baseline)
+    monkeypatch.setattr(accuracy.subprocess, "run", fake_baseline)
     out = tmp_path / "accuracy.json"
     assert benchmark.main(["accuracy", "--configs", "configs/edgebank.yml", "--data", "uci", "--seeds", "0",
                            "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0

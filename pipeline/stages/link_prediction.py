@@ -26,7 +26,7 @@ from pipeline.stages.mitigation import SimilarityTable, mitigate
 from sampler.temporal import TemporalSampler
 
 
-# torch.profiler labels of the train stage's parts (scripts/benchmark.py breakdown reads them)
+# torch.profiler labels of the train stage's parts (benchmarks/breakdown.py reads them)
 TRAIN_STEP_PARTS = ("train/forward", "train/backward", "train/optimizer")
 
 
