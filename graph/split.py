@@ -6,6 +6,7 @@ of all nodes, drawn among the nodes active after the train period, is held out o
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ from common.errors import DataError
 from graph.events import EventStream
 
 TRAIN, VAL, TEST = 0, 1, 2
+HeldOutDraw = Callable[[EventStream, np.ndarray, float], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,20 @@ def split_periods(events: EventStream, val_ratio: float = 0.15, test_ratio: floa
 
 
 def chronological_split(events: EventStream, val_ratio: float = 0.15, test_ratio: float = 0.15,
-                        inductive_ratio: float = 0.1, seed: int = 0, by_ext_roll: bool | None = None) -> Split:
-    """Split the stream by time and hold out nodes for inductive evaluation, as DyGLib does."""
+                        inductive_ratio: float = 0.1, seed: int = 0, by_ext_roll: bool | None = None,
+                        draw_held_out: HeldOutDraw | None = None) -> Split:
+    """Split the stream by time and hold out nodes for inductive evaluation, as DyGLib does.
+
+    The held-out nodes are `draw_held_out(events, after_train, inductive_ratio)` (DyGLib's own draw:
+    graph/dyglib.py), by default a draw seeded by `seed` among the nodes active after the train period.
+    """
     if not 0 <= inductive_ratio < 1:
         raise ValueError(f"inductive_ratio={inductive_ratio} must be in [0, 1)")
     period = split_periods(events, val_ratio, test_ratio, by_ext_roll)
-    masked = _masked_nodes(events, period != TRAIN, int(inductive_ratio * events.num_nodes), seed)
+    if draw_held_out is None:
+        masked = _masked_nodes(events, period != TRAIN, int(inductive_ratio * events.num_nodes), seed)
+    else:
+        masked = draw_held_out(events, period != TRAIN, inductive_ratio)
     is_masked = _node_mask(masked, events.num_nodes)
     touches_masked = is_masked[events.src] | is_masked[events.dst]
     train = np.flatnonzero((period == TRAIN) & ~touches_masked)

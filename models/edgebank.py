@@ -1,7 +1,18 @@
-"""EdgeBank (Poursafaei et al., NeurIPS 2022; TGB's EdgeBankPredictor): a memorisation baseline that needs
-no training. It scores a pair `(src, dst)` 1 if that directed pair occurred among the events it has seen,
-else 0; the time-window variant only remembers pairs seen within a window ending at the latest event
-seen. It tells how far a dataset can be solved by remembering which pairs recur."""
+"""EdgeBank (Poursafaei et al., NeurIPS 2022): a memorisation baseline that needs no training. It scores a
+pair `(src, dst)` 1 if its memory holds that directed pair, else 0. The memory is rebuilt from the history
+an evaluation batch may see, in one of the ways the paper and DyGLib define (`EDGEBANK_MEMORIES`):
+
+- `unlimited`: every pair of the history;
+- `window`: the pairs seen within a fixed time span before the latest history event (TGB's window);
+- `proportion`: the pairs seen at or after the history's `1 - proportion` time quantile (DyGLib's time
+  window by `fixed_proportion`);
+- `repeat_interval`: the pairs seen within the mean repeat interval before the latest history event, the
+  mean over pairs of each pair's mean gap between repeats, a pair seen once counting 0 (DyGLib's time
+  window by `repeat_interval`);
+- `repeat_threshold`: the pairs seen at least as often as the mean pair of the history.
+
+It tells how far a dataset can be solved by remembering which pairs recur.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,37 +21,49 @@ import numpy as np
 
 from common.errors import DataError
 
+EDGEBANK_MEMORIES = ("unlimited", "window", "proportion", "repeat_interval", "repeat_threshold")
 INT64_LIMIT = 2**63
+
+
+def pair_keys(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> np.ndarray:
+    """One int64 key per directed pair."""
+    if num_nodes ** 2 >= INT64_LIMIT:
+        raise DataError(f"EdgeBank: {num_nodes} nodes are too many to key their pairs in int64")
+    return src.astype(np.int64) * num_nodes + dst
 
 
 @dataclass(frozen=True)
 class EdgeBank:
-    """The stream's events indexed by (pair, event index), for lookups of "seen before event `i`"."""
+    """One of `EDGEBANK_MEMORIES`; `window` is the span `window` keeps (time units), `proportion` the share
+    of the history's time quantiles that `proportion` keeps."""
 
-    keys: np.ndarray  # sorted pair * (num_events + 1) + event index
-    t: np.ndarray
-    num_nodes: int
-    window: float | None  # seconds remembered before the latest seen event; None: unlimited
+    memory: str = "unlimited"
+    window: float = 0.0
+    proportion: float = 0.15
 
-    @classmethod
-    def from_stream(cls, src: np.ndarray, dst: np.ndarray, t: np.ndarray, num_nodes: int,
-                    window: float | None = None) -> EdgeBank:
-        """An EdgeBank over a time-sorted stream; `window` None remembers every pair (EdgeBank-inf)."""
-        if num_nodes ** 2 * (len(t) + 1) >= INT64_LIMIT:
-            raise DataError(f"EdgeBank: {num_nodes} nodes and {len(t)} events are too many to index in int64")
-        pairs = src.astype(np.int64) * num_nodes + dst
-        keys = np.sort(pairs * (len(t) + 1) + np.arange(len(t)))
-        return cls(keys=keys, t=np.asarray(t, dtype=np.float64), num_nodes=num_nodes, window=window)
+    def remembered(self, src: np.ndarray, dst: np.ndarray, t: np.ndarray, num_nodes: int) -> np.ndarray:
+        """The sorted distinct pair keys the memory holds after a time-sorted history of events."""
+        keys = pair_keys(src, dst, num_nodes)
+        if len(keys) == 0 or self.memory == "unlimited":
+            return np.unique(keys)
+        if self.memory == "window":
+            return np.unique(keys[t >= t[-1] - self.window])
+        if self.memory == "proportion":
+            return np.unique(keys[t >= np.quantile(t, 1 - self.proportion)])
+        pairs, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        if self.memory == "repeat_interval":
+            first = np.full(len(pairs), np.inf)
+            last = np.full(len(pairs), -np.inf)
+            np.minimum.at(first, inverse, t)
+            np.maximum.at(last, inverse, t)
+            repeated = counts > 1
+            mean_gap = (last[repeated] - first[repeated]) / (counts[repeated] - 1)
+            return np.unique(keys[t >= t.max() - mean_gap.sum() / len(pairs)])
+        if self.memory == "repeat_threshold":
+            return pairs[counts >= counts.mean()]
+        raise ValueError(f"unknown EdgeBank memory {self.memory!r}: expected one of {', '.join(EDGEBANK_MEMORIES)}")
 
-    def scores(self, src: np.ndarray, dst: np.ndarray, seen_events: np.ndarray) -> np.ndarray:
-        """1.0 where pair `(src[i], dst[i])` occurred among the first `seen_events[i]` events of the stream
-        (for the time-window variant: at most `window` before the last of them), else 0.0."""
-        stride = len(self.t) + 1
-        pairs = src.astype(np.int64) * self.num_nodes + dst
-        before = np.searchsorted(self.keys, pairs * stride + seen_events, side="left") - 1
-        found = self.keys[np.maximum(before, 0)]
-        seen = (before >= 0) & (found // stride == pairs)
-        if self.window is not None:
-            latest = self.t[np.maximum(seen_events - 1, 0)]
-            seen &= self.t[found % stride] >= latest - self.window
-        return seen.astype(np.float64)
+
+def scores(remembered: np.ndarray, src: np.ndarray, dst: np.ndarray, num_nodes: int) -> np.ndarray:
+    """1.0 where the pair `(src[i], dst[i])` (any shape) is among the `remembered` keys, else 0.0."""
+    return np.isin(pair_keys(src, dst, num_nodes), remembered).astype(np.float64)

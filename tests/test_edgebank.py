@@ -11,6 +11,7 @@ import torch
 
 from graph.events import EventStream
 from models.edgebank import EdgeBank
+from models.edgebank import scores as edgebank_scores
 from pipeline.run.baselines import rank_all_destinations
 from pipeline.run.ranking import true_destinations
 from pipeline.run.config import validate_config
@@ -21,20 +22,37 @@ from pipeline.run.trainer import train
 SRC, DST, T = np.array([0, 1, 0, 2]), np.array([1, 2, 1, 0]), np.array([1.0, 2.0, 3.0, 10.0])
 
 
+def remembered_after(bank: EdgeBank, count: int) -> set[tuple[int, int]]:
+    """The pairs `bank` remembers after the first `count` events of the tiny stream."""
+    keys = bank.remembered(SRC[:count], DST[:count], T[:count], num_nodes=3)
+    return {(int(key) // 3, int(key) % 3) for key in keys}
+
+
 def test_unlimited_memory_remembers_every_earlier_pair_in_its_direction():
-    bank = EdgeBank.from_stream(SRC, DST, T, num_nodes=3)
-    queries = [((0, 1), 0), ((0, 1), 1), ((1, 2), 1), ((1, 2), 2), ((2, 1), 4), ((2, 0), 3), ((2, 0), 4)]
-    src, dst = (np.array([pair[i] for pair, _ in queries]) for i in (0, 1))
-    seen = np.array([count for _, count in queries])
-    np.testing.assert_array_equal(bank.scores(src, dst, seen), [0, 1, 0, 1, 0, 0, 1])
+    bank = EdgeBank()
+    assert remembered_after(bank, 0) == set()
+    assert remembered_after(bank, 1) == {(0, 1)}
+    assert remembered_after(bank, 4) == {(0, 1), (1, 2), (2, 0)}
+    memory = bank.remembered(SRC, DST, T, num_nodes=3)
+    np.testing.assert_array_equal(edgebank_scores(memory, np.array([0, 1, 2]), np.array([1, 0, 0]), 3), [1, 0, 1])
 
 
 def test_time_window_forgets_pairs_older_than_the_window_before_the_latest_event():
-    bank = EdgeBank.from_stream(SRC, DST, T, num_nodes=3, window=5.0)
-    # after all 4 events the latest is t 10: 0->1 (last at t 3) is forgotten, 2->0 (t 10) is remembered
-    np.testing.assert_array_equal(bank.scores(np.array([0, 2, 1]), np.array([1, 0, 2]), np.array([4, 4, 4])), [0, 1, 0])
-    # after 3 events the latest is t 3: 1->2 (t 2) is within the window
-    np.testing.assert_array_equal(bank.scores(np.array([1]), np.array([2]), np.array([3])), [1])
+    bank = EdgeBank(memory="window", window=5.0)
+    # after all 4 events the latest is t 10: 0->1 (last at t 3) and 1->2 are forgotten, 2->0 (t 10) is remembered
+    assert remembered_after(bank, 4) == {(2, 0)}
+    # after 3 events the latest is t 3: everything is within the window
+    assert remembered_after(bank, 3) == {(0, 1), (1, 2)}
+
+
+def test_dyglib_memories_match_their_definitions():
+    # times 1, 2, 3, 10: the 1 - 0.5 quantile is 2.5, so `proportion` keeps the events at t 3 and t 10
+    assert remembered_after(EdgeBank(memory="proportion", proportion=0.5), 4) == {(0, 1), (2, 0)}
+    # 0->1 repeats after 2 s, the others are seen once: the mean repeat interval is 2 / 3 pairs, and only the
+    # pair seen within it before t 10 is kept
+    assert remembered_after(EdgeBank(memory="repeat_interval"), 4) == {(2, 0)}
+    # counts 2, 1, 1: the mean is 4 / 3, so only 0->1 is seen at least that often
+    assert remembered_after(EdgeBank(memory="repeat_threshold"), 4) == {(0, 1)}
 
 
 def test_edgebank_runs_through_train_and_reports_every_strategy(uci_events, tmp_path):
@@ -83,7 +101,7 @@ def test_filtered_ranking_leaves_out_other_true_destinations_at_the_same_time():
     mask = true_destinations(stream, np.array([0, 2]), np.array([5.0, 6.0]), candidates)
     assert mask.tolist() == [[True, True, False], [False, False, True]]
     cfg = validate_config({"model": "edgebank", "eval": {"batch_size": 1, "ranking": "all"}})
-    bank = EdgeBank.from_stream(stream.src, stream.dst, stream.t, stream.num_nodes)
+    known = np.ones(stream.num_events, dtype=bool)
     # event 2 (0->3 at t 5) was seen before (t 1): score 1, candidates 4 (filtered) and 5 (score 0) -> rank 1;
     # event 4 (2->5) is new: score 0, tied with 3 and 4 (never sent by 2) -> rank 1 + 0.5 * 2 = 2
-    np.testing.assert_allclose(rank_all_destinations(bank, cfg, stream, np.array([2, 4])), [1.0, 2.0])
+    np.testing.assert_allclose(rank_all_destinations(EdgeBank(), cfg, stream, known, np.array([2, 4])), [1.0, 2.0])

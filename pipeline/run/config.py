@@ -28,6 +28,7 @@ import yaml
 from common.errors import ConfigError, one_line
 from common.registry import Registry
 from graph.negatives import NEGATIVE_STRATEGIES
+from models.edgebank import EDGEBANK_MEMORIES
 from models.config import DELIVERIES, UPDATE_TIMES, EmbeddingConfig, MemoryConfig, PredictorConfig
 from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS
@@ -41,7 +42,7 @@ from sampler.temporal import STRATEGIES
 
 MODES = SCHEDULERS.names()  # the built-in modes; a plugin's scheduler is selected in the YAML
 RANKINGS = ("none", "all")
-EDGEBANK_MEMORIES = ("unlimited", "window")
+PROTOCOLS = ("native", "dyglib")
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; a megabyte of YAML is not a config
 MAX_DEPTH = 16  # levels of mappings and lists (a config uses 4: pipeline.auto.candidates[0])
@@ -69,9 +70,12 @@ class EvalConfig:
 
     `negatives` are DyGLib's strategies to report (random always: it selects the best epoch);
     `mrr_negatives` > 0 adds MRR against that many random negatives; `ranking: all` adds TGB's filtered
-    one-vs-all MRR against every destination.
+    one-vs-all MRR against every destination. `protocol` says whose held-out nodes and negatives: this
+    project's, seeded by the run's seed (`native`), or DyGLib's, drawn as its code draws them, with
+    EdgeBank remembering only the events DyGLib gives it (`dyglib`; docs/results.md lists the differences).
     """
 
+    protocol: str = "native"
     batch_size: int = 600
     mrr_negatives: int = 0
     negatives: tuple[str, ...] = ("random",)
@@ -83,7 +87,9 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class EdgeBankConfig:
-    """`edgebank`: read when `model` is edgebank (pipeline/run/baselines.py)."""
+    """`edgebank`: read when `model` is edgebank (pipeline/run/baselines.py); `memory` is one of
+    `EDGEBANK_MEMORIES` (models/edgebank.py), `window_ratio` the share of time the `window` and
+    `proportion` memories keep."""
 
     memory: str = "unlimited"
     window_ratio: float = 0.15
@@ -147,6 +153,7 @@ CHOICES: dict[str, tuple[str, ...] | Registry] = {
     "memory.update_time": UPDATE_TIMES,
     "edgebank.memory": EDGEBANK_MEMORIES,
     "eval.ranking": RANKINGS,
+    "eval.protocol": PROTOCOLS,
     "pipeline.mitigation.similarity": SIMILARITIES,
     **{registry.config_key: registry for registry in REGISTRIES},
 }
@@ -399,6 +406,9 @@ def _check_values(cfg: RunConfig, source: str) -> None:
     if unknown:
         raise ConfigError(f"{source}: key 'eval.negatives' has {shown(unknown[0])}, expected a list of "
                           f"{', '.join(NEGATIVE_STRATEGIES)}")
+    if cfg.eval.protocol == "dyglib" and cfg.eval.mrr_negatives:
+        raise ConfigError(f"{source}: key 'eval.mrr_negatives' must be 0 under 'eval.protocol' dyglib (DyGLib draws "
+                          f"one negative per event), got {cfg.eval.mrr_negatives}")
     auto = cfg.pipeline.auto
     wrong = [mode for mode in auto.candidates if mode not in SCHEDULERS or mode == "auto"]
     if not auto.candidates or wrong:

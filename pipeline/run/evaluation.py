@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from graph import dyglib
 from graph.events import EventStream
 from graph.negatives import edge_negatives, eval_negatives, named_seed
 from graph.split import Split, chronological_batches
@@ -30,15 +31,20 @@ def split_negatives(cfg: RunConfig, events: EventStream, split: Split, seed: int
     and their sources (None when random is the only strategy: each negative keeps its event's source).
 
     Fixed by the run's seed, the split and the strategy, so every model and run ranks against the same
-    negatives; the historical and inductive ones follow DyGLib over the global evaluation batches."""
+    negatives; the historical and inductive ones follow DyGLib over the global evaluation batches. Under
+    `eval.protocol: dyglib` they are DyGLib's own draws (graph/dyglib.py), whatever the seed."""
     columns = negative_columns(cfg)
+    batches = chronological_batches(indices, cfg.eval.batch_size)
+    observed_until = events.t[split.train[-1]]
+    if cfg.eval.protocol == "dyglib":
+        drawn = [dyglib.split_negatives(events, strategy, batches, split_name, observed_until) for strategy in columns]
+        return np.stack([dst for _, dst in drawn], axis=1), np.stack([src for src, _ in drawn], axis=1)
     random = columns["random"]
     dst = [eval_negatives(np.unique(events.dst), len(indices), random.stop, split_name, seed)]
     src = [np.repeat(events.src[indices][:, None], random.stop, axis=1)]
-    batches = chronological_batches(indices, cfg.eval.batch_size)
     for strategy in list(columns)[1:]:
         neg_src, neg_dst = edge_negatives(strategy, events.src, events.dst, events.t, batches,
-                                          observed_until=events.t[split.train[-1]],
+                                          observed_until=observed_until,
                                           seed=named_seed(seed, split_name, strategy))
         src.append(neg_src[:, None])
         dst.append(neg_dst[:, None])

@@ -15,6 +15,7 @@ import torch
 from common.errors import DataError
 from graph.events import EventStream, repeated_pairs
 from graph.negatives import batch_seed, sample_negatives
+from graph.dyglib import held_out_nodes
 from graph.split import Split, chronological_split
 from memory.store import MemoryStore
 from models.tgnn import TemporalModel, build_model
@@ -88,10 +89,7 @@ def build_setup(cfg: RunConfig, events: EventStream, device: torch.device, seed:
     """
     world = world if world is not None else LocalWorld()
     torch.manual_seed(seed)
-    split = chronological_split(
-        events, val_ratio=cfg.eval.val_ratio, test_ratio=cfg.eval.test_ratio,
-        inductive_ratio=cfg.eval.inductive_ratio, seed=seed,
-    )
+    split = run_split(cfg, events, seed)
     require_every_part(events, split)
     stream = StreamTensors(
         src=events.src, dst=events.dst, t=events.t,
@@ -121,6 +119,14 @@ def build_setup(cfg: RunConfig, events: EventStream, device: torch.device, seed:
         train_candidates=np.unique(events.dst[split.train]),
         mitigation=mitigation, world=world,
     )
+
+
+def run_split(cfg: RunConfig, events: EventStream, seed: int) -> Split:
+    """The run's chronological split; its held-out nodes are drawn with `seed`, or as DyGLib draws them
+    under `eval.protocol: dyglib` (the same for every seed)."""
+    return chronological_split(events, val_ratio=cfg.eval.val_ratio, test_ratio=cfg.eval.test_ratio,
+                               inductive_ratio=cfg.eval.inductive_ratio, seed=seed,
+                               draw_held_out=held_out_nodes if cfg.eval.protocol == "dyglib" else None)
 
 
 def require_every_part(events: EventStream, split: Split) -> None:
