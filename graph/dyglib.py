@@ -13,6 +13,7 @@ import random
 import numpy as np
 
 from graph.events import EventStream
+from graph.split import Split
 
 HELD_OUT_SEED = 2020  # `random.seed(2020)` in DyGLib's get_link_prediction_data
 SPLIT_SEEDS = {"val": 0, "test": 2}  # the seeds of DyGLib's validation and test negative samplers
@@ -109,9 +110,16 @@ class NegativeEdgeSampler:
         return np.array([possible[i][0] for i in picked]), np.array([possible[i][1] for i in picked])
 
 
-def split_negatives(events: EventStream, strategy: str, batches: list[np.ndarray], split_name: str,
-                    last_observed_time: float) -> tuple[np.ndarray, np.ndarray]:
+def observed_until(events: EventStream, split: Split, split_name: str) -> float:
+    """The last time whose pairs DyGLib's inductive negatives of a split leave out: the last training
+    event's for validation, the last validation event's for test (its evaluate_link_prediction.py)."""
+    return float(events.t[split.val[-1] if split_name == "test" else split.train[-1]])
+
+
+def split_negatives(events: EventStream, split: Split, strategy: str, batches: list[np.ndarray],
+                    split_name: str) -> tuple[np.ndarray, np.ndarray]:
     """DyGLib's negatives (source, destination) for every event of a split's evaluation `batches`."""
+    last_observed_time = observed_until(events, split, split_name)
     sampler = NegativeEdgeSampler(events, strategy, last_observed_time, SPLIT_SEEDS[split_name])
     drawn = [sampler.sample(batch) for batch in batches]
     if not drawn:

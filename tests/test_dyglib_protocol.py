@@ -8,7 +8,7 @@ import pytest
 from common.errors import ConfigError
 from graph import dyglib
 from graph.events import EventStream
-from graph.split import TRAIN, chronological_batches, chronological_split, split_periods
+from graph.split import TRAIN, Split, chronological_batches, chronological_split, split_periods
 from pipeline.run.baselines import run_baseline
 from pipeline.run.config import validate_config
 
@@ -65,8 +65,10 @@ def test_edge_negatives_equal_the_sampler_rebuilt_from_the_stream_for_every_batc
                          num_nodes=12, node_ids=ids)
     indices = np.arange(30, num_events)
     batches = chronological_batches(indices, batch_size)
-    last_observed = float(events.t[79])
-    neg_src, neg_dst = dyglib.split_negatives(events, strategy, batches, "test", last_observed)
+    split = Split(train=np.arange(20), val=np.arange(20, 30), test=indices, val_inductive=np.empty(0, np.int64),
+                  test_inductive=np.empty(0, np.int64), masked_nodes=np.empty(0, np.int64))
+    last_observed = float(events.t[29])  # test leaves out the pairs seen up to the end of validation
+    neg_src, neg_dst = dyglib.split_negatives(events, split, strategy, batches, "test")
     ref_src, ref_dst = brute_force_negatives(events, strategy, batches, last_observed, dyglib.SPLIT_SEEDS["test"])
     np.testing.assert_array_equal(ids[neg_src], ref_src)
     np.testing.assert_array_equal(ids[neg_dst], ref_dst)
@@ -74,7 +76,8 @@ def test_edge_negatives_equal_the_sampler_rebuilt_from_the_stream_for_every_batc
 
 def test_random_negatives_keep_the_source_and_draw_destinations_as_dyglib_does(uci_events):
     batches = chronological_batches(np.arange(1000, 1400), 200)
-    neg_src, neg_dst = dyglib.split_negatives(uci_events, "random", batches, "val", 0.0)
+    split = dyglib_split(uci_events)
+    neg_src, neg_dst = dyglib.split_negatives(uci_events, split, "random", batches, "val")
     np.testing.assert_array_equal(neg_src, uci_events.src[1000:1400])
     rng = np.random.RandomState(dyglib.SPLIT_SEEDS["val"])
     file_dst = np.unique(uci_events.node_ids[uci_events.dst])
@@ -95,7 +98,9 @@ def test_dyglib_protocol_draws_one_negative_per_event():
 PUBLISHED_CELLS = [
     ("uci", "unlimited", "random", 76.20, 77.30, 0.01),
     ("uci", "proportion", "historical", 65.50, 69.56, 1.0),
+    ("uci", "repeat_interval", "inductive", 57.43, 58.03, 0.2),
     ("enron", "proportion", "random", 83.53, 87.05, 0.01),
+    ("enron", "repeat_threshold", "inductive", 73.89, 75.00, 0.1),
 ]
 
 

@@ -35,16 +35,15 @@ def split_negatives(cfg: RunConfig, events: EventStream, split: Split, seed: int
     `eval.protocol: dyglib` they are DyGLib's own draws (graph/dyglib.py), whatever the seed."""
     columns = negative_columns(cfg)
     batches = chronological_batches(indices, cfg.eval.batch_size)
-    observed_until = events.t[split.train[-1]]
     if cfg.eval.protocol == "dyglib":
-        drawn = [dyglib.split_negatives(events, strategy, batches, split_name, observed_until) for strategy in columns]
+        drawn = [dyglib.split_negatives(events, split, strategy, batches, split_name) for strategy in columns]
         return np.stack([dst for _, dst in drawn], axis=1), np.stack([src for src, _ in drawn], axis=1)
     random = columns["random"]
     dst = [eval_negatives(np.unique(events.dst), len(indices), random.stop, split_name, seed)]
     src = [np.repeat(events.src[indices][:, None], random.stop, axis=1)]
     for strategy in list(columns)[1:]:
         neg_src, neg_dst = edge_negatives(strategy, events.src, events.dst, events.t, batches,
-                                          observed_until=observed_until,
+                                          observed_until=events.t[split.train[-1]],
                                           seed=named_seed(seed, split_name, strategy))
         src.append(neg_src[:, None])
         dst.append(neg_dst[:, None])
