@@ -19,6 +19,7 @@ from benchmarks.shared import add_parser, library_versions, machine
 from common.errors import UserError
 from graph.events import EventStream
 from graph.negatives import batch_seed, sample_negatives
+from graph.split import chronological_batches
 from sampler import TCSR, TemporalSampler
 
 Step = Callable[[int, np.ndarray, np.ndarray], int]  # (batch index, roots, root times) -> edges sampled
@@ -48,10 +49,8 @@ def root_batches(events: EventStream, batch_size: int, seed: int) -> list[tuple[
     """Per batch of events in time order: roots [src, dst, negative dst] and their times."""
     candidates = np.unique(events.dst)
     batches = []
-    for index, begin in enumerate(range(0, events.num_events, batch_size)):
-        rows = slice(begin, begin + batch_size)
-        size = len(events.src[rows])
-        negatives = sample_negatives(candidates, size, batch_seed(seed, 0, index))
+    for index, rows in enumerate(chronological_batches(np.arange(events.num_events), batch_size)):
+        negatives = sample_negatives(candidates, len(rows), batch_seed(seed, 0, index))
         roots = np.concatenate([events.src[rows], events.dst[rows], negatives])
         batches.append((roots, np.tile(events.t[rows], 3)))
     return batches
