@@ -12,7 +12,7 @@ import torch
 from graph.events import EventStream
 from models.edgebank import EdgeBank
 from models.edgebank import scores as edgebank_scores
-from pipeline.run.baselines import rank_all_destinations
+from pipeline.run.baselines import batch_memories, rank_all_destinations
 from pipeline.run.ranking import true_destinations
 from pipeline.run.config import validate_config
 from pipeline.run.evaluation import ranking_summary, ranks_against_candidates
@@ -101,7 +101,8 @@ def test_filtered_ranking_leaves_out_other_true_destinations_at_the_same_time():
     mask = true_destinations(stream, np.array([0, 2]), np.array([5.0, 6.0]), candidates)
     assert mask.tolist() == [[True, True, False], [False, False, True]]
     cfg = validate_config({"model": "edgebank", "eval": {"batch_size": 1, "ranking": "all"}})
-    known = np.ones(stream.num_events, dtype=bool)
+    known, indices = np.ones(stream.num_events, dtype=bool), np.array([2, 4])
     # event 2 (0->3 at t 5) was seen before (t 1): score 1, candidates 4 (filtered) and 5 (score 0) -> rank 1;
     # event 4 (2->5) is new: score 0, tied with 3 and 4 (never sent by 2) -> rank 1 + 0.5 * 2 = 2
-    np.testing.assert_allclose(rank_all_destinations(EdgeBank(), cfg, stream, known, np.array([2, 4])), [1.0, 2.0])
+    batches = batch_memories(EdgeBank(), cfg, stream, known, indices)
+    np.testing.assert_allclose(rank_all_destinations(batches, stream, indices), [1.0, 2.0])

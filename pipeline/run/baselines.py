@@ -40,42 +40,38 @@ def known_events(cfg: RunConfig, events: EventStream, split: Split) -> np.ndarra
     return known
 
 
-def batch_memories(bank: EdgeBank, events: EventStream, known: np.ndarray,
-                   batches: list[np.ndarray]) -> list[np.ndarray]:
-    """The remembered pairs of each evaluation batch, from the known events before its first event."""
-    memories = []
-    for batch in batches:
-        past = np.flatnonzero(known[:batch[0]])
-        memories.append(bank.remembered(events.src[past], events.dst[past], events.t[past], events.num_nodes))
-    return memories
+def batch_memories(bank: EdgeBank, cfg: RunConfig, events: EventStream, known: np.ndarray,
+                   indices: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each evaluation batch of a split: its rows in `indices`, and the pairs remembered from the known
+    events before its first event."""
+    batches = []
+    for rows in chronological_batches(np.arange(len(indices)), cfg.eval.batch_size):
+        past = np.flatnonzero(known[:indices[rows[0]]])
+        batches.append((rows, bank.remembered(events.src[past], events.dst[past], events.t[past], events.num_nodes)))
+    return batches
 
 
-def score_split(bank: EdgeBank, cfg: RunConfig, events: EventStream, known: np.ndarray, indices: np.ndarray,
+def score_split(batches: list[tuple[np.ndarray, np.ndarray]], events: EventStream, indices: np.ndarray,
                 negatives: tuple[np.ndarray, np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of a split's positives `(n,)` and negatives `(n, columns)`; each evaluation batch sees the
-    known events before it."""
+    """Scores of a split's positives `(n,)` and negatives `(n, columns)` from its `batch_memories`."""
     neg_dst, neg_src = negatives
     if neg_src is None:
         neg_src = np.repeat(events.src[indices][:, None], neg_dst.shape[1], axis=1)
-    positions = chronological_batches(np.arange(len(indices)), cfg.eval.batch_size)
-    memories = batch_memories(bank, events, known, [indices[rows] for rows in positions])
     pos, neg = np.empty(len(indices)), np.empty(neg_dst.shape)
-    for rows, memory in zip(positions, memories):
+    for rows, memory in batches:
         pos[rows] = edgebank_scores(memory, events.src[indices[rows]], events.dst[indices[rows]], events.num_nodes)
         neg[rows] = edgebank_scores(memory, neg_src[rows], neg_dst[rows], events.num_nodes)
     return pos, neg
 
 
-def rank_all_destinations(bank: EdgeBank, cfg: RunConfig, events: EventStream, known: np.ndarray,
+def rank_all_destinations(batches: list[tuple[np.ndarray, np.ndarray]], events: EventStream,
                           indices: np.ndarray) -> np.ndarray:
     """The filtered rank of each event's destination among every destination of the stream (TGB's
-    one-vs-many ranking with all destinations as candidates), one evaluation batch at a time."""
+    one-vs-many ranking with all destinations as candidates), from the split's `batch_memories`."""
     candidates = np.unique(events.dst)
     excluded = true_destinations(events, events.src[indices], events.t[indices], candidates)
-    positions = chronological_batches(np.arange(len(indices)), cfg.eval.batch_size)
-    memories = batch_memories(bank, events, known, [indices[rows] for rows in positions])
     ranks = []
-    for rows, memory in zip(positions, memories):
+    for rows, memory in batches:
         src, dst = events.src[indices[rows]], events.dst[indices[rows]]
         table = edgebank_scores(memory, src[:, None], candidates[None, :], events.num_nodes)
         pos = edgebank_scores(memory, src, dst, events.num_nodes)
@@ -93,12 +89,13 @@ def run_baseline(cfg: RunConfig, events: EventStream, out_dir: Path, seed: int) 
     metrics = {}
     for name, indices, inductive in (("val", split.val, split.val_inductive), ("test", split.test, split.test_inductive)):
         negatives = split_negatives(cfg, events, split, seed, name, indices)
-        pos, neg = score_split(bank, cfg, events, known, indices, negatives)
+        batches = batch_memories(bank, cfg, events, known, indices)
+        pos, neg = score_split(batches, events, indices, negatives)
         metrics.update(split_metrics(name, pos, neg, negative_columns(cfg), cfg.eval.batch_size,
                                      event_subsets(indices, inductive, repeated)))
         if cfg.eval.ranking == "all":
             started = time.perf_counter()
-            ranks = rank_all_destinations(bank, cfg, events, known, indices)
+            ranks = rank_all_destinations(batches, events, indices)
             metrics.update({f"{name}_{key}_all": value for key, value in ranking_summary(ranks).items()})
             metrics[f"{name}_ranking_s"] = time.perf_counter() - started
     results = {"model": cfg.model, "dataset": events.name, "mode": "no training", "epochs": 0, "seed": seed,
