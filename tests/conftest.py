@@ -82,3 +82,9 @@ def workdir(request, tmp_path_factory) -> Path:
 def data_file(workdir) -> Path:
     """The small synthetic CSV (`small.write_events_csv`, seed 3) in the module's folder."""
     return write_events_csv(workdir / "events.csv", seed=3)
+
+
+@pytest.fixture(scope="module")
+def data_events(data_file) -> EventStream:
+    """`data_file` loaded as an event stream."""
+    return load_dataset(str(data_file))

@@ -23,7 +23,6 @@ import pytest
 import torch
 import yaml
 
-from graph.datasets import load_dataset
 from pipeline.engine.runner import STAGES
 from pipeline.stages.link_prediction import LinkPredictionStages
 from pipeline.run.checkpoint import CHECKPOINT_NAME, config_fingerprint, dataset_fingerprint, load_checkpoint
@@ -50,22 +49,17 @@ def config_file(workdir) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def events(data_file):
-    return load_dataset(str(data_file))
-
-
 def config(config_file: Path, mode: str, epochs: int) -> dict:
     return apply_overrides(load_config(config_file), {"pipeline.mode": mode, "train.epochs": epochs})
 
 
 @pytest.fixture(scope="module")
-def one_epoch_run(workdir, config_file, events) -> Path:
+def one_epoch_run(workdir, config_file, data_events) -> Path:
     """A finished one-epoch run directory; tests copy it rather than train their own first epoch."""
     torch.set_num_threads(1)
     out = workdir / "one-epoch"
     out.mkdir()
-    train(config(config_file, "sequential", 1), events, out, torch.device("cpu"), seed=0, show_progress=False)
+    train(config(config_file, "sequential", 1), data_events, out, torch.device("cpu"), seed=0, show_progress=False)
     return out
 
 
@@ -198,11 +192,11 @@ def pipeline_threads() -> list[str]:
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("mode", MODES)
 def test_stage_fault_stops_the_run_with_stage_and_batch_and_keeps_the_checkpoint(
-        one_epoch_run, config_file, events, tmp_path, monkeypatch, mode, stage):
+        one_epoch_run, config_file, data_events, tmp_path, monkeypatch, mode, stage):
     out = copy_run(one_epoch_run, tmp_path / "run")
     before = (out / CHECKPOINT_NAME).read_bytes()
     inject_fault(monkeypatch, stage)
-    error = call_bounded(lambda: train(config(config_file, mode, 2), events, out, torch.device("cpu"), seed=0,
+    error = call_bounded(lambda: train(config(config_file, mode, 2), data_events, out, torch.device("cpu"), seed=0,
                                        resume=True, show_progress=False))
     assert isinstance(error, InjectedFault)
     assert (error.pipeline_stage, error.pipeline_batch) == (stage, FAULT_BATCH)
@@ -210,7 +204,7 @@ def test_stage_fault_stops_the_run_with_stage_and_batch_and_keeps_the_checkpoint
     assert no_temporary_files(out)
     assert (out / CHECKPOINT_NAME).read_bytes() == before
     load_checkpoint(out / CHECKPOINT_NAME, config_fingerprint(config(config_file, mode, 2)),
-                    dataset_fingerprint(events))
+                    dataset_fingerprint(data_events))
 
 
 def test_stage_fault_on_the_command_line_is_one_line_and_exit_1(scripts_dir, config_file, data_file, tmp_path):
@@ -246,7 +240,7 @@ def test_mspipe_debug_shows_the_traceback(config_file, data_file, train_cli, tmp
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_stops_the_run_quickly_and_keeps_the_last_checkpoint(
-        start_training, config_file, data_file, events, tmp_path, signum):
+        start_training, config_file, data_file, data_events, tmp_path, signum):
     out = tmp_path / "run"
     process = start_training(cli_args(config_file, data_file, out, "--mode", "mspipe", "--epochs", "3"))
     wait_for_file(out / CHECKPOINT_NAME, process)
@@ -258,7 +252,7 @@ def test_signal_stops_the_run_quickly_and_keeps_the_last_checkpoint(
     assert stderr.splitlines()[-1] == "interrupted" and "Traceback" not in stderr
     assert not (out / RESULTS).exists() and no_temporary_files(out)
     state = load_checkpoint(out / CHECKPOINT_NAME, config_fingerprint(config(config_file, "mspipe", 3)),
-                            dataset_fingerprint(events))
+                            dataset_fingerprint(data_events))
     assert 1 <= state["training"]["next_epoch"] < 3
 
 

@@ -27,7 +27,6 @@ import torch
 import yaml
 
 from common.errors import CheckpointError, DataError
-from graph.datasets import load_dataset
 from graph.loaders import load_events
 from pipeline.run import checkpoint as checkpoint_module
 from pipeline.run.checkpoint import (
@@ -86,11 +85,6 @@ def plugin_config_file(workdir, config_file, plugin_file) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def events(data_file):
-    return load_dataset(str(data_file))
-
-
 def train_run(config_path: Path, events, out: Path) -> Path:
     torch.set_num_threads(1)
     out.mkdir()
@@ -99,13 +93,13 @@ def train_run(config_path: Path, events, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def plain_run(workdir, config_file, events) -> Path:
-    return train_run(config_file, events, workdir / "plain-run")
+def plain_run(workdir, config_file, data_events) -> Path:
+    return train_run(config_file, data_events, workdir / "plain-run")
 
 
 @pytest.fixture(scope="module")
-def plugin_run(workdir, plugin_config_file, events) -> Path:
-    return train_run(plugin_config_file, events, workdir / "plugin-run")
+def plugin_run(workdir, plugin_config_file, data_events) -> Path:
+    return train_run(plugin_config_file, data_events, workdir / "plugin-run")
 
 
 def copy_run(run: Path, out: Path) -> Path:
@@ -189,14 +183,14 @@ def test_missing_plugins_match_modules_by_name_and_files_by_name():
     assert missing_plugins([], ["/anything.py"]) == []
 
 
-def test_a_stored_config_never_imports_its_plugins(plain_run, events, tmp_path):
+def test_a_stored_config_never_imports_its_plugins(plain_run, data_events, tmp_path):
     from pipeline.run.trainer import evaluate_checkpoint
     payload = tmp_path / "payload.py"
     payload.write_text(PAYLOAD_SOURCE)
     state = torch.load(plain_run / CHECKPOINT_NAME, weights_only=True)
     state["config"]["plugins"] = [str(payload)]
     with pytest.raises(CheckpointError, match="payload.py"):
-        evaluate_checkpoint(state, events, torch.device("cpu"), show_progress=False)
+        evaluate_checkpoint(state, data_events, torch.device("cpu"), show_progress=False)
     assert not (tmp_path / "payload-ran").exists()
 
 
@@ -215,11 +209,11 @@ def fuzzed(rng: random.Random, valid: bytes, case: int) -> bytes:
 
 
 @pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
-def test_random_bytes_as_a_checkpoint_load_fully_checked_or_are_refused(plain_run, events, tmp_path):
+def test_random_bytes_as_a_checkpoint_load_fully_checked_or_are_refused(plain_run, data_events, tmp_path):
     valid = (plain_run / CHECKPOINT_NAME).read_bytes()
-    data_fp = dataset_fingerprint(events)
+    data_fp = dataset_fingerprint(data_events)
     state = torch.load(plain_run / CHECKPOINT_NAME, weights_only=True)
-    setup = build_setup(validate_config(state["config"]), events, torch.device("cpu"), 0)
+    setup = build_setup(validate_config(state["config"]), data_events, torch.device("cpu"), 0)
     reference = setup.model.state_dict()
     rng = random.Random(29)
     path = tmp_path / CHECKPOINT_NAME
