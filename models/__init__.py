@@ -3,6 +3,7 @@ edge predictor, computed with DGL message passing over the sampler's blocks."""
 import common  # noqa: F401  (selects DGL's backend before dgl loads)
 
 from models import dyrep  # noqa: E402, F401  (registers the "dyrep" memory updater)
+from models import common_neighbours  # noqa: E402, F401  (registers the "common_neighbours" predictor)
 from models.interface import ModelInputs  # noqa: E402
 from models.tgnn import TemporalModel, build_model  # noqa: E402
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from sampler.config import SamplerConfig
+
 UPDATE_TIMES = ("query", "batch")
 DELIVERIES = ("self", "neighbours")
 
@@ -45,14 +47,18 @@ class EmbeddingConfig:
 
 @dataclass(frozen=True)
 class PredictorConfig:
-    """`predictor`: the edge scorer over a pair of embeddings."""
+    """`predictor`: the edge scorer over a pair of embeddings (and, for "common_neighbours", the pair's
+    sampled neighbourhoods)."""
 
     module: str = "mlp"
 
 
 class ModelSections(Protocol):
     """What `build_model` reads from a run config: its three model sections (`memory: None` for a
-    memory-less model)."""
+    memory-less model), and the sampler's fanouts (a predictor may read the sampled neighbourhoods)."""
+
+    @property
+    def sampler(self) -> SamplerConfig: ...
 
     @property
     def memory(self) -> MemoryConfig | None: ...

@@ -19,7 +19,8 @@ from models.distinct import Groups, group, group_pairs
 from models.embedding import build_embedding
 from models.interface import ModelInputs
 from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater, source_gap_scale
-from models.predictor import PREDICTORS
+from models.common_neighbours import RootNeighbourhoods
+from models.predictor import PREDICTORS, PredictorSpec
 from models.write_back import memory_update, neighbour_deliveries
 
 @dataclass(frozen=True)
@@ -57,13 +58,15 @@ class TemporalModel(nn.Module):
         self.layout = layout
         self.node_feat_map = node_feat_map
         self.uses_memory = updater is not None
+        self.reads_neighbourhoods = getattr(predictor, "reads_neighbourhoods", False)
         self.dim_memory = layout.dim_memory if layout else 0
         self.dim_mail = layout.dim_mail if layout else 0
         self.mailbox_size = layout.mailbox_size if layout else 0
 
     def forward(self, inputs: ModelInputs) -> tuple[Tensor, Tensor, MemoryUpdate | None]:
         """Logits `(B,)` of the positive events, `(B * num_neg,)` of the negatives, and the batch's write-back."""
-        count = inputs.num_input_nodes if self.embedding.uses_neighbours else inputs.num_roots
+        reads_neighbours = self.embedding.uses_neighbours or self.reads_neighbourhoods
+        count = inputs.num_input_nodes if reads_neighbours else inputs.num_roots
         new_mem = None
         if self.updater is None:
             states = group(inputs.blocks[0].srcdata["ID"][:count])
@@ -76,7 +79,7 @@ class TemporalModel(nn.Module):
             new_mem = self.updater(rows).index_select(0, states.index)
         state = self._node_state(new_mem, inputs, count)
         embeddings = self.embedding(state, replace(inputs, input_states=states))
-        pos, neg = self._scores(embeddings, inputs)
+        pos, neg = self._scores(embeddings, state, inputs)
         return pos, neg, None if new_mem is None else self._write_back(new_mem, embeddings, inputs)
 
     def _update_times(self, inputs: ModelInputs, count: int) -> tuple[Tensor, Groups]:
@@ -89,15 +92,27 @@ class TemporalModel(nn.Module):
         first_event = inputs.blocks[-1].dstdata["ts"][:inputs.num_pos].min()
         return first_event.expand(count), group(rows)
 
-    def _scores(self, embeddings: Tensor, inputs: ModelInputs) -> tuple[Tensor, Tensor]:
+    def _scores(self, embeddings: Tensor, state: Tensor, inputs: ModelInputs) -> tuple[Tensor, Tensor]:
         """The predictor's logits of the positives and the negatives (against their own sources, if given)."""
+        neighbourhoods = None
+        if self.reads_neighbourhoods:
+            neighbourhoods = RootNeighbourhoods.from_block(inputs.blocks[-1], state, self.predictor.width)
         if not inputs.negative_sources:
-            return self.predictor(embeddings, inputs.num_pos, inputs.num_neg)
+            return self._predict(embeddings, neighbourhoods, inputs.num_pos, inputs.num_neg)
         num_pos, count = inputs.num_pos, inputs.num_pos * inputs.num_neg
-        pos, _ = self.predictor(embeddings[:2 * num_pos], num_pos, 0)
-        negatives = embeddings[2 * num_pos:2 * num_pos + 2 * count]
-        neg, _ = self.predictor(torch.cat([negatives[count:], negatives[:count]]), count, 0)
+        positives = torch.arange(2 * num_pos, device=embeddings.device)
+        pos, _ = self._predict(embeddings, neighbourhoods, num_pos, 0, positives)
+        negatives = 2 * num_pos + torch.arange(2 * count, device=embeddings.device)
+        neg, _ = self._predict(embeddings, neighbourhoods, count, 0, torch.cat([negatives[count:], negatives[:count]]))
         return pos, neg
+
+    def _predict(self, embeddings: Tensor, neighbourhoods: RootNeighbourhoods | None, num_pos: int, num_neg: int,
+                 rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The predictor on the roots `rows` (all, in order, by default) laid out as it expects."""
+        h = embeddings if rows is None else embeddings[rows]
+        if neighbourhoods is None:
+            return self.predictor(h, num_pos, num_neg)
+        return self.predictor(h, num_pos, num_neg, neighbourhoods if rows is None else neighbourhoods.select(rows))
 
     def _node_state(self, new_mem: Tensor | None, inputs: ModelInputs, count: int) -> Tensor:
         if inputs.node_feat is None:
@@ -139,6 +154,7 @@ def build_model(cfg: ModelSections, dim_node_feat: int, dim_edge_feat: int) -> T
     if updater is not None and updater.mails_carry_embedding and embedding.dim_out != layout.dim_memory:
         raise UserError(f"memory updater '{mem_cfg.updater}' writes embeddings into mails: key "
                         f"'embedding.dim_out' ({embedding.dim_out}) must equal 'memory.dim' ({layout.dim_memory})")
-    predictor = PREDICTORS.get(cfg.predictor.module)(embedding.dim_out)
+    predictor = PREDICTORS.get(cfg.predictor.module)(
+        PredictorSpec(embedding.dim_out, dim_state, cfg.sampler.fanouts[-1]))
     return TemporalModel(embedding, predictor, updater, layout, node_feat_map,
                          mem_cfg.update_time if mem_cfg is not None else MemoryConfig.update_time)
