@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.shared import REPO, add_parser, git_commit, library_versions
+from benchmarks.shared import REPO, add_parser, git_commit, library_versions, parse_variant
 from common.errors import UserError
-from pipeline.run.config import parse_settings
 
 TABLE = ["config", "variant", "dataset", "seeds", "val_ap_mean", "test_ap_mean", "test_ap@historical_mean",
          "test_ap@inductive_mean", "test_auc_mean", "test_auc@historical_mean", "test_auc@inductive_mean",
@@ -43,16 +42,6 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--runs-dir", default="runs/accuracy", help="where each run writes its directory")
     parser.add_argument("--out", required=True, help="JSON file for the results")
     parser.set_defaults(run=run, table=TABLE)
-
-
-def parse_variant(text: str) -> tuple[str, list[str]]:
-    """`NAME:KEY=VALUE;KEY=VALUE` as the variant's name and its `--set` overrides (checked by `parse_settings`)."""
-    name, sep, settings = text.partition(":")
-    if not sep or not name.strip():
-        raise UserError(f"--variant: '{text}' is not NAME:KEY=VALUE;... (e.g. 'batch:memory.update_time=batch')")
-    overrides = [setting.strip() for setting in settings.split(";") if setting.strip()]
-    parse_settings(overrides, f"--variant {name.strip()}")
-    return name.strip(), overrides
 
 
 def accuracy_run(config: str, variant: tuple[str, list[str]], data: str, seed: int, args: argparse.Namespace) -> dict:

@@ -15,6 +15,9 @@ import dgl
 import numpy as np
 import torch
 
+from common.errors import UserError
+from pipeline.run.config import parse_settings
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -86,3 +89,13 @@ def write_json(results: dict, path: str) -> None:
     """Write the results, creating the parent folder."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """`NAME:KEY=VALUE;KEY=VALUE` as the variant's name and its `--set` overrides (checked by `parse_settings`)."""
+    name, sep, settings = text.partition(":")
+    if not sep or not name.strip():
+        raise UserError(f"--variant: '{text}' is not NAME:KEY=VALUE;... (e.g. 'batch:memory.update_time=batch')")
+    overrides = [setting.strip() for setting in settings.split(";") if setting.strip()]
+    parse_settings(overrides, f"--variant {name.strip()}")
+    return name.strip(), overrides

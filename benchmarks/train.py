@@ -22,11 +22,12 @@ import torch
 
 from _cli import add_data_arguments, configure_process, load_data
 from _threads import available_cores
-from benchmarks.shared import REPO, add_parser, add_training_arguments, git_commit, library_versions, machine
+from benchmarks.shared import (REPO, add_parser, add_training_arguments, git_commit, library_versions, machine,
+                               parse_variant)
 from common.errors import UserError
 from graph.synthetic import with_random_edge_features
 from pipeline.engine.runner import STAGES
-from pipeline.run.config import apply_overrides, load_config
+from pipeline.run.config import apply_overrides, load_config, parse_settings
 from pipeline.run.trainer import train
 
 VARIANTS: dict[str, dict] = {  # variant name -> config overrides
@@ -52,6 +53,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--modes", default="sequential,presample,mspipe",
                         help=f"comma-separated variants: {', '.join(VARIANTS)}, fixed-k")
     parser.add_argument("--k", default="1,2,4,8", help="staleness bounds for the fixed-k variant")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE;...",
+                        help="a further variant: the config with these overrides, e.g. "
+                             "'cn:predictor.module=common_neighbours' (repeatable; runs after the modes)")
     parser.add_argument("--edge-feat-dim", type=int, default=0,
                         help="add random edge features of this width (172 = TGL's Wikipedia features)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant; the table shows the mean")
@@ -59,8 +63,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run, table=TABLE)
 
 
-def train_variants(modes: str, ks: str) -> dict[str, dict]:
-    """Variant name -> config overrides for the requested `--modes` (fixed-k expanded over `--k`)."""
+def train_variants(modes: str, ks: str, extra: list[str] = ()) -> dict[str, dict]:
+    """Variant name -> config overrides for the requested `--modes` (fixed-k expanded over `--k`), then the
+    named `--variant`s."""
     variants: dict[str, dict] = {}
     for mode in (m.strip() for m in modes.split(",") if m.strip()):
         if mode == "fixed-k":
@@ -73,6 +78,11 @@ def train_variants(modes: str, ks: str) -> dict[str, dict]:
             variants[mode] = VARIANTS[mode]
         else:
             raise UserError(f"--modes: unknown variant '{mode}' (known: {', '.join(VARIANTS)}, fixed-k)")
+    for text in extra:
+        name, overrides = parse_variant(text)
+        if name in variants:
+            raise UserError(f"--variant: '{name}' is already a variant of this run")
+        variants[name] = parse_settings(overrides, f"--variant {name}")
     if not variants:
         raise UserError("--modes: no variant given")
     return variants
@@ -108,7 +118,7 @@ def run(args: argparse.Namespace) -> dict:
     """Train every requested variant `--repeat` times on the same data and seed; one row per variant."""
     if args.epochs < 1 or args.repeat < 1:
         raise UserError(f"--epochs and --repeat must be positive, got {args.epochs} and {args.repeat}")
-    variants = train_variants(args.modes, args.k)
+    variants = train_variants(args.modes, args.k, args.variant)
     config_path = Path(args.model) if args.model.endswith((".yml", ".yaml")) else REPO / "configs" / f"{args.model}.yml"
     base = apply_overrides(load_config(config_path), {
         "train.epochs": args.epochs, "train.batch_size": args.batch_size, "eval.batch_size": args.batch_size})

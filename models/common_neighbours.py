@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.errors import UserError
 from models.predictor import PREDICTORS, PredictorSpec, pair_rows
 from models.time_encoding import TimeEncoding
 
@@ -107,8 +108,8 @@ class CommonNeighbourPredictor(nn.Module):
     def __init__(self, spec: PredictorSpec) -> None:
         super().__init__()
         if spec.fanout < 1:
-            raise ValueError(f"the common-neighbour predictor reads sampled neighbours: fanout must be >= 1, "
-                             f"got {spec.fanout}")
+            raise UserError(f"predictor 'common_neighbours' reads the sampled neighbours of each root: the last of "
+                            f"'sampler.fanouts' must be at least 1, got {spec.fanout}")
         self.width = spec.fanout
         self.src_fc = nn.Linear(spec.dim, spec.dim)
         self.dst_fc = nn.Linear(spec.dim, spec.dim)

@@ -14,6 +14,7 @@ import pytest
 
 import benchmark  # scripts/benchmark.py, the command line (scripts/ is on pytest's pythonpath)
 from benchmarks import accuracy, compare, pyg_tgn
+from benchmarks.train import train_variants
 from benchmarks.attention import attention_with_dgl, attention_with_torch
 from common.errors import UserError
 from graph.split import chronological_split
@@ -159,6 +160,14 @@ def test_a_variant_without_a_name_or_with_a_bad_setting_is_refused():
         accuracy.parse_variant("pipeline.k=16")
     with pytest.raises(UserError, match="--variant k16"):
         accuracy.parse_variant("k16:pipeline.k")
+
+
+def test_the_train_benchmark_runs_named_variants_after_the_modes():
+    variants = train_variants("sequential,fixed-k", "2", ["cn:predictor.module=common_neighbours;train.lr=0.001"])
+    assert list(variants) == ["sequential", "fixed-k=2", "cn"]
+    assert variants["cn"] == {"predictor.module": "common_neighbours", "train.lr": 0.001}
+    with pytest.raises(UserError, match="'sequential' is already a variant"):
+        train_variants("sequential", "1", ["sequential:train.lr=0.1"])
 
 
 def test_accuracy_summarises_a_baseline_that_does_not_train(monkeypatch, tmp_path):

@@ -32,10 +32,11 @@ def events():
     return synthetic_events(num_nodes=30, num_events=600, seed=5)
 
 
-def scored_batches(events, num_batches: int, roots_per_chunk: int):
+def scored_batches(events, num_batches: int, roots_per_chunk: int, predictor: str = "mlp"):
     """Run the first test batches through the stages as sequential evaluation does, with a ranker that
     keeps each batch's scores; returns the stages, the ranker and the scores."""
-    setup = build_setup(validate_config(SMALL), events, torch.device("cpu"), seed=0)
+    setup = build_setup(validate_config({**SMALL, "predictor": {"module": predictor}}), events,
+                        torch.device("cpu"), seed=0)
     setup.model.eval()
     stages = evaluation_stages(setup, "test", setup.split.test, 0)
     ranker = CandidateRanker(stages, events, roots_per_chunk=roots_per_chunk)
@@ -50,8 +51,9 @@ def scored_batches(events, num_batches: int, roots_per_chunk: int):
     return setup, stages, ranker, kept
 
 
-def test_a_candidate_scores_as_the_negative_of_its_event(events):
-    setup, stages, ranker, kept = scored_batches(events, num_batches=1, roots_per_chunk=120)
+@pytest.mark.parametrize("predictor", ["mlp", "common_neighbours"])
+def test_a_candidate_scores_as_the_negative_of_its_event(events, predictor):
+    setup, stages, ranker, kept = scored_batches(events, num_batches=1, roots_per_chunk=120, predictor=predictor)
     pos, scores = kept[0]
     batch = stages.batches[0]
     assert scores.shape == (len(batch), len(ranker.candidates))
