@@ -72,14 +72,14 @@ class PairNeighbourhoods:
     """What the neighbourhoods of a list of pairs `(u, v)` share.
 
     `u_links[p, f]` is 1 where `u`'s `f`-th neighbour is `v`, `v_links[p, f]` where `v`'s is `u`;
-    `shared[p, f]` is True where `u`'s `f`-th neighbour is also among `v`'s neighbours (counted once per
-    slot of `u`, so a neighbour `u` met twice counts twice); `pooled[p]` sums those slots' node states.
-    `last_link_dt[p]` is how long before `u`'s time `u` last met `v` among its sampled edges (0 if it did not).
+    `last_link_dt[p]` is how long before the pair's time `u` last met `v` among its sampled edges (0 if it
+    did not); `shared[p, f]` is True where `u`'s `f`-th neighbour is also among `v`'s neighbours (counted
+    once per slot of `u`, so a neighbour `u` met twice counts twice); `pooled[p]` sums those slots' node states.
     """
 
     u_links: Tensor  # (P, width) float
-    last_link_dt: Tensor  # (P,) float
     v_links: Tensor  # (P, width) float
+    last_link_dt: Tensor  # (P,) float
     shared: Tensor  # (P, width) bool
     pooled: Tensor  # (P, dim_state)
 
@@ -95,7 +95,8 @@ def pair_neighbourhoods(nb: RootNeighbourhoods, u: Tensor, v: Tensor) -> PairNei
     pooled.index_add_(0, pair, nb.states[nb.slot[u][pair, column]])
     newest = u_links.argmax(1, keepdim=True)
     last_link_dt = nb.dt[u].gather(1, newest).squeeze(1) * u_links.gather(1, newest).squeeze(1)
-    return PairNeighbourhoods(u_links, last_link_dt, v_links, shared, pooled)
+    return PairNeighbourhoods(u_links=u_links, v_links=v_links, last_link_dt=last_link_dt, shared=shared,
+                              pooled=pooled)
 
 
 class CommonNeighbourPredictor(nn.Module):
