@@ -85,8 +85,11 @@ def test_chunking_does_not_change_the_ranks_and_they_match_a_brute_force_count(e
     np.testing.assert_allclose(small_chunks.all_ranks(), expected)
 
 
-def test_training_reports_the_all_destination_ranking_of_its_best_weights(events, tmp_path):
-    results = train(validate_config(SMALL), events, tmp_path, torch.device("cpu"), seed=0, show_progress=False)
+@pytest.mark.parametrize("protocol", ["native", "dyglib"])
+def test_training_reports_the_all_destination_ranking_of_its_best_weights(events, tmp_path, protocol):
+    """The ranking replays the training events, for which DyGLib's protocol draws no negatives."""
+    cfg = validate_config({**SMALL, "eval": {**SMALL["eval"], "protocol": protocol}})
+    results = train(cfg, events, tmp_path, torch.device("cpu"), seed=0, show_progress=False)
     candidates = len(np.unique(events.dst))
     assert 1 / candidates <= results["test_mrr_all"] <= 1
     assert 0 <= results["test_hits@10_all"] <= 1 and results["test_ranking_s"] > 0

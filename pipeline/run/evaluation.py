@@ -32,10 +32,12 @@ def split_negatives(cfg: RunConfig, events: EventStream, split: Split, seed: int
 
     Fixed by the run's seed, the split and the strategy, so every model and run ranks against the same
     negatives; the historical and inductive ones follow DyGLib over the global evaluation batches. Under
-    `eval.protocol: dyglib` they are DyGLib's own draws (graph/dyglib.py), whatever the seed."""
+    `eval.protocol: dyglib` they are DyGLib's own draws (graph/dyglib.py), whatever the seed; DyGLib draws
+    none for the training events, so a replay of them (which rebuilds the memory from the positives and
+    discards the scores) gets the native draws."""
     columns = negative_columns(cfg)
     batches = chronological_batches(indices, cfg.eval.batch_size)
-    if cfg.eval.protocol == "dyglib":
+    if cfg.eval.protocol == "dyglib" and split_name in dyglib.SPLIT_SEEDS:
         drawn = [dyglib.split_negatives(events, split, strategy, batches, split_name) for strategy in columns]
         return np.stack([dst for _, dst in drawn], axis=1), np.stack([src for src, _ in drawn], axis=1)
     random = columns["random"]
