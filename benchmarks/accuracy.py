@@ -21,6 +21,7 @@ import numpy as np
 
 from benchmarks.shared import REPO, add_parser, git_commit, library_versions, parse_variant
 from common.errors import UserError
+from pipeline.run.checkpoint import CHECKPOINT_NAME
 
 TABLE = ["config", "variant", "dataset", "seeds", "val_ap_mean", "test_ap_mean", "test_ap@historical_mean",
          "test_ap@inductive_mean", "test_auc_mean", "test_auc@historical_mean", "test_auc@inductive_mean",
@@ -40,6 +41,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
                              "'batch:memory.update_time=batch' (repeatable; none: each config as it is)")
     parser.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
     parser.add_argument("--runs-dir", default="runs/accuracy", help="where each run writes its directory")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the runs of an interrupted benchmark in --runs-dir from their checkpoints "
+                             "(a run without one starts afresh)")
     parser.add_argument("--out", required=True, help="JSON file for the results")
     parser.set_defaults(run=run, table=TABLE)
 
@@ -49,7 +53,8 @@ def accuracy_run(config: str, variant: tuple[str, list[str]], data: str, seed: i
     name, overrides = variant
     out = Path(args.runs_dir) / "_".join(filter(None, (Path(config).stem, name, data, f"s{seed}")))
     command = [sys.executable, str(REPO / "scripts" / "train.py"), "--config", config, "--data", data,
-               "--seed", str(seed), "--threads", "1", "--no-progress", "--overwrite", "--out", str(out)]
+               "--seed", str(seed), "--threads", "1", "--no-progress", "--out", str(out)]
+    command.append("--resume" if args.resume and (out / CHECKPOINT_NAME).is_file() else "--overwrite")
     if args.epochs is not None:
         command += ["--epochs", str(args.epochs)]
     for setting in overrides:
