@@ -50,7 +50,8 @@ class RootNeighbourhoods:
         newest first in edge-id order (the sampler's contract); `states` are the input slots' node states."""
         num_roots = block.num_dst_nodes()
         src, dst = block.edges(order="eid")
-        first = torch.cumsum(block.in_degrees(), 0) - block.in_degrees()
+        degrees = block.in_degrees()
+        first = torch.cumsum(degrees, 0) - degrees
         position = torch.arange(len(dst), device=dst.device) - first[dst]
         kept = position < width
         src, dst, position = src[kept], dst[kept], position[kept]

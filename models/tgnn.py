@@ -100,8 +100,7 @@ class TemporalModel(nn.Module):
         if not inputs.negative_sources:
             return self._predict(embeddings, neighbourhoods, inputs.num_pos, inputs.num_neg)
         num_pos, count = inputs.num_pos, inputs.num_pos * inputs.num_neg
-        positives = torch.arange(2 * num_pos, device=embeddings.device)
-        pos, _ = self._predict(embeddings, neighbourhoods, num_pos, 0, positives)
+        pos, _ = self._predict(embeddings, neighbourhoods, num_pos, 0)  # reads only the first 2 * num_pos rows
         negatives = 2 * num_pos + torch.arange(2 * count, device=embeddings.device)
         neg, _ = self._predict(embeddings, neighbourhoods, count, 0, torch.cat([negatives[count:], negatives[:count]]))
         return pos, neg
