@@ -7,6 +7,7 @@ from pathlib import Path
 from common.errors import DataError
 from graph.events import EventStream
 from graph.loaders import ColumnChoice, clipped, load_events, path_status
+from graph.prepared import is_prepared_dir, load_prepared
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 BUILTIN_DATASETS: dict[str, Path] = {
@@ -18,11 +19,16 @@ DEFAULT_DATASET = "uci"
 
 
 def load_dataset(name_or_path: str, fmt: str | None = None, columns: ColumnChoice | None = None) -> EventStream:
-    """Load a built-in dataset by name, or any supported file (or TGL directory) by path; `columns` picks
-    the columns of a csv or whitespace file."""
+    """Load a built-in dataset by name, any supported file (or TGL directory) by path, or a stream prepared
+    by scripts/prepare_data.py (memory-mapped); `columns` picks the columns of a csv or whitespace file."""
     if name_or_path in BUILTIN_DATASETS:
         return load_events(BUILTIN_DATASETS[name_or_path], fmt=fmt, name=name_or_path, columns=columns)
     path = Path(name_or_path)
+    if path_status(path) is not None and is_prepared_dir(path):
+        if fmt is not None or columns is not None:
+            raise DataError(f"{clipped(name_or_path)}: a prepared stream takes no --format or --columns "
+                            f"(they were applied when it was prepared)")
+        return load_prepared(path)
     if len(path.parts) > 1 or path.suffix or path_status(path) is not None:
         return load_events(path, fmt=fmt, columns=columns)
     known = ", ".join(sorted(BUILTIN_DATASETS))

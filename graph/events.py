@@ -6,12 +6,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from graph.temporal_index import IndexArrays
+
 
 @dataclass(frozen=True)
 class EventStream:
     """A time-sorted stream of interactions with contiguous 0-based node ids.
 
     The edge id of an event is its row index; `node_ids[v]` is the id node `v` had in the source file.
+    Columns may be memory-mapped files (a prepared stream, graph/prepared.py), which also brings the
+    stream's whole T-CSR `index`; streams read into RAM have none.
     """
 
     name: str
@@ -23,6 +27,7 @@ class EventStream:
     edge_feat: np.ndarray | None = None
     node_feat: np.ndarray | None = None
     ext_roll: np.ndarray | None = None
+    index: IndexArrays | None = None
 
     @property
     def num_events(self) -> int:

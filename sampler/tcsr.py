@@ -1,9 +1,11 @@
 """T-CSR: a per-node, time-sorted adjacency index of an event stream (TGL's temporal CSR)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+
+from graph.temporal_index import IndexArrays, build_index, in_time_order
 
 
 @dataclass(frozen=True)
@@ -11,21 +13,19 @@ class TCSR:
     """Temporal CSR: the edges of node `v` are positions `indptr[v]:indptr[v+1]`, sorted by time.
 
     Inside a node's segment, `ts` ascends and ties keep edge-id order, so a time search per node
-    finds "all edges strictly before t" as a prefix of the segment.
+    finds "all edges strictly before t" as a prefix of the segment. The arrays may be memory-mapped
+    files (a prepared stream's index): searches only read them.
     """
 
     indptr: np.ndarray  # int64 (N+1,)
-    nbr: np.ndarray  # int64 (nnz,)
+    nbr: np.ndarray  # int32 or int64 (nnz,)
     ts: np.ndarray  # float64 (nnz,)
-    eid: np.ndarray  # int64 (nnz,)
-    _distinct_times: np.ndarray = field(init=False, repr=False, compare=False)
-    _search_key: np.ndarray = field(init=False, repr=False, compare=False)
+    eid: np.ndarray  # int32 or int64 (nnz,)
 
-    def __post_init__(self) -> None:
-        """Build the search index once, up front, so concurrent sampling threads only read it."""
-        distinct_times = np.unique(self.ts)
-        object.__setattr__(self, "_distinct_times", distinct_times)
-        object.__setattr__(self, "_search_key", _node_time_key(self.indptr, self.ts, distinct_times))
+    @classmethod
+    def from_arrays(cls, arrays: IndexArrays) -> "TCSR":
+        """The index over arrays built by `graph.temporal_index.build_index` (in RAM or memory-mapped)."""
+        return cls(indptr=arrays.indptr, nbr=arrays.nbr, ts=arrays.ts, eid=arrays.eid)
 
     @classmethod
     def from_events(
@@ -40,19 +40,14 @@ class TCSR:
         """Index events `src -> dst` at time `t` (edge ids `eid`, default the row index).
 
         With `add_reverse`, every event is also an edge of `dst` towards `src`, so both endpoints see it
-        in their history (the usual choice for interaction graphs).
+        in their history (the usual choice for interaction graphs). A stream in (time, edge id) order, as
+        every event stream is, is indexed in linear time; any other order is sorted first.
         """
         src, dst, t, eid = _validated_events(src, dst, t, num_nodes, eid)
-        if add_reverse:
-            owner = np.stack([src, dst], axis=1).ravel()
-            nbr = np.stack([dst, src], axis=1).ravel()
-            t, eid = np.repeat(t, 2), np.repeat(eid, 2)
-        else:
-            owner, nbr = src, dst
-        order = np.lexsort((eid, t, owner))
-        degree = np.bincount(owner, minlength=num_nodes)
-        indptr = np.concatenate([[0], np.cumsum(degree)]).astype(np.int64)
-        return cls(indptr=indptr, nbr=nbr[order], ts=t[order], eid=eid[order])
+        if not in_time_order(t, eid):
+            order = np.lexsort((eid, t))
+            src, dst, t, eid = src[order], dst[order], t[order], eid[order]
+        return cls.from_arrays(build_index(src, dst, t, num_nodes, eid=eid, add_reverse=add_reverse))
 
     @property
     def num_nodes(self) -> int:
@@ -62,30 +57,20 @@ class TCSR:
     def segments_before(self, nodes: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Positions `[start, end)` of each node's edges with time strictly before its given time.
 
-        One vectorised binary search over all queries: stateless, so any batch can be searched in any order.
-        The queries are searched in sorted order, which keeps the search cache-friendly.
+        One vectorised binary search inside every queried segment at once: stateless, so any batch can be
+        searched in any order, and it reads only the few `ts` entries it probes (cheap on a mapped file).
         """
         nodes = np.asarray(nodes, dtype=np.int64)
-        time_rank = np.searchsorted(self._distinct_times, times, side="left")
-        query = nodes * _rank_stride(self._distinct_times) + time_rank
-        order = np.argsort(query)
-        end = np.empty_like(query)
-        end[order] = np.searchsorted(self._search_key, query[order], side="left")
-        return self.indptr[nodes], end
-
-def _node_time_key(indptr: np.ndarray, ts: np.ndarray, distinct_times: np.ndarray) -> np.ndarray:
-    """Globally ascending int64 key `owner * stride + rank(ts)` of every entry: exact, unlike a float key."""
-    stride = _rank_stride(distinct_times)
-    num_nodes = len(indptr) - 1
-    if num_nodes * stride >= np.iinfo(np.int64).max:
-        raise OverflowError("T-CSR too large for an int64 (node, time rank) search key")
-    owner = np.repeat(np.arange(num_nodes, dtype=np.int64), np.diff(indptr))
-    return owner * stride + np.searchsorted(distinct_times, ts, side="left")
-
-
-def _rank_stride(distinct_times: np.ndarray) -> int:
-    """The key's multiplier per node: one more than the number of time ranks, so nodes never overlap."""
-    return len(distinct_times) + 1
+        times = np.asarray(times, dtype=np.float64)
+        start = np.asarray(self.indptr[nodes])
+        low, high = start.copy(), np.asarray(self.indptr[nodes + 1])
+        last = len(self.ts) - 1
+        for _ in range(int((high - low).max(initial=0)).bit_length()):  # enough halvings for the longest segment
+            mid = (low + high) >> 1
+            before = (np.asarray(self.ts[np.minimum(mid, last)]) < times) & (low < high)
+            low = np.where(before, mid + 1, low)
+            high = np.where(before | (low >= high), high, mid)
+        return start, low
 
 
 def _validated_events(

@@ -81,9 +81,9 @@ def build_block(tcsr: TCSR, nodes: np.ndarray, times: np.ndarray, edges: Sampled
     edge_times = tcsr.ts[edges.entry]
     block.dstdata["ID"] = torch.from_numpy(nodes)
     block.dstdata["ts"] = torch.from_numpy(times)
-    block.srcdata["ID"] = torch.from_numpy(np.concatenate([nodes, tcsr.nbr[edges.entry]]))
+    block.srcdata["ID"] = torch.from_numpy(np.concatenate([nodes, tcsr.nbr[edges.entry].astype(np.int64)]))
     block.srcdata["ts"] = torch.from_numpy(np.concatenate([times, edge_times]))
-    block.edata["ID"] = torch.from_numpy(tcsr.eid[edges.entry])
+    block.edata["ID"] = torch.from_numpy(tcsr.eid[edges.entry].astype(np.int64))
     block.edata["dt"] = torch.from_numpy((times[edges.root] - edge_times).astype(np.float32))
     return block
 

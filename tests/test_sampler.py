@@ -95,7 +95,8 @@ def test_tcsr_segments_match_reference(seed, add_reverse):
     src, dst, t = random_events(seed)
     tcsr = TCSR.from_events(src, dst, t, NUM_NODES, add_reverse=add_reverse)
     history = reference_history(src, dst, t, add_reverse)
-    assert tcsr.indptr.dtype == tcsr.nbr.dtype == tcsr.eid.dtype == np.int64 and tcsr.ts.dtype == np.float64
+    assert tcsr.indptr.dtype == np.int64 and tcsr.ts.dtype == np.float64
+    assert tcsr.nbr.dtype == tcsr.eid.dtype == np.int32  # compact: every id fits
     assert tcsr.num_nodes == NUM_NODES and tcsr.indptr[-1] == len(src) * (2 if add_reverse else 1)
     for node in range(NUM_NODES):
         segment = slice(tcsr.indptr[node], tcsr.indptr[node + 1])

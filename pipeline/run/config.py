@@ -97,9 +97,11 @@ class EdgeBankConfig:
 
 @dataclass(frozen=True)
 class PipelineSection(PipelineConfig):
-    """`pipeline`: the engine's scheduler settings and the link-prediction stages' staleness mitigation."""
+    """`pipeline`: the engine's scheduler settings, the link-prediction stages' staleness mitigation, and
+    how many threads read the rows of a memory-mapped feature file in the fetch stage (a prepared stream)."""
 
     mitigation: MitigationConfig = field(default_factory=MitigationConfig)
+    feature_readers: int = 32
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ POSITIVE = {
     "embedding.dim_out", "train.batch_size", "train.epochs", "train.lr", "train.num_neg",
     "eval.batch_size", "pipeline.k", "pipeline.k_max", "pipeline.mitigation.top_k",
     "pipeline.mitigation.refresh_every", "pipeline.auto.rounds", "pipeline.auto.recheck_every",
+    "pipeline.feature_readers",
 }
 NON_NEGATIVE = {"train.weight_decay", "pipeline.auto.drop"}
 FRACTIONS = {

@@ -19,7 +19,8 @@ from graph.dyglib import held_out_nodes
 from graph.split import Split, chronological_split
 from memory.store import MemoryStore
 from models.tgnn import TemporalModel, build_model
-from pipeline.stages.device import host_tensor, pins_host_memory
+from pipeline.stages.device import pins_host_memory
+from pipeline.stages.features import feature_table
 from pipeline.stages.mitigation import SimilarityTable
 from pipeline.stages.link_prediction import GradientStep, LinkPredictionStages, Mitigation, Scoring, StreamTensors
 from pipeline.run.config import RunConfig
@@ -74,10 +75,15 @@ class RunSetup:
 
 
 def _sampler(events: EventStream, indices: np.ndarray, cfg: RunConfig, seed: int) -> TemporalSampler:
-    tcsr = TCSR.from_events(
-        events.src[indices], events.dst[indices], events.t[indices], events.num_nodes,
-        eid=indices.astype(np.int64), add_reverse=cfg.sampler.add_reverse,
-    )
+    """A sampler over the events `indices`: a prepared stream's own index when they are the whole stream,
+    else an index built (in linear time) over them."""
+    if events.index is not None and len(indices) == events.num_events and cfg.sampler.add_reverse:
+        tcsr = TCSR.from_arrays(events.index)
+    else:
+        tcsr = TCSR.from_events(
+            events.src[indices], events.dst[indices], events.t[indices], events.num_nodes,
+            eid=indices.astype(np.int64), add_reverse=cfg.sampler.add_reverse,
+        )
     return TemporalSampler(tcsr, list(cfg.sampler.fanouts), cfg.sampler.strategy, seed=seed)
 
 
@@ -91,10 +97,11 @@ def build_setup(cfg: RunConfig, events: EventStream, device: torch.device, seed:
     torch.manual_seed(seed)
     split = run_split(cfg, events, seed)
     require_every_part(events, split)
+    readers = cfg.pipeline.feature_readers
     stream = StreamTensors(
         src=events.src, dst=events.dst, t=events.t,
-        edge_feat=None if events.edge_feat is None else host_tensor(events.edge_feat, device),
-        node_feat=None if events.node_feat is None else host_tensor(events.node_feat, device),
+        edge_feat=feature_table(events.edge_feat, device, readers),
+        node_feat=feature_table(events.node_feat, device, readers),
     )
     model = build_model(cfg, events.dim_node_feat, events.dim_edge_feat).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=world.learning_rate(cfg.train.lr),

@@ -22,6 +22,7 @@ from memory.store import MemoryStore
 from models.interface import ModelInputs
 from models.tgnn import TemporalModel
 from pipeline.stages.device import CopyStream, to_device
+from pipeline.stages.features import FeatureTable
 from pipeline.stages.mitigation import SimilarityTable, mitigate
 from sampler.temporal import TemporalSampler
 
@@ -54,13 +55,14 @@ class BatchContext:
 
 @dataclass
 class StreamTensors:
-    """The event stream's columns and features as host tensors (pinned when feeding a GPU)."""
+    """The event stream's columns, and its features as tables the fetch stage gathers rows from (in RAM,
+    pinned when feeding a GPU, or memory-mapped from a prepared stream)."""
 
     src: np.ndarray
     dst: np.ndarray
     t: np.ndarray
-    edge_feat: torch.Tensor | None
-    node_feat: torch.Tensor | None
+    edge_feat: FeatureTable | None
+    node_feat: FeatureTable | None
 
 
 @dataclass
@@ -176,12 +178,14 @@ class LinkPredictionStages:
         edge_feat, node_feat = self.stream.edge_feat, self.stream.node_feat
         with self.copies.copying():
             if edge_feat is not None:
-                ctx.edge_feat = [to_device(edge_feat[b.edata["ID"]], self.device) for b in ctx.blocks]
-                ctx.root_edge_feat = to_device(edge_feat[torch.from_numpy(ctx.events)], self.device)
+                *per_block, at_roots = edge_feat.gather([*(b.edata["ID"] for b in ctx.blocks),
+                                                         torch.from_numpy(np.asarray(ctx.events, dtype=np.int64))])
+                ctx.edge_feat = [to_device(rows, self.device) for rows in per_block]
+                ctx.root_edge_feat = to_device(at_roots, self.device)
             else:
                 ctx.edge_feat = [None] * len(ctx.blocks)
             if node_feat is not None:
-                ctx.node_feat = to_device(node_feat[ctx.blocks[0].srcdata["ID"]], self.device)
+                ctx.node_feat = to_device(node_feat.gather([ctx.blocks[0].srcdata["ID"]])[0], self.device)
             ctx.blocks = [b.to(self.device, non_blocking=True) for b in ctx.blocks]
             for block in ctx.blocks:
                 block.materialize_data()
