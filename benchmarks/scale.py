@@ -4,7 +4,8 @@ writer `scripts/prepare_data.py` uses; for each: preparation time and peak anony
 build time; then, with a cold page cache before every run, sampler roots/s (the prepared, memory-mapped
 index) and training events/s over the last `--batches` training batches under each mode and sampler,
 beside the same model on the same stream with its edge features read into RAM (for the sizes that fit).
-Each step runs in a child process whose peak `RssAnon` (/proc/PID/status) the parent records. Streams are
+Each step, and each training run, runs in a child process whose peak `RssAnon` (/proc/PID/status) the
+parent records. Streams are
 deleted afterwards unless --keep.
 
     python scripts/benchmark.py scale --events 1000000,10000000,100000000 --workdir /tmp/scale \
@@ -38,6 +39,7 @@ from pipeline.run.setup import build_setup, training_stages
 
 TABLE = ["events", "storage", "strategy", "mode", "events_per_s", "speedup", "auto_chose", "fetch_ms",
          "train_ms", "rss_anon_peak_mb"]
+STAGE_TIMES = ("sample", "fetch_features", "fetch_memory", "train", "update_memory")
 GENERATE_CHUNK = 1_000_000  # events generated and written per step
 POLL_S = 0.02  # how often the parent reads a child's RssAnon
 
@@ -68,6 +70,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--stream", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--in-ram", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--strategy", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--sampler-rates", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(run=run, table=TABLE)
 
 
@@ -91,8 +94,11 @@ def drop_page_cache() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("1\n")
 
 
-def train_runs(args: argparse.Namespace) -> list[dict]:
-    """One stream, one storage and sampler: the last `--batches` training batches under each mode."""
+def train_run(args: argparse.Namespace) -> dict:
+    """One stream, storage, sampler and mode (`--modes` names one): the last `--batches` training batches.
+
+    A process of its own per run: pages a process has mapped stay resident when the page cache is dropped,
+    so a second run in the same process would read warm features."""
     configure_process(args.threads)
     events = load_prepared(args.stream)
     if args.in_ram:
@@ -102,31 +108,23 @@ def train_runs(args: argparse.Namespace) -> list[dict]:
     started = time.perf_counter()
     setup = build_setup(cfg, events, torch.device("cpu"), args.seed)
     setup_s = time.perf_counter() - started
-    initial_model = {key: value.clone() for key, value in setup.model.state_dict().items()}
-    initial_optimizer = setup.optimizer.state_dict()
-    roots_per_s = _sampler_roots_per_s(setup, args)
-    rows = []
-    for mode in args.modes.split(","):
-        setup.model.load_state_dict(initial_model)
-        setup.optimizer.load_state_dict(initial_optimizer)
-        setup.store.reset()
-        stages = training_stages(setup, 0)
-        stages.batches = stages.batches[-args.batches - 1:-1]  # full batches with the deepest history
-        scheduler = make_scheduler(mode, cfg.pipeline)
-        if not args.no_drop_caches:
-            drop_page_cache()
-        begin = time.perf_counter()
-        stats = run_batches(len(stages.batches), stages, scheduler, StageProfiler())
-        seconds = time.perf_counter() - begin
-        means = stats.stage_mean_s
-        rows.append({
-            "mode": mode, "events_per_s": sum(len(b) for b in stages.batches) / seconds, "seconds": seconds,
-            "batches": len(stages.batches), "auto_chose": scheduler.chosen if isinstance(scheduler, Auto) else "",
-            **{f"{stage}_ms": 1000 * means.get(stage, 0.0) for stage in ("sample", "fetch_features", "train")},
-            "fetch_ms": 1000 * means.get("fetch_features", 0.0), "k_mean": float(np.mean(stats.k)),
-            "setup_s": setup_s, **roots_per_s,
-        })
-    return rows
+    roots_per_s = _sampler_roots_per_s(setup, args) if args.sampler_rates else {}
+    stages = training_stages(setup, 0)
+    stages.batches = stages.batches[-args.batches - 1:-1]  # full batches with the deepest history
+    scheduler = make_scheduler(args.modes, cfg.pipeline)
+    if not args.no_drop_caches:
+        drop_page_cache()
+    begin = time.perf_counter()
+    stats = run_batches(len(stages.batches), stages, scheduler, StageProfiler())
+    seconds = time.perf_counter() - begin
+    means = stats.stage_mean_s
+    return {
+        "mode": args.modes, "events_per_s": sum(len(b) for b in stages.batches) / seconds, "seconds": seconds,
+        "batches": len(stages.batches), "auto_chose": scheduler.chosen if isinstance(scheduler, Auto) else "",
+        **{f"{stage}_ms": 1000 * means.get(stage, 0.0) for stage in STAGE_TIMES},
+        "fetch_ms": 1000 * means.get("fetch_features", 0.0), "k_mean": float(np.mean(stats.k)),
+        "setup_s": setup_s, **roots_per_s,
+    }
 
 
 def _sampler_roots_per_s(setup, args: argparse.Namespace) -> dict:
@@ -152,7 +150,7 @@ def _child(args: argparse.Namespace, step: str, *extra: str) -> tuple[object, fl
     """Run `scale --step STEP` in a child process; its JSON result and its peak RssAnon in MB."""
     command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), "scale", "--step", step,
                "--workdir", args.workdir, "--nodes", str(args.nodes), "--dim", str(args.dim),
-               "--batches", str(args.batches), "--batch-size", str(args.batch_size), "--modes", args.modes,
+               "--batches", str(args.batches), "--batch-size", str(args.batch_size),
                "--config", args.config, "--seed", str(args.seed), *extra]
     if args.threads is not None:
         command += ["--threads", str(args.threads)]
@@ -184,7 +182,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.step == "prepare":
         return write_synthetic(Path(args.stream), int(args.events), args.nodes, args.dim, args.seed)
     if args.step == "train":
-        return {"rows": train_runs(args)}
+        return train_run(args)
     if args.out is None:
         raise UserError("--out is required")
     sizes = [int(size) for size in args.events.split(",")]
@@ -214,10 +212,12 @@ def _train_stream(args: argparse.Namespace, stream: Path, size: int) -> list[dic
     storages = ["disk", "ram"] if size <= args.in_ram_max else ["disk"]
     for strategy in args.strategies.split(","):
         for storage in storages:
-            extra = ["--stream", str(stream), "--strategy", strategy] + (["--in-ram"] if storage == "ram" else [])
-            result, peak = _child(args, "train", *extra)
-            first = result["rows"][0]["events_per_s"]
-            for row in result["rows"]:
+            first = None
+            for position, mode in enumerate(args.modes.split(",")):
+                extra = ["--stream", str(stream), "--strategy", strategy, "--modes", mode,
+                         *(["--in-ram"] if storage == "ram" else []), *(["--sampler-rates"] if position == 0 else [])]
+                row, peak = _child(args, "train", *extra)
+                first = first or row["events_per_s"]
                 rows.append({"events": size, "storage": storage, "strategy": strategy, **row,
                              "speedup": row["events_per_s"] / first, "rss_anon_peak_mb": peak})
                 print(json.dumps(rows[-1]), flush=True)

@@ -18,18 +18,24 @@ BUILTIN_DATASETS: dict[str, Path] = {
 DEFAULT_DATASET = "uci"
 
 
+def dataset_source(name_or_path: str) -> tuple[Path, str | None]:
+    """The file (or TGL directory) `--data` names, and the dataset name to give it (None: from the file)."""
+    if name_or_path in BUILTIN_DATASETS:
+        return BUILTIN_DATASETS[name_or_path], name_or_path
+    path = Path(name_or_path)
+    if len(path.parts) > 1 or path.suffix or path_status(path) is not None:
+        return path, None
+    known = ", ".join(sorted(BUILTIN_DATASETS))
+    raise DataError(f"{clipped(name_or_path)}: unknown dataset name and no such file (built-in datasets: {known})")
+
+
 def load_dataset(name_or_path: str, fmt: str | None = None, columns: ColumnChoice | None = None) -> EventStream:
     """Load a built-in dataset by name, any supported file (or TGL directory) by path, or a stream prepared
     by scripts/prepare_data.py (memory-mapped); `columns` picks the columns of a csv or whitespace file."""
-    if name_or_path in BUILTIN_DATASETS:
-        return load_events(BUILTIN_DATASETS[name_or_path], fmt=fmt, name=name_or_path, columns=columns)
-    path = Path(name_or_path)
-    if path_status(path) is not None and is_prepared_dir(path):
+    path, name = dataset_source(name_or_path)
+    if name is None and path_status(path) is not None and is_prepared_dir(path):
         if fmt is not None or columns is not None:
             raise DataError(f"{clipped(name_or_path)}: a prepared stream takes no --format or --columns "
                             f"(they were applied when it was prepared)")
         return load_prepared(path)
-    if len(path.parts) > 1 or path.suffix or path_status(path) is not None:
-        return load_events(path, fmt=fmt, columns=columns)
-    known = ", ".join(sorted(BUILTIN_DATASETS))
-    raise DataError(f"{clipped(name_or_path)}: unknown dataset name and no such file (built-in datasets: {known})")
+    return load_events(path, fmt=fmt, name=name, columns=columns)

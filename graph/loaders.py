@@ -18,6 +18,9 @@ read), each file is opened and read once (format detection looks at the same str
 a line longer than MAX_LINE_BYTES or a table wider than MAX_COLUMNS is refused with the file and line.
 Quotes are not special (a quoted field spans no lines); a cell or header name in double quotes is read
 without them.
+
+`iter_event_chunks` reads a file bigger than memory in chunks of rows, checked as `load_events` checks the
+whole file (an error names the file's line and data row); an edge feature file is memory-mapped, not read.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ import os
 import re
 import stat
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -143,8 +147,8 @@ def _shown_names(names: Sequence[object]) -> str:
 
 
 @dataclass(frozen=True)
-class _RawEvents:
-    """Validated columns of one file, still in file order and with the file's node ids."""
+class RawEvents:
+    """Validated columns of one file, or of one chunk of it, still in file order and with the file's node ids."""
 
     src: np.ndarray
     dst: np.ndarray
@@ -164,21 +168,93 @@ def load_events(path: str | Path, fmt: str | None = None, name: str | None = Non
     line has a comma). The file is opened and read once; only a regular file is read.
     """
     file = _resolve_path(Path(path))
-    if fmt is not None:
-        _known_format(fmt, file)
-        if columns is not None and fmt not in POSITIONAL_SEPARATORS:
-            raise DataError(f"{file}: --columns applies to csv and whitespace (jodie) files, not to format {fmt!r}")
+    _check_format_choice(file, fmt, columns)
     with _open_events(file) as text:
-        first = text.first_line()
-        if columns is None:
-            raw = _READERS[fmt or _detect(file, first)](file, text)
-        else:
-            fmt = fmt or ("csv" if "," in first else "jodie")
-            raw = _read_positional(file, text, POSITIONAL_SEPARATORS[fmt], columns)
+        _, layout = _layout(file, text.first_line(), fmt, columns)
+        raw = _with_features(layout.read_frame(next(_read_frames(file, text, layout))), file, layout.features)
     return event_stream_from_raw(
         name or dataset_name(file), raw.src, raw.dst, raw.t, source=str(file),
         edge_feat=raw.edge_feat, raw_node_feat=raw.node_feat, ext_roll=raw.ext_roll,
     )
+
+
+def iter_event_chunks(path: str | Path, fmt: str | None = None, columns: ColumnChoice | None = None,
+                      chunk_rows: int = 1_000_000) -> EventChunks:
+    """The events of `path` (as `load_events` takes it) in chunks of at most `chunk_rows` rows, in file order,
+    for files bigger than memory: see `EventChunks`. The file is opened (and its node features read) now."""
+    return EventChunks(path, fmt, columns, chunk_rows)
+
+
+class EventChunks:
+    """An events file read chunk by chunk, checked like `load_events` checks it, in memory bounded by a chunk.
+
+    Iterate (once) for `RawEvents` chunks in file order: file node ids, float64 times, float32 edge features
+    (columns of the file, or rows of its edge feature file, which is memory-mapped rather than read whole)
+    and TGL's ext_roll. `node_feat` is the node feature file, indexed by the file's node ids (chunks carry
+    none). An error names the file's line and its data row counted over the whole file. Use as a context
+    manager: the file stays open until `close`.
+    """
+
+    path: Path  # the events file (edges.csv for a TGL directory)
+    name: str  # the dataset name the file name implies, as load_events names the stream
+    format: str  # one of FORMATS, given or detected
+    node_feat: np.ndarray | None
+
+    def __init__(self, path: str | Path, fmt: str | None = None, columns: ColumnChoice | None = None,
+                 chunk_rows: int = 1_000_000) -> None:
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+        self.path = _resolve_path(Path(path))
+        self.name = dataset_name(self.path)
+        self._chunk_rows = chunk_rows
+        self._started = False
+        _check_format_choice(self.path, fmt, columns)
+        self._files = ExitStack()
+        try:
+            self._text = self._files.enter_context(_open_events(self.path))
+            self.format, self._layout = _layout(self.path, self._text.first_line(), fmt, columns)
+            files = self._layout.features
+            self.node_feat = None if files is None else _read_matrix(files.node)
+            self._edge_rows = (_EdgeFeatureRows(files.edge, self.path, files.padded)
+                               if files is not None and files.edge.exists() else None)
+        except BaseException:
+            self.close()
+            raise
+
+    def __iter__(self) -> Iterator[RawEvents]:
+        if self._started:
+            raise RuntimeError(f"{self.path}: the chunks of an events file can be iterated once")
+        self._started = True
+        return self._chunks()
+
+    def _chunks(self) -> Iterator[RawEvents]:
+        for frame in _read_frames(self.path, self._text, self._layout, self._chunk_rows):
+            raw = self._layout.read_frame(frame)
+            if self.node_feat is not None:
+                _node_rows(self.node_feat, raw, self._layout.features.node, self.path)
+            if self._edge_rows is not None:
+                raw = replace(raw, edge_feat=self._edge_rows.take(len(frame)))
+            yield raw
+        if self._edge_rows is not None:
+            self._edge_rows.finish()
+
+    def close(self) -> None:
+        """Close the events file."""
+        self._files.close()
+
+    def __enter__(self) -> EventChunks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_format_choice(file: Path, fmt: str | None, columns: ColumnChoice | None) -> None:
+    """A given `fmt` must be known, and `columns` goes only with a csv or whitespace format."""
+    if fmt is not None:
+        _known_format(fmt, file)
+        if columns is not None and fmt not in POSITIONAL_SEPARATORS:
+            raise DataError(f"{file}: --columns applies to csv and whitespace (jodie) files, not to format {fmt!r}")
 
 
 def detect_format(path: str | Path) -> str:
@@ -394,23 +470,48 @@ def _has_header(line: str, sep: str) -> bool:
     return False
 
 
-def _read_table(path: Path, text: _LineBoundedStream, sep: str, header: int | None) -> pd.DataFrame:
-    """Parse the stream with pandas; parser failures and files without data rows become DataErrors. The
-    first line's width is checked against MAX_COLUMNS first (pandas refuses later lines wider than it)."""
-    if _field_count(text.first_line(), sep) > MAX_COLUMNS:
+def _read_frames(path: Path, text: _LineBoundedStream, layout: _Layout,
+                 chunk_rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """The table in frames of at most `chunk_rows` rows (one frame when None), each indexed by its data rows'
+    0-based numbers in the file; parser failures and files without data rows become DataErrors. The first
+    line's width is checked against MAX_COLUMNS first (pandas refuses later lines wider than it)."""
+    if _field_count(text.first_line(), layout.sep) > MAX_COLUMNS:
         raise DataError(f"{path}: line 1 has more than {MAX_COLUMNS:,} columns, the limit for an events file "
                         f"(src, dst, t and edge features)")
+    with _parse_errors(path):
+        table = pd.read_csv(text, sep=layout.sep, header=layout.header, float_precision="round_trip",
+                            quoting=csv.QUOTE_NONE, chunksize=chunk_rows)
+    frames = iter([table] if chunk_rows is None else table)
+    rows = 0
+    while True:
+        with _parse_errors(path):
+            frame = next(frames, None)
+        if frame is None:
+            break
+        if layout.header is not None:
+            frame.columns = [_unquoted(str(column)) for column in frame.columns]
+        frame.index = pd.RangeIndex(rows, rows + len(frame))  # also replaces an index pandas took from a column
+        rows += len(frame)
+        if len(frame):
+            yield frame
+    if not rows:
+        raise DataError(f"{path}: no events (the file has a header but no data rows)")
+
+
+@contextmanager
+def _parse_errors(path: Path) -> Iterator[None]:
+    """Turn what pandas raises for a file it cannot parse into a one-line DataError."""
     try:
-        frame = pd.read_csv(text, sep=sep, header=header, float_precision="round_trip", quoting=csv.QUOTE_NONE)
+        yield
     except pd.errors.EmptyDataError as err:
         raise DataError(f"{path}: file is empty (no header and no events)") from err
     except (pd.errors.ParserError, UnicodeDecodeError, *READ_ERRORS) as err:
         raise DataError(f"{path}: cannot parse: {_shown_error(err)}") from err
-    if frame.empty:
-        raise DataError(f"{path}: no events (the file has a header but no data rows)")
-    if header is not None:
-        frame.columns = [_unquoted(str(column)) for column in frame.columns]
-    return frame
+
+
+def _headerless(frame: pd.DataFrame) -> bool:
+    """Whether the frame was read without a header line (its columns are then numbered, not named)."""
+    return not isinstance(frame.columns[0], str)
 
 
 def _column_label(frame: pd.DataFrame, column: object) -> str:
@@ -419,13 +520,21 @@ def _column_label(frame: pd.DataFrame, column: object) -> str:
     return f"column {position}" if isinstance(column, int) else f"column {position} ({shown_value(column)})"
 
 
+def _row_label(frame: pd.DataFrame, row: int) -> str:
+    """`line 5 (data row 4)` for the frame's `row`-th row: data rows are counted from 1 over the whole file
+    (the frame's index), lines from 1 with the header line (blank lines, which pandas skips, are not counted)."""
+    data_row = int(frame.index[row]) + 1
+    line = data_row if _headerless(frame) else data_row + 1
+    return f"line {line} (data row {data_row})"
+
+
 def _raise_at_first(bad: np.ndarray, frame: pd.DataFrame, columns: Sequence, path: Path, problem: str) -> None:
     """Raise a DataError naming the first flagged cell (earliest data row, then leftmost column)."""
     if not bad.any():
         return
     row, col = np.argwhere(bad.reshape(bad.shape[0], -1))[0]
     column = columns[col]
-    raise DataError(f"{path}: data row {row + 1}, {_column_label(frame, column)}: "
+    raise DataError(f"{path}: {_row_label(frame, row)}, {_column_label(frame, column)}: "
                     f"{problem} (found {shown_value(frame[column].iloc[row])})")
 
 
@@ -494,14 +603,24 @@ def _read_matrix(path: Path) -> np.ndarray | None:
             raise
         except Exception as err:  # whatever random bytes make the unpickler, the zip reader or numpy raise
             raise DataError(f"{path}: cannot read feature matrix: {_shown_error(err) or type(err).__name__}") from err
-    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.number):
-        raise DataError(f"{path}: expected a 2-D numeric matrix, found shape {matrix.shape} of {matrix.dtype}")
+    _require_matrix(path, matrix.shape, matrix.dtype)
+    return _finite_features(matrix, path)
+
+
+def _require_matrix(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if len(shape) != 2 or not np.issubdtype(dtype, np.number):
+        raise DataError(f"{path}: expected a 2-D numeric matrix, found shape {shape} of {dtype}")
+
+
+def _finite_features(matrix: np.ndarray, path: Path, first_row: int = 0) -> np.ndarray:
+    """Rows `first_row`... of a feature file as float32; a value that is not a finite float32 is an error
+    naming its row in the file."""
     with np.errstate(over="ignore", invalid="ignore"):
         features = matrix.astype(np.float32, copy=False)
     bad = np.argwhere(~np.isfinite(features))
     if len(bad):
         row, col = bad[0]
-        raise DataError(f"{path}: row {row}, column {col}: feature is not a finite float32 "
+        raise DataError(f"{path}: row {first_row + row}, column {col}: feature is not a finite float32 "
                         f"(found {matrix[row, col]!r})")
     return features
 
@@ -522,6 +641,58 @@ def _require_npy_size(path: Path, handle: BinaryIO) -> None:
     handle.seek(0)
 
 
+def _mapped_matrix(path: Path) -> np.ndarray | torch.Tensor:
+    """The matrix of a .npy or .pt feature file, memory-mapped so that only the rows taken are read; a file
+    that cannot be mapped (an old-style .pt, a damaged file) is read whole by `_read_matrix`, which refuses
+    what is not a feature matrix."""
+    with open_regular_file(path):  # a FIFO or device is refused before the loaders open it by name
+        try:
+            if path.suffix == ".pt":
+                matrix = torch.load(str(path), mmap=True, weights_only=True, map_location="cpu")
+            else:
+                matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception:  # noqa: BLE001  (whatever mapping raises, the whole read names the problem)
+            matrix = None
+    if isinstance(matrix, torch.Tensor):
+        _require_matrix(path, tuple(matrix.shape), np.dtype(np.float32))  # any tensor is read as float32
+        return matrix.detach()
+    if not isinstance(matrix, np.ndarray):
+        return _read_matrix(path)
+    _require_matrix(path, matrix.shape, matrix.dtype)
+    return matrix
+
+
+class _EdgeFeatureRows:
+    """The rows of an edge feature file, memory-mapped and handed out chunk by chunk in event order, so that
+    the file is never read whole. `padded`: the file starts with DyGLib's padding row 0, which is checked
+    like the others and skipped."""
+
+    def __init__(self, path: Path, events_path: Path, padded: bool) -> None:
+        self.path, self._events_path, self._skip = path, events_path, int(padded)
+        self._matrix = _mapped_matrix(path)
+        self._next = self._skip  # the file's row of the next event
+
+    def take(self, count: int) -> np.ndarray:
+        """The float32 rows of the next `count` events."""
+        start, stop = self._next, self._next + count
+        if stop > self._matrix.shape[0]:
+            padding = ", after a padding row 0" if self._skip else ""
+            raise DataError(f"{self.path}: edge feature matrix has {self._matrix.shape[0]} rows, too few for "
+                            f"{self._events_path.name}, which has at least {stop - self._skip} events "
+                            f"(expected one row per event{padding})")
+        self._next = stop
+        first = 0 if start == self._skip else start  # the first chunk checks the padding row too
+        rows = self._matrix[first:stop]
+        rows = rows.to(torch.float32, copy=True).numpy() if isinstance(rows, torch.Tensor) else np.array(rows)
+        return _finite_features(rows, self.path, first_row=first)[start - first:]
+
+    def finish(self) -> None:
+        """Refuse a file with rows left over after the last event."""
+        if self._next < self._matrix.shape[0]:
+            raise _edge_count_error(self._matrix.shape[0], self._next - self._skip, self.path, self._events_path,
+                                    padded=bool(self._skip))
+
+
 def _edge_rows(matrix: np.ndarray | None, num_events: int, feat_path: Path, events_path: Path,
                padded: bool) -> np.ndarray | None:
     """Edge features with exactly one row per event; `padded` accepts (and drops) DyGLib's row 0."""
@@ -529,12 +700,16 @@ def _edge_rows(matrix: np.ndarray | None, num_events: int, feat_path: Path, even
         return matrix
     if padded and matrix.shape[0] == num_events + 1:
         return matrix[1:]
+    raise _edge_count_error(matrix.shape[0], num_events, feat_path, events_path, padded)
+
+
+def _edge_count_error(rows: int, num_events: int, feat_path: Path, events_path: Path, padded: bool) -> DataError:
     expected = f"{num_events} or {num_events + 1} with a padding row 0" if padded else str(num_events)
-    raise DataError(f"{feat_path}: edge feature matrix has {matrix.shape[0]} rows, expected {expected} "
-                    f"(one per event of {events_path.name})")
+    return DataError(f"{feat_path}: edge feature matrix has {rows} rows, expected {expected} "
+                     f"(one per event of {events_path.name})")
 
 
-def _node_rows(matrix: np.ndarray | None, raw: _RawEvents, feat_path: Path, events_path: Path) -> np.ndarray | None:
+def _node_rows(matrix: np.ndarray | None, raw: RawEvents, feat_path: Path, events_path: Path) -> np.ndarray | None:
     """Node features indexed by the file's node id: there must be a row for the largest id."""
     if matrix is None:
         return None
@@ -545,51 +720,53 @@ def _node_rows(matrix: np.ndarray | None, raw: _RawEvents, feat_path: Path, even
     return matrix
 
 
-def _with_features(raw: _RawEvents, path: Path, edge_path: Path, node_path: Path, padded: bool) -> _RawEvents:
-    """Attach the optional feature files that sit beside the events file."""
+@dataclass(frozen=True)
+class _FeatureFiles:
+    """The optional feature files beside an events file; `padded`: the edge feature file may start with
+    DyGLib's padding row 0."""
+
+    edge: Path
+    node: Path
+    padded: bool
+
+
+def _with_features(raw: RawEvents, path: Path, files: _FeatureFiles | None) -> RawEvents:
+    """Attach the feature files that sit beside the events file, read whole."""
+    if files is None:
+        return raw
     return replace(
         raw,
-        edge_feat=_edge_rows(_read_matrix(edge_path), raw.t.shape[0], edge_path, path, padded),
-        node_feat=_node_rows(_read_matrix(node_path), raw, node_path, path),
+        edge_feat=_edge_rows(_read_matrix(files.edge), raw.t.shape[0], files.edge, path, files.padded),
+        node_feat=_node_rows(_read_matrix(files.node), raw, files.node, path),
     )
 
 
-def _read_event_columns(path: Path, text: _LineBoundedStream, src: str, dst: str,
-                        time: str) -> tuple[pd.DataFrame, _RawEvents]:
-    """A headed CSV's table and its source, destination and time columns, validated."""
-    frame = _read_table(path, text, sep=",", header=0)
+def _event_columns(frame: pd.DataFrame, path: Path, src: str, dst: str, time: str) -> RawEvents:
+    """A headed CSV frame's source, destination and time columns, validated."""
     _require_columns(frame, (src, dst, time), path)
-    raw = _RawEvents(
+    return RawEvents(
         src=_node_id_column(frame, src, path), dst=_node_id_column(frame, dst, path),
         t=_finite_numbers(frame, [time], path, "timestamp")[:, 0],
     )
-    return frame, raw
 
 
-def _read_tgl(path: Path, text: _LineBoundedStream) -> _RawEvents:
-    frame, raw = _read_event_columns(path, text, "src", "dst", "time")
+def _tgl_frame(frame: pd.DataFrame, path: Path) -> RawEvents:
+    raw = _event_columns(frame, path, "src", "dst", "time")
     if "ext_roll" in frame.columns:
         raw = replace(raw, ext_roll=_ext_roll_column(frame, path))
-    return _with_features(raw, path, path.parent / "edge_features.pt", path.parent / "node_features.pt", padded=False)
-
-
-def _read_dyglib(path: Path, text: _LineBoundedStream) -> _RawEvents:
-    _, raw = _read_event_columns(path, text, "u", "i", "ts")
-    stem = _bare_name(path)
-    return _with_features(raw, path, path.with_name(f"{stem}.npy"), path.with_name(f"{stem}_node.npy"), padded=True)
+    return raw
 
 
 def _edge_feature_columns(frame: pd.DataFrame, columns: Sequence, path: Path) -> np.ndarray:
-    """The feature columns as a float64 matrix whose values all fit float32 (the stream's feature type)."""
+    """The feature columns as a float32 matrix (the stream's feature type); a value it cannot hold is an error."""
     block = _finite_numbers(frame, columns, path, "edge feature")
     _raise_at_first(np.abs(block) > MAX_FLOAT32, frame, columns, path, "edge feature does not fit a float32")
-    return block
+    return block.astype(np.float32)
 
 
-def _read_positional(path: Path, text: _LineBoundedStream, sep: str, columns: ColumnChoice | None = None) -> _RawEvents:
-    """`src, dst, t, feat...` by position, with or without a header line, or the columns `columns` names
-    (which must be distinct columns of the file: a name and a position may point to the same one)."""
-    frame = _read_table(path, text, sep=sep, header=0 if _has_header(text.first_line(), sep) else None)
+def _positional_frame(frame: pd.DataFrame, path: Path, columns: ColumnChoice | None) -> RawEvents:
+    """`src, dst, t, feat...` by position, or the columns `columns` names (which must be distinct columns of
+    the file: a name and a position may point to the same one)."""
     if columns is None:
         if frame.shape[1] < 3:
             raise DataError(f"{path}: expected at least 3 columns (src, dst, t), found {frame.shape[1]}")
@@ -600,7 +777,7 @@ def _read_positional(path: Path, text: _LineBoundedStream, sep: str, columns: Co
                                                                          f"(position {frame.columns.get_loc(column)})")
         (_, src_column), (_, dst_column), (_, time_column), *features = chosen
         feature_columns = [column for _, column in features]
-    raw = _RawEvents(
+    raw = RawEvents(
         src=_node_id_column(frame, src_column, path), dst=_node_id_column(frame, dst_column, path),
         t=_finite_numbers(frame, [time_column], path, "timestamp")[:, 0],
         edge_feat=_edge_feature_columns(frame, feature_columns, path) if feature_columns else None,
@@ -617,8 +794,8 @@ def _chosen_column(frame: pd.DataFrame, key: int | str, path: Path) -> object:
             raise DataError(f"{path}: --columns names position {key:,}, but the file has {frame.shape[1]} columns "
                             f"(positions 0 to {frame.shape[1] - 1})")
         return frame.columns[key]
-    if key not in frame.columns or isinstance(frame.columns[0], int):
-        header = _shown_names(frame.columns) if not isinstance(frame.columns[0], int) else "no header line"
+    if key not in frame.columns or _headerless(frame):
+        header = "no header line" if _headerless(frame) else _shown_names(frame.columns)
         raise DataError(f"{path}: --columns names column {shown_value(key)}, which the file does not have ({header})")
     return key
 
@@ -639,8 +816,47 @@ def _require_plausible_time(t: np.ndarray, frame: pd.DataFrame, column: object, 
 
 
 POSITIONAL_SEPARATORS = {"jodie": r"\s+", "csv": ","}
-_READERS = {
-    "tgl": _read_tgl,
-    "dyglib": _read_dyglib,
-    **{fmt: partial(_read_positional, sep=sep) for fmt, sep in POSITIONAL_SEPARATORS.items()},
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How one events file is read: its table's separator and header row, the reader of one frame of it
+    (the whole table, or a chunk), and the feature files beside it."""
+
+    sep: str
+    header: int | None
+    read_frame: Callable[[pd.DataFrame], RawEvents]
+    features: _FeatureFiles | None = None
+
+
+def _tgl_layout(path: Path, first_line: str) -> _Layout:
+    return _Layout(",", 0, partial(_tgl_frame, path=path),
+                   _FeatureFiles(path.parent / "edge_features.pt", path.parent / "node_features.pt", padded=False))
+
+
+def _dyglib_layout(path: Path, first_line: str) -> _Layout:
+    stem = _bare_name(path)
+    return _Layout(",", 0, partial(_event_columns, path=path, src="u", dst="i", time="ts"),
+                   _FeatureFiles(path.with_name(f"{stem}.npy"), path.with_name(f"{stem}_node.npy"), padded=True))
+
+
+def _positional_layout(path: Path, first_line: str, sep: str, columns: ColumnChoice | None = None) -> _Layout:
+    """Columns by position (or as `columns` names them), with a header line when the first field is not a number."""
+    return _Layout(sep, 0 if _has_header(first_line, sep) else None,
+                   partial(_positional_frame, path=path, columns=columns))
+
+
+_LAYOUTS = {
+    "tgl": _tgl_layout,
+    "dyglib": _dyglib_layout,
+    **{fmt: partial(_positional_layout, sep=sep) for fmt, sep in POSITIONAL_SEPARATORS.items()},
 }
+
+
+def _layout(file: Path, first_line: str, fmt: str | None, columns: ColumnChoice | None) -> tuple[str, _Layout]:
+    """The format of an events file (`fmt`, or detected from its first line and name) and how it is read."""
+    if columns is None:
+        fmt = fmt or _detect(file, first_line)
+        return fmt, _LAYOUTS[fmt](file, first_line)
+    fmt = fmt or ("csv" if "," in first_line else "jodie")
+    return fmt, _positional_layout(file, first_line, POSITIONAL_SEPARATORS[fmt], columns)

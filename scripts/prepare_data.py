@@ -1,9 +1,15 @@
-"""Convert an event stream in any supported format to TGL's layout, with the chronological split as ext_roll.
+"""Prepare an event stream once for training from disk: any supported input (a built-in name, a csv, jodie,
+DyGLib or TGL file, `--columns` for other layouts) becomes a directory of memory-mapped arrays (events,
+edge and node features, the T-CSR index; see docs/usage.md#streams-on-disk) that `--data DIR` trains,
+evaluates and benchmarks from.
 
-    python scripts/prepare_data.py --data uci --out DATA/uci
+    python scripts/prepare_data.py --data big_stream.csv.xz --out DATA/big
+    python scripts/train.py --config configs/tgn.yml --data DATA/big
 
-Writes DIR/edges.csv (`,src,dst,time,ext_roll`, contiguous 0-based ids, sorted by time) and, when the input
-has them, DIR/edge_features.pt and DIR/node_features.pt; prints the counts.
+The input is read `--chunk-rows` rows at a time, so it may be far bigger than memory; a bad row stops the
+conversion with one line naming its line, and nothing is left behind (the directory appears, complete, only
+at the end). `--layout tgl` writes TGL's edges.csv and feature tensors instead (read whole into memory),
+with the chronological split as ext_roll.
 """
 from __future__ import annotations
 
@@ -15,21 +21,27 @@ from _cli import add_data_arguments, load_data, run_cli  # first: Ctrl-C while i
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 from common.errors import UserError
-from graph.datasets import DEFAULT_DATASET
+from graph.datasets import DEFAULT_DATASET, dataset_source
 from graph.events import EventStream
-from graph.loaders import TGL_EDGES
+from graph.loaders import TGL_EDGES, iter_event_chunks, parse_columns
+from graph.prepared import PreparedWriter
 from graph.split import split_periods
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser, DEFAULT_DATASET)
-    parser.add_argument("--out", required=True, help="output directory (TGL layout)")
-    parser.add_argument("--val-ratio", type=float, default=0.15, help="share of events (by time) in validation")
-    parser.add_argument("--test-ratio", type=float, default=0.15, help="share of events (by time) in test")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing edges.csv in --out")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--layout", choices=("prepared", "tgl"), default="prepared",
+                        help="prepared: memory-mapped arrays (default); tgl: TGL's edges.csv and .pt features")
+    parser.add_argument("--chunk-rows", type=int, default=1_000_000, help="input rows read per step (prepared)")
+    parser.add_argument("--val-ratio", type=float, default=0.15, help="share of events (by time) in validation (tgl)")
+    parser.add_argument("--test-ratio", type=float, default=0.15, help="share of events (by time) in test (tgl)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
@@ -43,9 +55,7 @@ def write_tgl(events: EventStream, ext_roll: np.ndarray, out: Path) -> None:
             torch.save(torch.from_numpy(features), out / filename)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    out = Path(args.out)
+def prepare_tgl(args: argparse.Namespace, out: Path) -> str:
     if (out / TGL_EDGES).exists() and not args.overwrite:
         raise UserError(f"{out / TGL_EDGES}: already exists (pass --overwrite to replace it)")
     events = load_data(args)
@@ -55,9 +65,46 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--val-ratio/--test-ratio: {err}") from err
     write_tgl(events, periods, out)
     train, val, test = np.bincount(periods, minlength=3)
-    print(f"{events.name}: {events.num_events} events, {events.num_nodes} nodes, "
-          f"edge features {events.dim_edge_feat}, node features {events.dim_node_feat}; "
-          f"train/val/test {train}/{val}/{test} -> {out}")
+    return (f"{events.name}: {events.num_events} events, {events.num_nodes} nodes, "
+            f"edge features {events.dim_edge_feat}, node features {events.dim_node_feat}; "
+            f"train/val/test {train}/{val}/{test} -> {out}")
+
+
+def prepare_memory_mapped(args: argparse.Namespace, out: Path) -> str:
+    """Read the input chunk by chunk into a `PreparedWriter`, with a progress bar per step."""
+    if args.chunk_rows < 1:
+        raise UserError(f"--chunk-rows must be positive, got {args.chunk_rows}")
+    source, name = dataset_source(args.data)
+    columns = None if args.columns is None else parse_columns(args.columns)
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, events: int) -> None:
+        if stage not in bars:
+            bars[stage] = tqdm(desc=stage, unit=" events", unit_scale=True, disable=args.no_progress)
+        bars[stage].update(events)
+
+    try:
+        with iter_event_chunks(source, fmt=args.format, columns=columns, chunk_rows=args.chunk_rows) as chunks, \
+                PreparedWriter(out, name or chunks.name, overwrite=args.overwrite, progress=progress) as writer:
+            for chunk in chunks:
+                writer.append(chunk.src, chunk.dst, chunk.t, chunk.edge_feat, chunk.ext_roll)
+            meta = writer.finish(chunks.node_feat)
+    except MemoryError:
+        raise UserError(f"{args.data}: not enough memory for chunks of {args.chunk_rows:,} rows; lower --chunk-rows") from None
+    finally:
+        for bar in bars.values():
+            bar.close()
+    arrays = meta["arrays"]
+    width = {key: arrays[key]["shape"][1] if key in arrays else 0 for key in ("edge_feat", "node_feat")}
+    seconds = ", ".join(f"{key.removesuffix('_s')} {value:.1f} s" for key, value in meta["timings"].items())
+    return (f"{meta['name']}: {meta['num_events']} events, {meta['num_nodes']} nodes, edge features "
+            f"{width['edge_feat']}, node features {width['node_feat']} ({seconds}) -> {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    print(prepare_tgl(args, out) if args.layout == "tgl" else prepare_memory_mapped(args, out))
     return 0
 
 

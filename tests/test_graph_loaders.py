@@ -194,7 +194,7 @@ def prepare_data(scripts_dir, monkeypatch):
 def test_prepare_data_converts_to_tgl_layout(tmp_path, toy_events, prepare_data, capsys):
     source = _write_dyglib(toy_events, tmp_path)
     out = tmp_path / "tgl"
-    assert prepare_data.main(["--data", str(source), "--out", str(out)]) == 0
+    assert prepare_data.main(["--data", str(source), "--out", str(out), "--layout", "tgl"]) == 0
     assert "300 events" in capsys.readouterr().out
     assert (out / "edges.csv").read_text().splitlines()[0] == ",src,dst,time,ext_roll"
     converted = load_events(out)
@@ -206,6 +206,18 @@ def test_prepare_data_converts_to_tgl_layout(tmp_path, toy_events, prepare_data,
     np.testing.assert_array_equal(converted.node_feat, original.node_feat)
     assert np.array_equal(converted.ext_roll, split_periods(original))
     assert np.array_equal(chronological_split(converted).test, chronological_split(original).test)
+
+
+def test_prepare_data_writes_a_memory_mapped_stream_read_like_the_file(tmp_path, toy_events, prepare_data, capsys):
+    source = _write_dyglib(toy_events, tmp_path)
+    out = tmp_path / "prepared"
+    assert prepare_data.main(["--data", str(source), "--out", str(out), "--chunk-rows", "7", "--no-progress"]) == 0
+    assert "300 events" in capsys.readouterr().out
+    prepared, original = load_dataset(str(out)), load_events(source)
+    for field in ("src", "dst", "t", "node_ids", "edge_feat", "node_feat"):
+        assert np.array_equal(getattr(prepared, field), getattr(original, field)), field
+    assert prepared.name == original.name and prepared.index is not None
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []
 
 
 # --- synthetic streams ---------------------------------------------------------------------------------

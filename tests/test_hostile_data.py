@@ -344,7 +344,7 @@ def test_a_file_too_large_for_memory_is_one_line(script_cli, monkeypatch, tmp_pa
         raise MemoryError
 
     monkeypatch.setattr(_cli, "load_dataset", out_of_memory)
-    code, stderr = script_cli("prepare_data", "--data", "huge.csv", "--out", str(tmp_path / "out"))
+    code, stderr = script_cli("prepare_data", "--data", "huge.csv", "--out", str(tmp_path / "out"), "--layout", "tgl")
     assert code == 2 and stderr.startswith("error: huge.csv: not enough memory to load it") and stderr.count("\n") == 1
 
 

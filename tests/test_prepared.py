@@ -2,6 +2,8 @@
 stream in RAM (columns, index, batches, features, test AP), the threaded feature reader, and prepared
 directories that are incomplete or damaged."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -207,3 +209,15 @@ def test_uci_prepared_keeps_test_ap(uci_events, tmp_path):
     results = [train_in(tmp_path / f"run{k}", cfg, events)
                for k, events in enumerate((uci_events, load_prepared(tmp_path / "uci")))]
     assert results[0]["test_ap"] == results[1]["test_ap"]
+
+
+def test_prepare_data_stops_at_a_bad_row_of_a_later_chunk_and_leaves_nothing(tmp_path, scripts_dir):
+    lines = [f"{i % 5},{(i + 1) % 5},{i}" for i in range(50)]
+    lines[37] = "1,2,oops"
+    (tmp_path / "events.csv").write_text("\n".join(lines) + "\n")
+    result = subprocess.run([sys.executable, str(scripts_dir / "prepare_data.py"), "--data", str(tmp_path / "events.csv"),
+                             "--out", str(tmp_path / "out"), "--chunk-rows", "10", "--no-progress"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "events.csv: line 38 (data row 38)" in result.stderr and "Traceback" not in result.stderr
+    assert [path.name for path in tmp_path.iterdir()] == ["events.csv"]
