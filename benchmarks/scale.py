@@ -5,7 +5,7 @@ build time; then, with a cold page cache before every run, sampler roots/s (the 
 index) and training events/s over the last `--batches` training batches under each mode and sampler,
 beside the same model on the same stream with its edge features read into RAM (for the sizes that fit).
 Each step, and each training run, runs in a child process whose peak `RssAnon` (/proc/PID/status) the
-parent records. Streams are
+parent records. `--csv-events N` also writes such a stream as a CSV and times `scripts/prepare_data.py` on it. Streams are
 deleted afterwards unless --keep.
 
     python scripts/benchmark.py scale --events 1000000,10000000,100000000 --workdir /tmp/scale \
@@ -20,10 +20,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from _cli import configure_process
@@ -49,6 +51,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser = add_parser(commands, "scale", "streams on disk: preparation, index build and training at 1M-100M events",
                         __doc__)
     parser.add_argument("--events", default="1000000,10000000,100000000", help="comma-separated stream sizes")
+    parser.add_argument("--csv-events", type=int, default=0,
+                        help="also time scripts/prepare_data.py on a CSV of this many events (0: no)")
     parser.add_argument("--nodes", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=100, help="edge feature width (float32)")
     parser.add_argument("--batches", type=int, default=500, help="training batches timed per run")
@@ -86,6 +90,41 @@ def write_synthetic(out: Path, num_events: int, num_nodes: int, dim: int, seed: 
             writer.append(chunk.src, chunk.dst, chunk.t + offset, features)
             offset += float(chunk.t[-1])
         return writer.finish()
+
+
+def write_csv(path: Path, num_events: int, num_nodes: int, dim: int, seed: int) -> None:
+    """The same kind of synthetic stream as a plain `src,dst,t,feat...` CSV with a header, chunk by chunk."""
+    rng = np.random.default_rng(seed)
+    offset = 0.0
+    with open(path, "w") as handle:
+        handle.write(",".join(["src", "dst", "t", *(f"f{j}" for j in range(dim))]) + "\n")
+        for part, start in enumerate(range(0, num_events, GENERATE_CHUNK)):
+            size = min(GENERATE_CHUNK, num_events - start)
+            chunk = synthetic_events(num_nodes, size, seed=seed + part)
+            table = pd.DataFrame(rng.random((size, dim), dtype=np.float32) - np.float32(0.5),
+                                 columns=[f"f{j}" for j in range(dim)])
+            table.insert(0, "t", chunk.t + offset)
+            table.insert(0, "dst", chunk.dst)
+            table.insert(0, "src", chunk.src)
+            table.to_csv(handle, header=False, index=False, float_format="%.7g")
+            offset += float(chunk.t[-1])
+
+
+def convert_csv(args: argparse.Namespace, workdir: Path) -> dict:
+    """`scripts/prepare_data.py` on a CSV of `--csv-events` events: its time and peak RssAnon."""
+    csv, out = workdir / "synthetic.csv", workdir / "from_csv"
+    write_csv(csv, args.csv_events, args.nodes, args.dim, args.seed)
+    begin = time.perf_counter()
+    _, peak = _watch([sys.executable, str(REPO / "scripts" / "prepare_data.py"), "--data", str(csv),
+                      "--out", str(out), "--no-progress", "--overwrite"])
+    seconds = time.perf_counter() - begin
+    meta = json.loads((out / "meta.json").read_text())
+    row = {"events": args.csv_events, "csv_gb": csv.stat().st_size / 1e9, "convert_s": seconds,
+           "rss_anon_peak_mb": peak, "timings": meta["timings"]}
+    if not args.keep:
+        csv.unlink()
+        shutil.rmtree(out)
+    return row
 
 
 def drop_page_cache() -> None:
@@ -156,15 +195,22 @@ def _child(args: argparse.Namespace, step: str, *extra: str) -> tuple[object, fl
         command += ["--threads", str(args.threads)]
     if args.no_drop_caches:
         command.append("--no-drop-caches")
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    peak = 0
-    while child.poll() is None:
-        peak = max(peak, _rss_anon_kb(child.pid))
-        time.sleep(POLL_S)
-    output = child.stdout.read()
-    if child.returncode != 0:
-        raise RuntimeError(f"scale --step {step} {' '.join(extra)} failed with exit code {child.returncode}")
-    return json.loads(output.strip().splitlines()[-1]), peak / 1024
+    output, peak = _watch(command)
+    return json.loads(output.strip().splitlines()[-1]), peak
+
+
+def _watch(command: list[str]) -> tuple[str, float]:
+    """Run `command`; its standard output and its peak RssAnon in MB."""
+    with tempfile.TemporaryFile("w+") as stdout:
+        child = subprocess.Popen(command, stdout=stdout, text=True)
+        peak = 0
+        while child.poll() is None:
+            peak = max(peak, _rss_anon_kb(child.pid))
+            time.sleep(POLL_S)
+        if child.returncode != 0:
+            raise RuntimeError(f"{' '.join(command[1:])} failed with exit code {child.returncode}")
+        stdout.seek(0)
+        return stdout.read(), peak / 1024
 
 
 def _rss_anon_kb(pid: int) -> int:
@@ -185,8 +231,9 @@ def run(args: argparse.Namespace) -> dict:
         return train_run(args)
     if args.out is None:
         raise UserError("--out is required")
-    sizes = [int(size) for size in args.events.split(",")]
+    sizes = [int(size) for size in args.events.split(",") if size.strip()]
     workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     preparation, rows = [], []
     for size in sizes:
         stream = workdir / f"synthetic_{size}"
@@ -204,7 +251,8 @@ def run(args: argparse.Namespace) -> dict:
             "command": " ".join(sys.argv), "commit": git_commit(), "machine": machine(),
             "versions": library_versions(), "cores": os.cpu_count(), "config": args.config,
             "page_cache": "kept" if args.no_drop_caches else "dropped (echo 1 > /proc/sys/vm/drop_caches) before every run",
-            "preparation": preparation, "results": rows}
+            "preparation": preparation, "csv_conversion": convert_csv(args, workdir) if args.csv_events else None,
+            "results": rows}
 
 
 def _train_stream(args: argparse.Namespace, stream: Path, size: int) -> list[dict]:

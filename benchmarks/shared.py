@@ -80,7 +80,7 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     """Rows as an aligned text table; numbers rounded, with thousands separators."""
     cells = [[format_number(row[c]) if isinstance(row.get(c), (int, float)) else str(row.get(c, "")) for c in columns]
              for row in rows]
-    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    widths = [max([len(c), *(len(line[i]) for line in cells)]) for i, c in enumerate(columns)]
     for line in [columns, *cells]:
         print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
 

@@ -37,7 +37,6 @@ FORMAT = "mspipe-prepared-stream"
 FORMAT_VERSION = 1
 PARTIAL_MARK = ".partial-"  # temporary directories are named `.NAME.partial-PID`
 COPY_CHUNK = 1 << 20  # rows moved per step when the stream is renumbered or reordered
-RANDOM_ACCESS = ("edge_feat", "node_feat")  # read a few rows at a time: no read-ahead around each row
 
 
 class _GrowingArray:
@@ -254,7 +253,18 @@ def is_prepared_dir(path: Path) -> bool:
                               or (path / "src.npy").exists() or (path / "index_indptr.npy").exists())
 
 
-def _map_npy(path: Path, dtype: str, shape: list[int], random_access: bool) -> np.ndarray:
+def advise_access(array: np.ndarray, random: bool) -> None:
+    """Tell the kernel how a memory-mapped array of `load_prepared` will be read: `random`, one page per
+    fault (rows scattered over the file: uniform sampling), or with read-around (the kernel's default: rows
+    near each other in time, as recent neighbours are, share the pages read with them). A no-op elsewhere."""
+    base = array
+    while isinstance(base, (np.ndarray, memoryview)):
+        base = base.base if isinstance(base, np.ndarray) else base.obj
+    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_RANDOM"):
+        base.madvise(mmap.MADV_RANDOM if random else mmap.MADV_NORMAL)
+
+
+def _map_npy(path: Path, dtype: str, shape: list[int]) -> np.ndarray:
     """A read-only memory map of an .npy file, checked against the dtype and shape meta.json promises."""
     try:
         with open(path, "rb") as handle:
@@ -278,8 +288,6 @@ def _map_npy(path: Path, dtype: str, shape: list[int], random_access: bool) -> n
         raise DataError(f"{path}: missing from the prepared stream (prepare it again)") from None
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: cannot read: {err}") from err
-    if random_access and hasattr(mmap, "MADV_RANDOM"):
-        mapped.madvise(mmap.MADV_RANDOM)
     return np.frombuffer(mapped, dtype=found_dtype, count=int(np.prod(shape, dtype=np.int64)),
                          offset=offset).reshape(shape)
 
@@ -309,8 +317,7 @@ def load_prepared(path: str | Path) -> EventStream:
     """The prepared stream in directory `path`, its columns, features and T-CSR memory-mapped read-only."""
     path = Path(path)
     meta = _read_meta(path)
-    arrays = {name: _map_npy(path / f"{name}.npy", spec["dtype"], spec["shape"], name in RANDOM_ACCESS)
-              for name, spec in meta["arrays"].items()}
+    arrays = {name: _map_npy(path / f"{name}.npy", spec["dtype"], spec["shape"]) for name, spec in meta["arrays"].items()}
     num_events, num_nodes = len(arrays["t"]), len(arrays["node_ids"])
     if (meta.get("num_events"), meta.get("num_nodes")) != (num_events, num_nodes) or \
             len(arrays["index_indptr"]) != num_nodes + 1:

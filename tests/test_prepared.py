@@ -13,7 +13,7 @@ import torch
 from common.errors import DataError
 from graph.datasets import load_dataset
 from graph.events import EventStream, event_stream_from_raw
-from graph.prepared import PreparedWriter, load_prepared
+from graph.prepared import PreparedWriter, advise_access, load_prepared
 from graph.synthetic import synthetic_events
 from graph.temporal_index import build_index
 from pipeline.run.setup import build_setup, training_stages
@@ -221,3 +221,25 @@ def test_prepare_data_stops_at_a_bad_row_of_a_later_chunk_and_leaves_nothing(tmp
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "events.csv: line 38 (data row 38)" in result.stderr and "Traceback" not in result.stderr
     assert [path.name for path in tmp_path.iterdir()] == ["events.csv"]
+
+
+def mapping_flags(path: Path) -> list[str]:
+    """The VmFlags of this process's mappings of `path` (Linux /proc/self/smaps)."""
+    flags, current = [], None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if not line.startswith("VmFlags:") and ":" not in line.split()[0]:
+            current = line.split()[-1] if len(line.split()) >= 6 else None
+        elif line.startswith("VmFlags:") and current == str(path):
+            flags.append(line)
+    return flags
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_feature_file_is_read_page_by_page_only_when_rows_are_scattered(featured, tmp_path):
+    write_prepared(tmp_path / "stream", featured, chunk=500)
+    prepared = load_prepared(tmp_path / "stream")
+    path = (tmp_path / "stream" / "edge_feat.npy").resolve()
+    advise_access(prepared.edge_feat, random=True)
+    assert mapping_flags(path) and all(" rr" in flags for flags in mapping_flags(path))
+    advise_access(prepared.edge_feat, random=False)
+    assert not any(" rr" in flags for flags in mapping_flags(path))

@@ -99,9 +99,9 @@ def build_setup(cfg: RunConfig, events: EventStream, device: torch.device, seed:
     require_every_part(events, split)
     readers = cfg.pipeline.feature_readers
     stream = StreamTensors(
-        src=events.src, dst=events.dst, t=events.t,
-        edge_feat=feature_table(events.edge_feat, device, readers),
-        node_feat=feature_table(events.node_feat, device, readers),
+        src=events.src, dst=events.dst, t=events.t,  # recent neighbours' rows sit close together in the file
+        edge_feat=feature_table(events.edge_feat, device, readers, scattered=cfg.sampler.strategy != "recent"),
+        node_feat=feature_table(events.node_feat, device, readers, scattered=True),
     )
     model = build_model(cfg, events.dim_node_feat, events.dim_edge_feat).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=world.learning_rate(cfg.train.lr),

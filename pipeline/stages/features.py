@@ -8,12 +8,14 @@ while the train stage computes; the scheduler sees the reads as part of the fetc
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import weakref
+from multiprocessing.pool import ThreadPool
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from graph.prepared import advise_access
 from pipeline.stages.device import host_tensor, pins_host_memory
 
 MIN_ROWS_PER_READER = 64  # below this, a piece costs more to hand to a thread than to read
@@ -37,11 +39,17 @@ class InMemoryFeatures:
 
 
 class MappedFeatures:
-    """A feature matrix in a memory-mapped file, read by `readers` threads (pinned output for a GPU)."""
+    """A feature matrix in a memory-mapped file, read by `readers` threads (pinned output for a GPU).
+
+    The readers start here, in the thread that builds the run, so they keep its scheduling policy: started
+    from a pipelined fetch stage's thread they would inherit SCHED_IDLE (pipeline/engine/host_threads.py)
+    and, beside a train step that keeps every core busy, hardly ever get to issue their reads.
+    """
 
     def __init__(self, table: np.ndarray, readers: int, pin: bool) -> None:
         self.table, self.readers, self.pin = table, readers, pin
-        self._pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="feature-reader")
+        self._pool = ThreadPool(readers)
+        weakref.finalize(self, self._pool.terminate)
 
     def gather(self, ids: list[torch.Tensor]) -> list[torch.Tensor]:
         wanted = torch.cat(ids).numpy()
@@ -57,16 +65,19 @@ class MappedFeatures:
         if pieces == 1:
             np.take(self.table, rows, axis=0, out=out)
             return
-        reads = [self._pool.submit(np.take, self.table, rows[start:stop], 0, out[start:stop])
+        reads = [self._pool.apply_async(np.take, (self.table, rows[start:stop], 0, out[start:stop]))
                  for start, stop in zip(bounds[:-1], bounds[1:])]
         for read in reads:
-            read.result()
+            read.get()
 
 
-def feature_table(table: np.ndarray | None, device: torch.device, readers: int) -> FeatureTable | None:
-    """The table the fetch stage reads `table` through: in RAM, or (a read-only memory-mapped array) from disk."""
+def feature_table(table: np.ndarray | None, device: torch.device, readers: int,
+                  scattered: bool = False) -> FeatureTable | None:
+    """The table the fetch stage reads `table` through: in RAM, or (a read-only memory-mapped array) from disk,
+    read page by page when the rows a batch needs are `scattered` over the file, else with read-around."""
     if table is None:
         return None
     if isinstance(table, np.ndarray) and not table.flags.writeable and not table.flags.owndata:
+        advise_access(table, random=scattered)
         return MappedFeatures(table, readers, pin=pins_host_memory(device))
     return InMemoryFeatures(table, device)
