@@ -149,7 +149,7 @@ def train_run(args: argparse.Namespace) -> dict:
     setup_s = time.perf_counter() - started
     roots_per_s = _sampler_roots_per_s(setup, args) if args.sampler_rates else {}
     stages = training_stages(setup, 0)
-    stages.batches = stages.batches[-args.batches - 1:-1]  # full batches with the deepest history
+    stages.batches = timed_batches(stages.batches, args.batches)
     scheduler = make_scheduler(args.modes, cfg.pipeline)
     if not args.no_drop_caches:
         drop_page_cache()
@@ -166,11 +166,15 @@ def train_run(args: argparse.Namespace) -> dict:
     }
 
 
+def timed_batches(batches: list[np.ndarray], count: int) -> list[np.ndarray]:
+    """The last `count` full training batches (the final one may be short): those with the deepest history."""
+    return batches[-count - 1:-1]
+
+
 def _sampler_roots_per_s(setup, args: argparse.Namespace) -> dict:
     """Roots/s of sampling the timed window from the run's training index (in RAM) and from the prepared
     stream's whole index (memory-mapped), each after emptying the page cache."""
-    stages = training_stages(setup, 0)
-    batches = stages.batches[-args.batches - 1:-1]
+    batches = timed_batches(training_stages(setup, 0).batches, args.batches)
     rates = {}
     for name, sampler in (("train_index", setup.train_sampler), ("mapped_index", setup.eval_sampler)):
         if not args.no_drop_caches:

@@ -158,8 +158,8 @@ class PreparedWriter:
         self._timed("renumber_s", self._renumber)
         if raw_node_feat is not None:
             self._write_node_features(raw_node_feat)
-        index = self._timed("index_s", self._build_index)
-        meta = self._meta(index)
+        self._timed("index_s", self._build_index)
+        meta = self._meta()
         with open(self.tmp / META_FILE, "w") as handle:
             json.dump(meta, handle, indent=1)
             handle.flush()
@@ -213,16 +213,15 @@ class PreparedWriter:
                             f"{largest} occurs (needs at least {largest + 1} rows)")
         np.save(self.tmp / "node_feat.npy", np.asarray(raw_node_feat[self._node_ids], dtype=np.float32))
 
-    def _build_index(self) -> IndexArrays:
+    def _build_index(self) -> None:
         src, dst, t = (self._mapped(name) for name in ("src", "dst", "t"))
         index = build_index(src, dst, t, len(self._node_ids),
                             allocate=lambda name, shape, dtype: _open_memmap(self.tmp / f"index_{name}.npy", shape, dtype),
                             progress=lambda events: self._progress("index", events))
         for array in (index.nbr, index.ts, index.eid, index.indptr):
             array.flush()
-        return index
 
-    def _meta(self, index: IndexArrays) -> dict[str, Any]:
+    def _meta(self) -> dict[str, Any]:
         arrays = {}
         for path in sorted(self.tmp.glob("*.npy")):
             array = np.load(path, mmap_mode="r")
