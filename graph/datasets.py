@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.errors import DataError
+from common.errors import PATH_CHARS, DataError, shorten
 from graph.events import EventStream
-from graph.loaders import ColumnChoice, clipped, load_events, path_status
+from graph.loaders import ColumnChoice, load_events, path_status
 from graph.prepared import is_prepared_dir, load_prepared
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -26,7 +26,7 @@ def dataset_source(name_or_path: str) -> tuple[Path, str | None]:
     if len(path.parts) > 1 or path.suffix or path_status(path) is not None:
         return path, None
     known = ", ".join(sorted(BUILTIN_DATASETS))
-    raise DataError(f"{clipped(name_or_path)}: unknown dataset name and no such file (built-in datasets: {known})")
+    raise DataError(f"{shorten(name_or_path, PATH_CHARS)}: unknown dataset name and no such file (built-in datasets: {known})")
 
 
 def load_dataset(name_or_path: str, fmt: str | None = None, columns: ColumnChoice | None = None) -> EventStream:
@@ -35,7 +35,7 @@ def load_dataset(name_or_path: str, fmt: str | None = None, columns: ColumnChoic
     path, name = dataset_source(name_or_path)
     if name is None and path_status(path) is not None and is_prepared_dir(path):
         if fmt is not None or columns is not None:
-            raise DataError(f"{clipped(name_or_path)}: a prepared stream takes no --format or --columns "
+            raise DataError(f"{shorten(name_or_path, PATH_CHARS)}: a prepared stream takes no --format or --columns "
                             f"(they were applied when it was prepared)")
         return load_prepared(path)
     return load_events(path, fmt=fmt, name=name, columns=columns)

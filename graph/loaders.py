@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.errors import DataError, one_line
+from common.errors import PATH_CHARS, DataError, one_line, shorten
 from graph.events import EventStream, event_stream_from_raw
 
 FORMATS = ("csv", "dyglib", "jodie", "tgl")
@@ -134,15 +134,10 @@ def shown_value(value: object, limit: int = SHOWN_CHARS) -> str:
     return text if len(text) <= limit + 2 else f"{text[:limit]}..."
 
 
-def clipped(text: str, limit: int = 4 * SHOWN_CHARS) -> str:
-    """`text` (a path or name as the user typed it) cut to `limit` characters for an error message."""
-    return text if len(text) <= limit else f"{text[:limit]}..."
-
-
 def _shown_names(names: Sequence[object]) -> str:
     """A header's column names for an error message: the first SHOWN_NAMES, cut to 4 * SHOWN_CHARS in all."""
     listed = ", ".join(str(name)[:4 * SHOWN_CHARS] for name in names[:SHOWN_NAMES])
-    shown = clipped(listed)
+    shown = shorten(listed, PATH_CHARS)
     return shown if shown == listed and len(names) <= SHOWN_NAMES else f"{shown} ({len(names):,} columns)"
 
 
@@ -291,7 +286,7 @@ def path_status(path: Path) -> os.stat_result | None:
         return None
     except (OSError, ValueError) as err:  # ValueError: a NUL character in the path
         reason = getattr(err, "strerror", None) or _shown_error(err)
-        raise DataError(f"{clipped(str(path))}: cannot read: {reason}") from err
+        raise DataError(f"{shorten(str(path), PATH_CHARS)}: cannot read: {reason}") from err
 
 
 def _resolve_path(path: Path) -> Path:
@@ -444,7 +439,7 @@ class _open_events:  # noqa: N801  (used as a context manager, like open)
 
 def _shown_error(err: BaseException) -> str:
     """A library's message on one line, cut to a length an error line can hold."""
-    return clipped(one_line(err))
+    return shorten(one_line(err), PATH_CHARS)
 
 
 def _unquoted(field: str) -> str:

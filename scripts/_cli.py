@@ -56,10 +56,10 @@ import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import NoReturn  # noqa: E402
 
-from common.errors import DataError, UserError, one_line  # noqa: E402
+from common.errors import PATH_CHARS, DataError, UserError, one_line, shorten  # noqa: E402
 from graph.datasets import load_dataset  # noqa: E402
 from graph.events import EventStream  # noqa: E402
-from graph.loaders import clipped, parse_columns  # noqa: E402
+from graph.loaders import parse_columns  # noqa: E402
 from _allocator import keep_freed_memory  # noqa: E402
 from _threads import ThreadPlan, configure_threads  # noqa: E402
 
@@ -133,5 +133,5 @@ def load_data(args: argparse.Namespace) -> EventStream:
     try:
         return load_dataset(args.data, fmt=args.format, columns=columns)
     except MemoryError:
-        raise DataError(f"{clipped(args.data)}: not enough memory to load it (use a machine with more memory, or fewer "
+        raise DataError(f"{shorten(args.data, PATH_CHARS)}: not enough memory to load it (use a machine with more memory, or fewer "
                         f"events or feature columns)") from None

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.errors import CheckpointError, one_line
+from common.errors import CheckpointError, one_line, shorten
 from graph.events import EventStream
 from pipeline.run.config import RunConfig
 from pipeline.run.plugins import describe_plugins, missing_plugins
@@ -40,7 +40,6 @@ TRAINING_FIELDS = ("next_epoch", "best_epoch", "best_val_ap", "best_metrics", "b
 # what trainer._results reads from every history entry
 HISTORY_NUMBERS = ("epoch_time_s", "k_mean", "staleness_mean", "staleness_max", "train_busy_fraction")
 SEED_LIMIT = 2**53  # seeds are multiplied by 1000 for torch.manual_seed, which takes 64 bits
-SHOWN_CHARS = 80  # how much of a name from a checkpoint an error message shows
 PLAIN_DEPTH = 8  # how deeply a history entry may nest plain data
 
 
@@ -95,11 +94,11 @@ def _write_failure(err: BaseException) -> str | None:
         if seen is None:
             break
         if isinstance(seen, OSError):
-            return seen.strerror or _shorten(one_line(seen)) or type(seen).__name__
+            return seen.strerror or shorten(str(seen)) or type(seen).__name__
         seen = seen.__cause__ or seen.__context__
     message = one_line(err)
     if isinstance(err, RuntimeError) and ("PytorchStreamWriter" in message or "inline_container" in message):
-        return _shorten(message)
+        return shorten(message)
     return None
 
 
@@ -191,7 +190,7 @@ def check_weights(path: Path, what: str, saved: Any, reference: Mapping[str, tor
     missing = [name for name in reference if name not in saved]
     unexpected = [name for name in saved if name not in reference]
     if missing or unexpected:
-        first = f"lacks '{_shorten(missing[0])}'" if missing else f"has an unexpected '{_shorten(str(unexpected[0]))}'"
+        first = f"lacks '{shorten(missing[0])}'" if missing else f"has an unexpected '{shorten(str(unexpected[0]))}'"
         raise CheckpointError(f"{path}: '{what}' does not fit this model: it {first} ({len(missing)} missing, "
                               f"{len(unexpected)} unexpected)")
     for name, expected in reference.items():
@@ -201,7 +200,7 @@ def check_weights(path: Path, what: str, saved: Any, reference: Mapping[str, tor
 def _check_tensor(path: Path, what: str, value: Any, shape: torch.Size | None,
                   dtype: torch.dtype | None) -> None:
     """A dense, finite tensor of `shape` (None: any) and `dtype` (None: any floating point)."""
-    where = f"{path}: '{_shorten(what)}'"
+    where = f"{path}: '{shorten(what)}'"
     if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
         raise CheckpointError(f"{where} is a {_kind(value)}, expected a dense tensor")
     if shape is not None and value.shape != shape:
@@ -221,7 +220,7 @@ def _check_training(path: Path, training: dict[str, Any], model_state: Mapping[s
     if set(training) != set(TRAINING_FIELDS):
         odd = sorted(set(TRAINING_FIELDS) - set(training)) or sorted(map(str, set(training) - set(TRAINING_FIELDS)))
         raise CheckpointError(f"{where}' does not have the fields of a training state (first odd: "
-                              f"'{_shorten(odd[0])}')")
+                              f"'{shorten(odd[0])}')")
     next_epoch, best_epoch, history = training["next_epoch"], training["best_epoch"], training["history"]
     if not _is_int(next_epoch) or next_epoch < 0:
         raise CheckpointError(f"{where}.next_epoch' must be an integer >= 0")
@@ -286,7 +285,7 @@ def _check_optimizer(path: Path, optimizer: torch.optim.Optimizer, fresh_groups:
             what = f"optimizer.state.{number}.{key}"
             if _is_number(value):
                 if not math.isfinite(value):
-                    raise CheckpointError(f"{path}: '{_shorten(what)}' is not finite")
+                    raise CheckpointError(f"{path}: '{shorten(what)}' is not finite")
                 continue
             shape = None if isinstance(value, torch.Tensor) and value.dim() == 0 else param.shape
             _check_tensor(path, what, value, shape, None)
@@ -348,10 +347,4 @@ def _kind(value: Any) -> str:
 
 
 def _shape(shape: torch.Size) -> str:
-    return _shorten(str(tuple(shape)))
-
-
-def _shorten(text: str) -> str:
-    """`text` on one line and at most `SHOWN_CHARS` long, for names and messages from a checkpoint."""
-    text = " ".join(text.split())
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
+    return shorten(str(tuple(shape)))

@@ -25,7 +25,7 @@ from typing import Any, NoReturn, get_args, get_type_hints
 
 import yaml
 
-from common.errors import ConfigError, one_line
+from common.errors import ConfigError, one_line, shorten
 from common.registry import Registry
 from graph.negatives import NEGATIVE_STRATEGIES
 from models.edgebank import EDGEBANK_MEMORIES
@@ -261,8 +261,7 @@ _SHORT_REPR = _ShortRepr()
 def shown(value: Any) -> str:
     """`repr(value)` for an error message, cut to about `SHOWN_CHARS` characters; its cost does not grow with
     the value (a list of a billion items, a recursive one or a huge integer show as quickly as a number)."""
-    text = _SHORT_REPR.repr(value)
-    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+    return shorten(_SHORT_REPR.repr(value), SHOWN_CHARS)
 
 
 def _key_name(name: Any) -> str:

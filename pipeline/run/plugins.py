@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.errors import PluginError
+from common.errors import PluginError, shorten
 
 SHOWN_PLUGINS = 3  # how many plugins an error message names before "and N more"
 SHOWN_CHARS = 160  # how much of one plugin entry an error message shows
@@ -72,7 +72,7 @@ def _import_module(name: str, where: str) -> None:
     except ModuleNotFoundError as err:
         if err.name is None or not (name == err.name or name.startswith(err.name + ".")):
             raise
-        raise PluginError(f"{where} names module {_shorten(name)!r}, which cannot be found") from None
+        raise PluginError(f"{where} names module {shorten(name, SHOWN_CHARS, keep_end=True)!r}, which cannot be found") from None
 
 
 def missing_plugins(recorded: Sequence[str], given: Sequence[str]) -> list[str]:
@@ -88,10 +88,6 @@ def missing_plugins(recorded: Sequence[str], given: Sequence[str]) -> list[str]:
 
 def describe_plugins(entries: Sequence[str]) -> str:
     """`entries` for a one-line message: each shortened, at most `SHOWN_PLUGINS` of them."""
-    shown = [_shorten(" ".join(entry.split())) for entry in entries[:SHOWN_PLUGINS]]
+    shown = [shorten(entry, SHOWN_CHARS, keep_end=True) for entry in entries[:SHOWN_PLUGINS]]
     more = len(entries) - len(shown)
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
-
-
-def _shorten(text: str) -> str:
-    return text if len(text) <= SHOWN_CHARS else "..." + text[-(SHOWN_CHARS - 3):]
