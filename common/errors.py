@@ -32,6 +32,11 @@ class CheckpointError(UserError):
     """A checkpoint or saved store state that cannot be loaded: missing, corrupt, from another run or shape."""
 
 
+class OutputError(UserError):
+    """A path the project will not write: a symbolic link, not a regular file, in a missing folder, or an
+    existing file the user did not ask to replace (see common/files.py)."""
+
+
 class RegistryError(UserError, ValueError):
     """A name no part is registered under, or a name two parts claim (also a `ValueError`: a bad value)."""
 

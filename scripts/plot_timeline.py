@@ -5,7 +5,8 @@
 Reads `pipeline_events.csv` (written by scripts/train.py for the last epoch) so a user can see how the
 five stages of consecutive batches overlap under the chosen mode. A log that is not one (a stage name it
 does not know, a line that is not `batch,stage,start_s,end_s,...`, a FIFO or device) is one `error:` line
-naming the file and line, exit 2.
+naming the file and line, exit 2. The image is written atomically and never through a symbolic link
+(common/files.py): an --out that is a link, or in a folder that does not exist, is one line, exit 2.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import argparse
 import csv
 import io
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +23,8 @@ from common.errors import UserError
 from graph.loaders import open_regular_file, path_status, shown_value
 from pipeline.engine.profiler import STAGES
 from pipeline.engine.runner import StageEvent
-from pipeline.run.reporting import PIPELINE_LOG
-from pipeline.run.timeline import timeline_figure
+from pipeline.run.reporting import PIPELINE_LOG, TIMELINE
+from pipeline.run.timeline import save_figure, timeline_figure
 
 LOG_COLUMNS = ("batch", "stage", "start_s", "end_s")
 # A log line is about 50 characters (batch, stage, two times, k, staleness); a line this long means the
@@ -97,23 +97,6 @@ def read_events(path: Path, first: int, last: int | None) -> list[StageEvent]:
     return events
 
 
-def save_figure(figure, out: Path) -> None:
-    """Write the figure to `out` (format from its suffix) through a temporary file beside
-    it, renamed into place, so a failed write leaves neither a half-written image nor the temporary file."""
-    fmt = out.suffix.lstrip(".").lower()
-    supported = figure.canvas.get_supported_filetypes()
-    if fmt not in supported:
-        raise UserError(f"--out {out}: unknown image format {shown_value(fmt)} "
-                        f"(known: {', '.join(sorted(supported))})")
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        figure.savefig(tmp, format=fmt, dpi=120, bbox_inches="tight")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="run directory written by scripts/train.py")
@@ -126,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     events = read_events(run / PIPELINE_LOG, args.first, args.last)
     if not events:
         raise UserError(f"{run / PIPELINE_LOG}: no stage events in the chosen batch range")
-    out = Path(args.out) if args.out else run / "timeline.png"
+    out = Path(args.out) if args.out else run / TIMELINE
     if not out.suffix:
         out = out.with_name(f"{out.name}.png")  # as matplotlib names it
     save_figure(timeline_figure(events, title=f"pipeline timeline: {run.name}"), out)

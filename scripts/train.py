@@ -2,8 +2,9 @@
 
     python scripts/train.py --config configs/tgn.yml --data uci --epochs 3 --out runs/tgn_uci
 
-Writes TensorBoard logs, `checkpoint.pt` (every epoch, atomically), `pipeline_events.csv`,
-`timeline.png` and `results.json` into --out. `--resume` continues a killed run from its last checkpoint.
+Writes TensorBoard logs, `checkpoint.pt` (every epoch), `pipeline_events.csv`, `timeline.png` and
+`results.json` into --out, each atomically and never through a symbolic link (common/files.py).
+`--resume` continues a killed run from its last checkpoint.
 One run at a time per --out: a second is refused while the first holds the directory's lock (`.lock`).
 
 Data-parallel on N processes (docs/distributed.md); rank 0 writes --out, rank r > 0 writes --out/rank<r>:
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
+from common.files import check_target, check_writable
 from graph.datasets import DEFAULT_DATASET
 from graph.events import EventStream
 from pipeline.stages.device import resolve_device
@@ -169,6 +171,8 @@ def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> RunLock:
     run is never overwritten unless asked, and an unwritable directory fails early. The caller releases
     the returned lock when the run ends."""
     no_checkpoint = f"{out_dir}: --resume given but there is no {CHECKPOINT_NAME} to resume from"
+    if out_dir.is_symlink():  # a run directory from elsewhere must not send the run's files somewhere else
+        raise UserError(f"{out_dir}: is a symbolic link; name the directory it points to instead")
     if resume and not out_dir.is_dir():
         raise UserError(no_checkpoint)  # before creating the directory
     try:
@@ -178,6 +182,8 @@ def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> RunLock:
         raise _cannot_write(out_dir, err) from None
     try:
         if resume:
+            for name in RUN_FILES:  # replaced in place as the run goes on: none may be a link or a folder
+                check_target(out_dir / name)
             if not (out_dir / CHECKPOINT_NAME).is_file():
                 raise UserError(no_checkpoint)
         elif run_files(out_dir):
@@ -186,11 +192,7 @@ def prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> RunLock:
                                 f"continue it")
             for path in run_files(out_dir):
                 path.unlink()
-        probe = out_dir / ".write-test"
-        try:
-            probe.write_bytes(b"ok")
-        finally:
-            probe.unlink(missing_ok=True)
+        check_writable(out_dir)
     except OSError as err:
         lock.release()
         raise _cannot_write(out_dir, err) from None

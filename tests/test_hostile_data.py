@@ -30,7 +30,7 @@ from graph.datasets import BUILTIN_DATASETS, load_dataset
 from graph.loaders import MAX_COLUMNS, MAX_LINE_BYTES, ColumnChoice, load_events, parse_columns
 from pipeline.engine.profiler import STAGES
 from pipeline.engine.runner import StageEvent
-from pipeline.run.timeline import timeline_figure
+from pipeline.run.timeline import save_figure, timeline_figure
 
 pytestmark = pytest.mark.faults
 
@@ -422,21 +422,19 @@ def test_a_good_log_is_read_and_drawn(read_log, script_cli, tmp_path):
     assert not list(tmp_path.glob(".*tmp"))
 
 
-def test_a_failed_image_write_leaves_no_file(scripts_dir, monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(scripts_dir))
-    plot_timeline = importlib.import_module("plot_timeline")
+def test_a_failed_image_write_leaves_no_file(tmp_path, monkeypatch):
     figure = timeline_figure([StageEvent(0, "sample", 0.0, 0.1)])
 
     def failing_savefig(target, **kwargs):
-        Path(target).write_bytes(b"\x89PNG half")
+        target.write(b"\x89PNG half")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(figure, "savefig", failing_savefig)
     with pytest.raises(OSError):
-        plot_timeline.save_figure(figure, tmp_path / "timeline.png")
+        save_figure(figure, tmp_path / "timeline.png")
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(UserError, match="unknown image format 'weird'"):
-        plot_timeline.save_figure(figure, tmp_path / "timeline.weird")
+        save_figure(figure, tmp_path / "timeline.weird")
 
 
 def test_timeline_figure_names_an_unknown_stage():

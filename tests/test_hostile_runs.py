@@ -28,7 +28,7 @@ import yaml
 
 from common.errors import CheckpointError, DataError
 from graph.loaders import load_events
-from pipeline.run import checkpoint as checkpoint_module
+from common import files as files_module
 from pipeline.run.checkpoint import (
     CHECKPOINT_NAME, TRAINING_FIELDS, check_contents, dataset_fingerprint, load_checkpoint, load_optimizer_state,
     save_checkpoint,
@@ -362,6 +362,21 @@ class FillingFile(io.FileIO):
         return super().write(data)
 
 
+def fill_the_disk_at_checkpoints(monkeypatch, room: int | None = None) -> None:
+    """Make every checkpoint written from now on go to a `FillingFile` (the other files of a run are written
+    as usual)."""
+    real_open = files_module._open_temporary
+    if room is not None:
+        monkeypatch.setattr(FillingFile, "room", room)
+
+    def open_temporary(fd: int, text: bool):
+        if CHECKPOINT_NAME in os.readlink(f"/proc/self/fd/{fd}"):
+            return FillingFile(fd, "wb")
+        return real_open(fd, text)
+
+    monkeypatch.setattr(files_module, "_open_temporary", open_temporary)
+
+
 def test_torch_save_on_a_full_disk_fails_as_its_zip_writers_runtime_error(tmp_path):
     with pytest.raises(RuntimeError) as failed, FillingFile(tmp_path / "x", "wb") as handle:
         torch.save({"w": torch.zeros(10_000)}, handle)
@@ -373,8 +388,7 @@ def test_save_checkpoint_on_a_full_disk_keeps_the_previous_one_and_no_temporary_
     path = tmp_path / CHECKPOINT_NAME
     save_checkpoint(path, {"weights": torch.zeros(3)})
     before = path.read_bytes()
-    monkeypatch.setattr(FillingFile, "room", room)
-    monkeypatch.setattr(checkpoint_module, "open", lambda name, mode: FillingFile(name, mode), raising=False)
+    fill_the_disk_at_checkpoints(monkeypatch, room)
     with pytest.raises(CheckpointError) as refused:
         save_checkpoint(path, {"weights": torch.zeros(10_000)})
     assert str(refused.value) == f"{path}: cannot write checkpoint (No space left on device)"
@@ -384,7 +398,7 @@ def test_save_checkpoint_on_a_full_disk_keeps_the_previous_one_and_no_temporary_
 def test_full_disk_at_the_first_checkpoint_is_exit_2_in_one_line(config_file, data_file, train_cli, tmp_path,
                                                                  monkeypatch):
     out = tmp_path / "run"
-    monkeypatch.setattr(checkpoint_module, "open", lambda name, mode: FillingFile(name, mode), raising=False)
+    fill_the_disk_at_checkpoints(monkeypatch)
     code, _, stderr = train_cli(*cli_args(config_file, data_file, out))
     assert_refused(code, stderr, str(out / CHECKPOINT_NAME), "cannot write checkpoint", "No space left on device")
     assert not (out / CHECKPOINT_NAME).exists() and no_temporary_files(out)

@@ -8,12 +8,10 @@ data, its layout, types and tensor shapes are checked against the model before a
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
-import os
 import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 
 from common.errors import CheckpointError, one_line, shorten
+from common.files import replacing
 from graph.events import EventStream
 from pipeline.run.config import RunConfig
 from pipeline.run.plugins import describe_plugins, missing_plugins
@@ -64,22 +63,16 @@ def dataset_fingerprint(events: EventStream) -> str:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically: a temporary file in the same folder, fsync, then rename.
+    """Write `state` to `path` atomically and never through a link (`common.files.replacing`).
 
     A failed write (disk full, quota, I/O error) removes the temporary file, leaves the previous checkpoint
     as it was and is a `CheckpointError`. torch.save reports a full disk as an OSError, or as a RuntimeError
     of its zip writer when the OSError happened while the archive was open; both count.
     """
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as handle:
+        with replacing(path) as handle:
             torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         reason = _write_failure(err)
         if reason is None:
             raise

@@ -1,18 +1,19 @@
 """What a run leaves behind for its user: TensorBoard scalars, the per-batch pipeline log (stage start and
-end, staleness bound and staleness seen), the timeline figure and `results.json`."""
+end, staleness bound and staleness seen), the timeline figure and `results.json`, each file written
+atomically and never through a symbolic link (common/files.py)."""
 from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
+from common.files import replacing, write_atomic
 from pipeline.engine.runner import RunStats
 from pipeline.run.checkpoint import CHECKPOINT_NAME as CHECKPOINT
-from pipeline.run.timeline import timeline_figure
+from pipeline.run.timeline import save_figure, timeline_figure
 
 PIPELINE_LOG = "pipeline_events.csv"
 RESULTS = "results.json"
@@ -20,20 +21,9 @@ TIMELINE = "timeline.png"
 RUN_FILES = (RESULTS, CHECKPOINT, PIPELINE_LOG, TIMELINE)  # what a run writes into its directory
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON so that a reader never sees a half-written file (nor a stray temporary one on failure)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_pipeline_log(path: Path, stats: RunStats) -> None:
     """One row per stage event: batch, stage, start, end (seconds), k and staleness of that batch."""
-    with open(path, "w", newline="") as handle:
+    with replacing(path, text=True) as handle:
         writer = csv.writer(handle)
         writer.writerow(["batch", "stage", "start_s", "end_s", "k", "staleness"])
         for event in stats.events:
@@ -62,11 +52,11 @@ class RunLog:
         self.writer.add_scalar("pipeline/train_busy_fraction", stats.train_busy_fraction, epoch)
         write_pipeline_log(self.out_dir / PIPELINE_LOG, stats)
         figure = timeline_figure(stats.events, title=f"pipeline timeline, epoch {epoch}")
-        figure.savefig(self.out_dir / TIMELINE, dpi=120, bbox_inches="tight")
+        save_figure(figure, self.out_dir / TIMELINE)
         self.writer.add_figure("pipeline/timeline", figure, epoch)
 
     def results(self, payload: dict[str, Any]) -> None:
-        write_json_atomic(self.out_dir / RESULTS, payload)
+        write_atomic(self.out_dir / RESULTS, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
     def close(self) -> None:
         self.writer.flush()

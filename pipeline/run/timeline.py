@@ -14,6 +14,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from common.errors import OutputError
+from common.files import replacing
 from graph.loaders import shown_value
 from pipeline.engine.profiler import STAGES
 from pipeline.engine.runner import StageEvent
@@ -23,7 +25,7 @@ PALETTE = "tab10"
 
 def timeline_figure(events: Sequence[StageEvent], title: str | None = None,
                     path: str | Path | None = None) -> Figure:
-    """A Gantt chart of `events` (time in ms since the run started); also saved as PNG to `path` if given.
+    """A Gantt chart of `events` (time in ms since the run started); also saved to `path` if given (`save_figure`).
     An event of a stage not in STAGES is a ValueError naming it (there is no row to draw it in)."""
     rows = {stage: row for row, stage in enumerate(STAGES)}
     unknown = next((e.stage for e in events if e.stage not in rows), None)
@@ -44,5 +46,16 @@ def timeline_figure(events: Sequence[StageEvent], title: str | None = None,
         ax.set_title(title)
     figure.tight_layout()
     if path is not None:
-        figure.savefig(path, dpi=120)
+        save_figure(figure, Path(path))
     return figure
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    """Write `figure` to `path` in the format its suffix names (PNG, SVG, PDF, ...), atomically and never
+    through a symbolic link (`common.files.replacing`); an unknown format is an `OutputError` naming it."""
+    fmt = path.suffix.lstrip(".").lower()
+    supported = figure.canvas.get_supported_filetypes()
+    if fmt not in supported:
+        raise OutputError(f"{path}: unknown image format {shown_value(fmt)} (known: {', '.join(sorted(supported))})")
+    with replacing(path) as handle:
+        figure.savefig(handle, format=fmt, dpi=120, bbox_inches="tight")
