@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from _cli import positive_int, seed_list
 from benchmarks.shared import REPO, add_parser, git_commit, library_versions, parse_variant
 from common.errors import UserError
 from pipeline.run.checkpoint import CHECKPOINT_NAME
+from pipeline.run.config import apply_overrides, load_config, parse_settings
 
 TABLE = ["config", "variant", "dataset", "seeds", "val_ap_mean", "test_ap_mean", "test_ap@historical_mean",
          "test_ap@inductive_mean", "test_auc_mean", "test_auc@historical_mean", "test_auc@inductive_mean",
@@ -34,12 +36,12 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--configs", default="configs/dyglib/tgn.yml,configs/dyglib/jodie.yml",
                         help="comma-separated config files")
     parser.add_argument("--data", default="uci,enron", help="comma-separated datasets")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs of every config")
+    parser.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="override train.epochs of every config")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE;...",
                         help="a named set of config overrides every config also runs with, e.g. "
                              "'batch:memory.update_time=batch' (repeatable; none: each config as it is)")
-    parser.add_argument("--jobs", type=int, default=2, help="training processes at once (one thread each)")
+    parser.add_argument("--jobs", type=positive_int, default=2, help="training processes at once (one thread each)")
     parser.add_argument("--runs-dir", default="runs/accuracy", help="where each run writes its directory")
     parser.add_argument("--resume", action="store_true",
                         help="continue the runs of an interrupted benchmark in --runs-dir from their checkpoints "
@@ -77,12 +79,23 @@ def run_summary(results: dict) -> dict:
             "mitigated_roots": [epoch["mitigated_roots"] for epoch in results.get("history", [])], **metrics}
 
 
+def check_configs(configs: list[str], variants: list[tuple[str, list[str]]], epochs: int | None) -> None:
+    """Every config with every variant's overrides, validated before any run starts: a bad key or value is
+    one line naming the variant, not a failed run after the others have trained."""
+    for config in configs:
+        base = apply_overrides(load_config(config), {"train.epochs": epochs})
+        for name, overrides in variants:
+            source = f"variant '{name}'"
+            apply_overrides(base, parse_settings(overrides, source), source)
+
+
 def run(args: argparse.Namespace) -> dict:
     """Every (config, dataset, seed) trained to its best validation epoch, `--jobs` at a time, with the
     mean and standard deviation over seeds of every validation and test metric."""
     variants = [parse_variant(text) for text in args.variant] or [("", [])]
-    plan = [(config, variant, data, int(seed)) for config in args.configs.split(",") for variant in variants
-            for data in args.data.split(",") for seed in args.seeds.split(",")]
+    check_configs(args.configs.split(","), variants, args.epochs)
+    plan = [(config, variant, data, seed) for config in args.configs.split(",") for variant in variants
+            for data in args.data.split(",") for seed in args.seeds]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(lambda item: accuracy_run(*item, args), plan))
     summary = []

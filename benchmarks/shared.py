@@ -15,7 +15,9 @@ import dgl
 import numpy as np
 import torch
 
-from common.errors import UserError
+from _cli import positive_int
+from common.errors import OutputError, UserError
+from common.files import check_new_output, write_atomic
 from pipeline.run.config import parse_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,10 +32,10 @@ def add_parser(commands: argparse._SubParsersAction, name: str, summary: str, do
 
 def add_training_arguments(parser: argparse.ArgumentParser, default_epochs: int) -> None:
     """Options of the subcommands that train: epochs, batch size, seed, threads and the output file."""
-    parser.add_argument("--epochs", type=int, default=default_epochs, help="epochs of each run")
-    parser.add_argument("--batch-size", type=int, default=None, help="override train/eval batch size")
+    parser.add_argument("--epochs", type=positive_int, default=default_epochs, help="epochs of each run")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="override train/eval batch size")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="CPU cores torch may use (default: all)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="CPU cores torch may use (default: all)")
     parser.add_argument("--out", required=True, help="JSON file for the results")
 
 
@@ -85,10 +87,23 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
         print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
 
 
+def check_output(path: str, overwrite: bool) -> None:
+    """Check --out before any benchmark work: it must not be a symbolic link or a folder, nor an existing
+    file unless `overwrite` (--overwrite), and a missing folder for it must be one that can be made; each is
+    one line (`OutputError`). Nothing is created yet."""
+    folder = Path(path).absolute().parent
+    if folder.is_dir():
+        check_new_output(path, overwrite)
+        return
+    ancestor = next(parent for parent in folder.parents if os.path.lexists(parent))
+    if not ancestor.is_dir():
+        raise OutputError(f"{ancestor}: is not a directory, so the folder of --out cannot be made in it")
+
+
 def write_json(results: dict, path: str) -> None:
-    """Write the results, creating the parent folder."""
+    """Write the results atomically, never through a symbolic link, creating the parent folder."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(results, indent=2) + "\n")
+    write_atomic(path, json.dumps(results, indent=2) + "\n")
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:

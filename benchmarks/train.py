@@ -122,19 +122,20 @@ def run(args: argparse.Namespace) -> dict:
     config_path = Path(args.model) if args.model.endswith((".yml", ".yaml")) else REPO / "configs" / f"{args.model}.yml"
     base = apply_overrides(load_config(config_path), {
         "train.epochs": args.epochs, "train.batch_size": args.batch_size, "eval.batch_size": args.batch_size})
+    # every variant validated before any trains: a bad key or value is one line naming its variant
+    configs = {name: apply_overrides(base, overrides, f"variant '{name}'") for name, overrides in variants.items()}
     events = load_data(args)
     if args.edge_feat_dim > 0:
         events = with_random_edge_features(events, args.edge_feat_dim, args.seed)
     plan = configure_process(args.threads)
     cores = args.threads or available_cores()
-    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    runs: dict[str, list[dict]] = {name: [] for name in configs}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
         for repeat in range(args.repeat):  # variants alternate, so a slow spell of the machine hits each alike
-            for name, overrides in variants.items():
+            for name, cfg in configs.items():
                 out = Path(scratch) / f"{name}-{repeat}"
                 out.mkdir()
-                result = train(apply_overrides(base, overrides), events, out, torch.device("cpu"), args.seed,
-                               show_progress=False)
+                result = train(cfg, events, out, torch.device("cpu"), args.seed, show_progress=False)
                 runs[name].append(result)
                 print(f"{name} run {repeat + 1}: {result['train_events_per_s']:.0f} events/s, test AP "
                       f"{result['test_ap']:.4f}", flush=True)

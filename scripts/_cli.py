@@ -52,6 +52,7 @@ if _started_as_script() and signal.getsignal(signal.SIGINT) is signal.default_in
     signal.signal(signal.SIGINT, _interrupt_while_loading)
 
 import argparse  # noqa: E402  (the imports below take seconds: after the handler)
+import math  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import NoReturn  # noqa: E402
@@ -59,7 +60,7 @@ from typing import NoReturn  # noqa: E402
 from common.errors import PATH_CHARS, DataError, UserError, one_line, shorten  # noqa: E402
 from graph.datasets import load_dataset  # noqa: E402
 from graph.events import EventStream  # noqa: E402
-from graph.loaders import parse_columns  # noqa: E402
+from graph.loaders import parse_columns, shown_value  # noqa: E402
 from _allocator import keep_freed_memory  # noqa: E402
 from _threads import ThreadPlan, configure_threads  # noqa: E402
 
@@ -114,6 +115,41 @@ def run_cli(main: Callable[[list[str] | None], int]) -> None:
         hint = "" if debug_enabled() else f" (set {DEBUG_ENV}=1 for the traceback)"
         _exit_with(err, describe_failure(err) + hint, FAILURE_EXIT)
     sys.exit(code)
+
+
+# argparse `type=` functions: a bad value ends in argparse's usage line and `error: argument --x: ...`, exit 2
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {shown_value(text)}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (a count: epochs, jobs, repeats, threads)."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {shown_value(text)}")
+    return value
+
+
+def seed_list(text: str) -> list[int]:
+    """Comma-separated seeds: integers from 0 to 2**53-1 (what a checkpoint stores), at least one."""
+    seeds = [_integer(item.strip()) for item in text.split(",")]
+    if not all(0 <= seed < 2**53 for seed in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be integers from 0 to 2**53-1, got {shown_value(text)}")
+    return seeds
+
+
+def ratio(text: str) -> float:
+    """A share of the events: a finite number from 0 to below 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to below 1, got {shown_value(text)}")
+    return value
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, default: str) -> None:

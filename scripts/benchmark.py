@@ -3,7 +3,8 @@
     python scripts/benchmark.py sampler --data wikipedia --out runs/bench_sampler.json
     python scripts/benchmark.py <subcommand> --help    (what it measures, and its options)
 
-Each subcommand is a module of the `benchmarks` package (benchmarks/<subcommand>.py).
+Each subcommand is a module of the `benchmarks` package (benchmarks/<subcommand>.py). An existing --out file
+is replaced only with --overwrite (refused before any work starts), and never through a symbolic link.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 from _cli import USER_ERROR_EXIT  # first: Ctrl-C while importing is `interrupted`
 
 from benchmarks import accuracy, attention, breakdown, compare, sampler, scale, soak, train
-from benchmarks.shared import print_table, write_json
+from benchmarks.shared import check_output, print_table, write_json
 from common.errors import UserError
 
 BENCHMARKS = [sampler, train, soak, compare, breakdown, accuracy, attention, scale]  # in the order --help lists them
@@ -28,6 +29,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True, metavar=f"{{{names}}}")
     for module in BENCHMARKS:
         module.add_command(commands)
+    for command in commands.choices.values():
+        command.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     return parser.parse_args(argv)
 
 
@@ -35,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one benchmark subcommand; a user error prints one line and returns 2."""
     args = parse_args(argv)
     try:
+        if args.out is not None:
+            check_output(args.out, args.overwrite)  # before any work: a refusal costs nothing
         results = args.run(args)
         if args.out is None:  # compare-run: one result line on stdout for the `compare` that launched it
             print(json.dumps(results), flush=True)

@@ -36,7 +36,7 @@ from _cli import configure_process, run_cli  # first: Ctrl-C while importing is 
 import numpy as np
 import torch
 
-from benchmarks.shared import REPO, git_commit, library_versions, print_table, write_json
+from benchmarks.shared import REPO, check_output, git_commit, library_versions, print_table, write_json
 from benchmarks.compare import COMPARE_CASES
 from common.errors import UserError
 from graph.datasets import load_dataset
@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant, alternating")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="JSON file for the results")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
+    check_output(args.out, args.overwrite)
     if args.batches <= FIRST_TIMED_BATCH or args.repeat < 1:
         raise UserError(f"--batches must be > {FIRST_TIMED_BATCH} and --repeat >= 1, got {args.batches}, {args.repeat}")
     cases = parse_list(args.cases, "--cases", list(COMPARE_CASES))
