@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _cli import add_data_arguments, load_data, run_cli  # first: Ctrl-C while importing is `interrupted`, exit 130
+from _cli import add_data_arguments, load_data, ratio, run_cli  # first: Ctrl-C while importing is `interrupted`, exit 130
 
 import numpy as np
 import pandas as pd
@@ -24,11 +24,14 @@ import torch
 from tqdm import tqdm
 
 from common.errors import UserError
+from common.files import check_new_output, check_target, replacing
 from graph.datasets import DEFAULT_DATASET, dataset_source
 from graph.events import EventStream
 from graph.loaders import TGL_EDGES, iter_event_chunks, parse_columns
 from graph.prepared import PreparedWriter
 from graph.split import split_periods
+
+TGL_FEATURES = ("edge_features.pt", "node_features.pt")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,31 +41,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--layout", choices=("prepared", "tgl"), default="prepared",
                         help="prepared: memory-mapped arrays (default); tgl: TGL's edges.csv and .pt features")
     parser.add_argument("--chunk-rows", type=int, default=1_000_000, help="input rows read per step (prepared)")
-    parser.add_argument("--val-ratio", type=float, default=0.15, help="share of events (by time) in validation (tgl)")
-    parser.add_argument("--test-ratio", type=float, default=0.15, help="share of events (by time) in test (tgl)")
+    parser.add_argument("--val-ratio", type=ratio, default=0.15, help="share of events (by time) in validation (tgl)")
+    parser.add_argument("--test-ratio", type=ratio, default=0.15, help="share of events (by time) in test (tgl)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.val_ratio + args.test_ratio >= 1:
+        raise UserError(f"--val-ratio {args.val_ratio:g} and --test-ratio {args.test_ratio:g}: together they must be "
+                        f"below 1 (the rest is the training period)")
+    return args
 
 
 def write_tgl(events: EventStream, ext_roll: np.ndarray, out: Path) -> None:
-    """Write the stream as TGL's edges.csv plus feature tensors."""
+    """Write the stream as TGL's edges.csv plus feature tensors, each atomically (common/files.py)."""
     out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame({"src": events.src, "dst": events.dst, "time": events.t, "ext_roll": ext_roll})
-    table.to_csv(out / TGL_EDGES)
-    for filename, features in (("edge_features.pt", events.edge_feat), ("node_features.pt", events.node_feat)):
+    with replacing(out / TGL_EDGES, text=True) as handle:
+        table.to_csv(handle)
+    for filename, features in zip(TGL_FEATURES, (events.edge_feat, events.node_feat)):
         if features is not None:
-            torch.save(torch.from_numpy(features), out / filename)
+            with replacing(out / filename) as handle:
+                torch.save(torch.from_numpy(features), handle)
 
 
 def prepare_tgl(args: argparse.Namespace, out: Path) -> str:
-    if (out / TGL_EDGES).exists() and not args.overwrite:
-        raise UserError(f"{out / TGL_EDGES}: already exists (pass --overwrite to replace it)")
+    if out.is_dir():  # before loading: an earlier output is replaced only with --overwrite, never through a link
+        check_new_output(out / TGL_EDGES, args.overwrite)
+        for filename in TGL_FEATURES:
+            check_target(out / filename)
     events = load_data(args)
-    try:
-        periods = split_periods(events, args.val_ratio, args.test_ratio)
-    except ValueError as err:
-        raise UserError(f"--val-ratio/--test-ratio: {err}") from err
+    periods = split_periods(events, args.val_ratio, args.test_ratio)
     write_tgl(events, periods, out)
     train, val, test = np.bincount(periods, minlength=3)
     return (f"{events.name}: {events.num_events} events, {events.num_nodes} nodes, "
