@@ -25,8 +25,9 @@ from typing import Any, NoReturn, get_args, get_type_hints
 
 import yaml
 
-from common.errors import ConfigError, one_line, shorten
+from common.errors import ConfigError, DataError, one_line, shorten
 from common.registry import Registry
+from graph.loaders import open_regular_file, path_status
 from graph.negatives import NEGATIVE_STRATEGIES
 from models.edgebank import EDGEBANK_MEMORIES
 from models.config import DELIVERIES, UPDATE_TIMES, EmbeddingConfig, MemoryConfig, PredictorConfig
@@ -452,11 +453,13 @@ def validate_config(given: dict, source: str = "<config>", base_dir: Path | None
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML config file."""
     path = Path(path)
-    if not path.is_file():
+    if path_status(path) is None:
         raise ConfigError(f"{path}: config file not found")
-    try:
-        with path.open("rb") as file:
+    try:  # a directory, FIFO or device is refused without reading (or blocking on) it
+        with open_regular_file(path) as file:
             data = file.read(MAX_CONFIG_BYTES + 1)
+    except DataError as err:
+        raise ConfigError(str(err).replace("(save the data to a file first)", "(a config is a YAML file)")) from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the config file ({err.strerror or err})") from None
     if len(data) > MAX_CONFIG_BYTES:

@@ -36,7 +36,7 @@ def load_plugins(entries: list[str], base_dir: Path, source: str, key: str | Non
 
     `source` names the config (and `key` its key; None: `source` is a command-line option) in errors. An
     error raised while a plugin runs is a bug in the plugin and propagates with its traceback; only a
-    plugin that does not exist is a `PluginError`.
+    plugin that does not exist, or a plugin file that is not Python (it does not compile), is a `PluginError`.
     """
     where = f"{source}: key '{key}'" if key else source
     resolved = resolve_plugins(entries, base_dir)
@@ -56,6 +56,13 @@ def _import_file(path: Path, where: str) -> None:
     if not path.is_file():
         raise PluginError(f"{where} names {path}, which is not a file")
     spec = importlib.util.spec_from_file_location(name, path)
+    try:
+        spec.loader.get_code(name)  # compiled (and cached) first, so that a file that is not Python is a user error
+    except (SyntaxError, ValueError) as err:  # ValueError: null bytes, on some Python versions
+        line = f", line {err.lineno}" if getattr(err, "lineno", None) else ""
+        reason = shorten(str(getattr(err, "msg", err)))
+        raise PluginError(f"{where} names {shorten(str(path), SHOWN_CHARS, keep_end=True)}{line}: not valid "
+                          f"Python ({reason})") from None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
