@@ -31,6 +31,7 @@ import torch
 from _cli import configure_process
 from benchmarks.shared import REPO, add_parser, git_commit, library_versions, machine
 from common.errors import UserError
+from common.files import replacing
 from graph.prepared import PreparedWriter, load_prepared
 from graph.synthetic import synthetic_events
 from pipeline.engine.profiler import StageProfiler
@@ -96,7 +97,7 @@ def write_csv(path: Path, num_events: int, num_nodes: int, dim: int, seed: int) 
     """The same kind of synthetic stream as a plain `src,dst,t,feat...` CSV with a header, chunk by chunk."""
     rng = np.random.default_rng(seed)
     offset = 0.0
-    with open(path, "w") as handle:
+    with replacing(path, text=True) as handle:  # atomically, never through a link in --workdir
         handle.write(",".join(["src", "dst", "t", *(f"f{j}" for j in range(dim))]) + "\n")
         for part, start in enumerate(range(0, num_events, GENERATE_CHUNK)):
             size = min(GENERATE_CHUNK, num_events - start)
