@@ -29,6 +29,7 @@ from pipeline.run.checkpoint import CHECKPOINT_NAME
 from pipeline.run.config import load_config
 from pipeline.run.plugins import load_plugins
 from pipeline.run.reporting import PIPELINE_LOG, RESULTS, RUN_FILES, TIMELINE
+from conftest import script_cli
 from small import small_sections
 
 VICTIM_TEXT = "precious: must never be overwritten\n"
@@ -192,18 +193,8 @@ def test_a_run_directory_that_is_a_link_is_refused(config_file, data_file, train
 
 @pytest.fixture
 def plot_cli(scripts_dir, monkeypatch, capsys) -> Callable[..., tuple[int, str]]:
-    monkeypatch.syspath_prepend(str(scripts_dir))
-    plot_timeline = importlib.import_module("plot_timeline")
-    from _cli import run_cli
-
-    def run(*args: str) -> tuple[int, str]:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["plot_timeline.py", *args])
-        with pytest.raises(SystemExit) as stop:
-            run_cli(plot_timeline.main)
-        return stop.value.code, capsys.readouterr().err
-
-    return run
+    run = script_cli(scripts_dir, monkeypatch, capsys, "plot_timeline")
+    return lambda *args: run(*args)[::2]  # (exit code, stderr)
 
 
 @pytest.fixture
@@ -369,18 +360,8 @@ def test_a_config_that_is_a_folder_or_a_device_says_so(tmp_path):
 
 @pytest.fixture
 def prepare_cli(scripts_dir, monkeypatch, capsys) -> Callable[..., tuple[int, str]]:
-    monkeypatch.syspath_prepend(str(scripts_dir))
-    prepare_data = importlib.import_module("prepare_data")
-    from _cli import run_cli
-
-    def run(*args: str) -> tuple[int, str]:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["prepare_data.py", *args])
-        with pytest.raises(SystemExit) as stop:
-            run_cli(prepare_data.main)
-        return stop.value.code, capsys.readouterr().err
-
-    return run
+    run = script_cli(scripts_dir, monkeypatch, capsys, "prepare_data")
+    return lambda *args: run(*args)[::2]  # (exit code, stderr)
 
 
 @pytest.mark.parametrize("values, fragment", [
