@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import reprlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -217,6 +218,9 @@ def _merge(defaults: Any, given: Any, key: str, source: str) -> Any:
         if not isinstance(given, list) or not all(_is_list_item(v, strings) for v in given):
             raise ConfigError(f"{source}: key '{key}' must be a list of {'strings' if strings else 'integers'}, "
                               f"got {shown(given)}")
+        too_large = next((v for v in given if not strings and abs(v) > MAX_INTEGER), None)
+        if too_large is not None:
+            raise ConfigError(f"{source}: key '{key}' must be a list of integers below 2**63, got {shown(too_large)}")
         return list(given)
     if not isinstance(given, str):
         raise ConfigError(f"{source}: key '{key}' must be a string, got {shown(given)}")
@@ -319,24 +323,52 @@ def _children(value: dict | list | tuple, key: str) -> Iterator[tuple[Any, str]]
 
 
 class _OverBound(Exception):
-    """A YAML document past a bound (`message`), at dotted `key` and `line`, found while composing."""
+    """A YAML document past a bound (`message`), at dotted `key` and `line` (None: the message says where),
+    found while composing or constructing."""
 
-    def __init__(self, message: str, key: str, line: int) -> None:
+    def __init__(self, message: str, key: str, line: int | None) -> None:
         super().__init__(message, key, line)
         self.message, self.key, self.line = message, key, line
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` that refuses, while composing and so before anything is built, a document nested
-    deeper than `MAX_DEPTH` (its composer recurses once per level: `[[[...]]]` a thousand deep would end in
-    a `RecursionError`), one holding more than `MAX_VALUES` values once its aliases are expanded (each
-    node's expanded size is summed from its children's, so an alias bomb is never expanded), and an alias
-    inside its own anchor. `check_bounds` applies the same bounds to the data, whatever its source."""
+    """The YAML loader of every config (a `--config` file, a `--set` value): `yaml.SafeLoader` that
+
+    - refuses, while composing and so before anything is built, a document nested deeper than `MAX_DEPTH`
+      (its composer recurses once per level: `[[[...]]]` a thousand deep would end in a `RecursionError`),
+      one holding more than `MAX_VALUES` values once its aliases are expanded (each node's expanded size is
+      summed from its children's, so an alias bomb is never expanded), and an alias inside its own anchor;
+    - refuses a mapping that names a key twice (`train: {lr: 0.001}` then `train: {epochs: 3}`), which
+      PyYAML would silently resolve to the last; keys merged in by `<<` may still be overridden, as YAML says;
+    - reads `1e-3`, `5E4` and `1.0e3` as floats, as YAML 1.2 does (YAML 1.1, PyYAML's default, reads them as
+      strings unless they have a dot and a signed exponent); on this class only, not on `yaml.SafeLoader`.
+
+    `check_bounds` applies the same bounds to the data, whatever its source."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._path: list[str | None] = []  # per open node: its mapping key, or None (list item, key, root)
         self._sizes: dict[int, int] = {}  # id(node) -> values it holds with aliases expanded
+        self._keys: dict[int, str] = {}  # id(mapping node) -> its dotted key, for a duplicate key's message
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """The mapping `node`, refused if two of its own keys (not those merged in by `<<`) are equal."""
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                try:
+                    earlier = first.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base constructor refuses it
+                    continue
+                if earlier is not key_node:
+                    parent = self._keys.get(id(node), "")
+                    dotted = f"{parent}.{_key_name(key)}" if parent else _key_name(key)
+                    raise _OverBound(f"appears twice, on lines {earlier.start_mark.line + 1} and "
+                                     f"{key_node.start_mark.line + 1} (a key may be given once)", dotted, None)
+        return super().construct_mapping(node, deep=deep)
 
     def _refuse(self, message: str) -> NoReturn:
         key = ".".join(name for name in self._path if name is not None)
@@ -354,6 +386,7 @@ class _BoundedLoader(yaml.SafeLoader):
                 return super().compose_node(parent, index)
             node = super().compose_node(parent, index)
             if isinstance(node, yaml.MappingNode):
+                self._keys[id(node)] = ".".join(name for name in self._path if name is not None)
                 size = 1 + sum(self._sizes[id(key)] + self._sizes[id(value)] for key, value in node.value)
             elif isinstance(node, yaml.SequenceNode):
                 size = 1 + sum(self._sizes[id(item)] for item in node.value)
@@ -367,6 +400,13 @@ class _BoundedLoader(yaml.SafeLoader):
             self._path.pop()
 
 
+# YAML 1.2's floats with an exponent but no dot or an unsigned exponent (`1e-3`, `5E4`, `1.0e3`, `.5e1`), which
+# YAML 1.1's resolver leaves as strings; the numbers it already reads (`1.5`, `1.0e-3`, `.inf`) are unchanged
+_BoundedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def read_yaml(text: str, source: str) -> Any:
     """`text` as YAML data (safe types only); a document past the bounds (`_BoundedLoader`), a number Python
     will not convert or anything else the parser rejects is one `ConfigError` naming `source`."""
@@ -374,7 +414,8 @@ def read_yaml(text: str, source: str) -> Any:
     try:
         return loader.get_single_data()
     except _OverBound as err:
-        raise ConfigError(f"{source}: {_where(err.key)} {err.message} (line {err.line})") from None
+        line = "" if err.line is None else f" (line {err.line})"
+        raise ConfigError(f"{source}: {_where(err.key)} {err.message}{line}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -474,22 +515,42 @@ def load_config(path: str | Path) -> RunConfig:
 
 
 def parse_settings(settings: list[str], source: str = "--set") -> dict[str, Any]:
-    """`KEY=VALUE` strings as `{dotted key: value}`, each value read as YAML (`16`, `true`, `[10, 10]`, `batch`)."""
+    """`KEY=VALUE` strings as `{dotted key: value}`, each value read as YAML (`16`, `true`, `[10, 10]`, `batch`,
+    `1e-3`, `null`). An empty value (`train.lr=`) is refused: it would read as null, which is no value at all
+    for most keys and, where an override of None means "not given", would keep the default unnoticed."""
     overrides = {}
     for setting in settings:
         key, sep, text = setting.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{source}: {shown(setting)} is not KEY=VALUE (e.g. memory.update_time=batch)")
-        overrides[key.strip()] = read_yaml(text, f"{source}: value of '{_key_name(key.strip())}'")
+        if not text.strip():
+            raise ConfigError(f"{source}: key '{_key_name(key.strip())}' has no value (KEY=VALUE, e.g. "
+                              f"train.lr=0.001; null where a key may be empty, as memory=null)")
+        value = read_yaml(text, f"{source}: value of '{_key_name(key.strip())}'")
+        overrides[key.strip()] = NULL if value is None else value
     return overrides
 
 
+class _Null:
+    """A `null` written in `--set` (`memory=null`): a value, unlike None, which `apply_overrides` skips."""
+
+    def __repr__(self) -> str:
+        return "null"
+
+
+NULL = _Null()
+
+
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any], source: str = "command line") -> RunConfig:
-    """Set dotted keys (`train.epochs`) from the command line, validated like the file."""
+    """Set dotted keys (`train.epochs`) from the command line, validated like the file. None is an option
+    that was not given and is skipped; `NULL` (`parse_settings`' null) sets the key to None (`memory=null`:
+    a model without memory; `train.lr=null`: an error naming the key)."""
     given = cfg.to_dict()
     for dotted, value in overrides.items():
         if value is None:
             continue
+        if value is NULL:
+            value = None
         node = given
         parts = dotted.split(".")
         for part in parts[:-1]:
