@@ -287,8 +287,15 @@ def test_full_disk_at_checkpoint_reports_it_and_keeps_the_previous_checkpoint(
         one_epoch_run, config_file, data_file, train_cli, tmp_path, monkeypatch, failing_call):
     out = copy_run(one_epoch_run, tmp_path / "run")
     before = (out / CHECKPOINT_NAME).read_bytes()
-    module, name = failing_call.split(".")
-    monkeypatch.setattr({"torch": torch, "os": os}[module], name, no_space_left)
+    if failing_call == "torch.save":
+        monkeypatch.setattr(torch, "save", no_space_left)
+    else:  # the rename of the checkpoint only (the run's other files are renamed into place too)
+        real_replace = os.replace
+
+        def replace(source, target):
+            return no_space_left() if Path(target).name == CHECKPOINT_NAME else real_replace(source, target)
+
+        monkeypatch.setattr(os, "replace", replace)
     code, _, stderr = train_cli(*cli_args(config_file, data_file, out, "--epochs", "2", "--resume"))
     assert code == 2
     assert_one_error_line(stderr, str(out / CHECKPOINT_NAME), "cannot write checkpoint", "No space left on device")
