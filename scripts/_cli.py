@@ -169,5 +169,5 @@ def load_data(args: argparse.Namespace) -> EventStream:
     try:
         return load_dataset(args.data, fmt=args.format, columns=columns)
     except MemoryError:
-        raise DataError(f"{shorten(args.data, PATH_CHARS)}: not enough memory to load it (use a machine with more memory, or fewer "
-                        f"events or feature columns)") from None
+        raise DataError(f"{shorten(args.data, PATH_CHARS)}: not enough memory to load it (use a machine with more "
+                        f"memory, or fewer events or feature columns)") from None

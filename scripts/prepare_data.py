@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _cli import add_data_arguments, load_data, ratio, run_cli  # first: Ctrl-C while importing is `interrupted`, exit 130
+from _cli import add_data_arguments, load_data, ratio, run_cli  # first: Ctrl-C while importing is `interrupted`
 
 import numpy as np
 import pandas as pd
