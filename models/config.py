@@ -8,10 +8,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from common.registry import Registry
 from sampler.config import SamplerConfig
 
 UPDATE_TIMES = ("query", "batch")
 DELIVERIES = ("self", "neighbours")
+
+# The names the top-level `model` key may take. It labels a run in its logs and results.json (the sections
+# compose the model; `edgebank` also selects the untrained baseline); a misspelt label would file a run under
+# a model it is not, so it must be registered: a plugin adds its own with `MODELS.register("name")("what")`.
+MODELS: Registry[str] = Registry("model", "model")
+for _name, _what in (
+    ("tgn", "TGN: GRU memory updater, temporal attention"),
+    ("jodie", "JODIE: RNN memory updater, time projection"),
+    ("apan", "APAN: mailbox transformer, identity embedding, mails to neighbours"),
+    ("tgat", "TGAT: no memory, temporal attention"),
+    ("dyrep", "DyRep: RNN memory updater whose mails carry embeddings, temporal attention"),
+    ("edgebank", "EdgeBank: the memorisation baseline, no training"),
+):
+    MODELS.register(_name)(_what)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ the registry `embedding.module` selects from (these two and temporal attention).
 
 An embedding is an `nn.Module` with `dim_out` (its output size), `uses_neighbours` (False: it reads only
 the roots' states, so the model updates only the roots' memory) and `forward(h, inputs)` returning the
-`(inputs.num_roots, dim_out)` root embeddings from the node states `h`.
+`(inputs.num_roots, dim_out)` root embeddings from the node states `h`. A factory whose embedding runs one
+layer per sampled block (`embedding.layers` of them, output size `embedding.dim_out`) sets `layered = True`
+on itself, so a config is checked to give one `sampler.fanouts` entry per layer before anything is built.
 """
 from __future__ import annotations
 
@@ -111,6 +113,9 @@ def attention_embedding(spec: EmbeddingSpec) -> nn.Module:
     """TGN's temporal graph attention over the sampled neighbours."""
     return TemporalAttention(spec.layers, spec.dim_in, spec.dim_edge, spec.dim_time, spec.dim_out, spec.heads,
                              spec.dropout)
+
+
+attention_embedding.layered = True  # layer l runs on blocks[l]: one fanout per layer
 
 
 @EMBEDDINGS.register("jodie")

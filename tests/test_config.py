@@ -99,9 +99,9 @@ def test_overrides_are_validated():
 
 def test_settings_are_read_as_yaml_and_validated_like_the_file():
     overrides = parse_settings(["memory.update_time=batch", "pipeline.k=16", "pipeline.mitigation.enabled=true",
-                                "sampler.fanouts=[5, 5]"])
+                                "sampler.fanouts=[5, 5]", "embedding.layers=2"])
     assert overrides == {"memory.update_time": "batch", "pipeline.k": 16, "pipeline.mitigation.enabled": True,
-                         "sampler.fanouts": [5, 5]}
+                         "sampler.fanouts": [5, 5], "embedding.layers": 2}
     cfg = apply_overrides(validate_config({}), overrides)
     assert (cfg.memory.update_time, cfg.pipeline.k) == ("batch", 16)
     with pytest.raises(ConfigError, match="memory.update_time"):

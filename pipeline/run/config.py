@@ -31,7 +31,7 @@ from common.registry import Registry
 from graph.loaders import open_regular_file, path_status
 from graph.negatives import NEGATIVE_STRATEGIES
 from models.edgebank import EDGEBANK_MEMORIES
-from models.config import DELIVERIES, UPDATE_TIMES, EmbeddingConfig, MemoryConfig, PredictorConfig
+from models.config import DELIVERIES, MODELS, UPDATE_TIMES, EmbeddingConfig, MemoryConfig, PredictorConfig
 from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS
 from models.predictor import PREDICTORS
@@ -52,6 +52,7 @@ MAX_VALUES = 10_000  # mappings, lists and scalars, each use of a YAML alias cou
 MAX_STRING = 4096  # characters of one string (a plugin path at most PATH_MAX)
 MAX_INTEGER = 2**63 - 1  # integers must fit the int64 they end up in
 SHOWN_CHARS = 80  # how much of a value an error message shows
+MAX_AUTO_ROUNDS = 100  # pipeline.auto.rounds: each round trains every candidate mode (the default is 2)
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,7 @@ def _record(cls: type, values: dict[str, Any]) -> Any:
 
 DEFAULTS: dict[str, Any] = RunConfig().to_dict()
 
-REGISTRIES: tuple[Registry, ...] = (STRATEGIES, UPDATERS, EMBEDDINGS, PREDICTORS, SCHEDULERS)
+REGISTRIES: tuple[Registry, ...] = (MODELS, STRATEGIES, UPDATERS, EMBEDDINGS, PREDICTORS, SCHEDULERS)
 CHOICES: dict[str, tuple[str, ...] | Registry] = {
     "memory.deliver_to": DELIVERIES,
     "memory.update_time": UPDATE_TIMES,
@@ -465,10 +466,18 @@ def _check_values(cfg: RunConfig, source: str) -> None:
     if auto.margin >= 1:
         raise ConfigError(f"{source}: key 'pipeline.auto.margin' must be below 1 (a fraction of the first "
                           f"candidate's time per batch), got {auto.margin}")
+    if auto.rounds > MAX_AUTO_ROUNDS:
+        raise ConfigError(f"{source}: key 'pipeline.auto.rounds' must be at most {MAX_AUTO_ROUNDS} (each round trains "
+                          f"every candidate for 'pipeline.auto.trial_batches' batches), got {shown(auto.rounds)}")
     fanouts = cfg.sampler.fanouts
     if not fanouts or any(f < 0 for f in fanouts):
         raise ConfigError(f"{source}: key 'sampler.fanouts' must be a non-empty list of counts >= 0, "
                           f"got {shown(list(fanouts))}")
+    if getattr(EMBEDDINGS.get(cfg.embedding.module), "layered", False) and len(fanouts) != cfg.embedding.layers:
+        raise ConfigError(f"{source}: keys 'sampler.fanouts' and 'embedding.layers' must agree: embedding "
+                          f"'{cfg.embedding.module}' runs one layer per sampled hop, so 'sampler.fanouts' must have one "
+                          f"entry per layer ('embedding.layers' is {cfg.embedding.layers}), got {len(fanouts)}: "
+                          f"{shown(list(fanouts))}")
     if cfg.embedding.dim_out % cfg.embedding.heads:
         raise ConfigError(f"{source}: key 'embedding.dim_out' must be divisible by 'embedding.heads'")
     if cfg.memory is None and cfg.embedding.module != "attention":
