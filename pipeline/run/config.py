@@ -38,6 +38,7 @@ from models.predictor import PREDICTORS
 from pipeline.engine.config import PipelineConfig
 from pipeline.engine.schedulers import SCHEDULERS
 from pipeline.run.plugins import load_plugins
+from pipeline.run.sizes import check_sizes
 from pipeline.stages.mitigation import SIMILARITIES, MitigationConfig
 from sampler.config import SamplerConfig
 from sampler.temporal import STRATEGIES
@@ -491,12 +492,15 @@ def validate_config(given: dict, source: str = "<config>", base_dir: Path | None
 
     Imports the `plugins` first (`.py` paths relative to `base_dir`, default the working directory) and
     stores them as absolute paths, so the parts they register can be named and the config stays valid.
+    Last, its sizes are bounded for the smallest stream (`pipeline/run/sizes.py`; `build_setup` bounds them
+    again for the stream a run reads).
     """
     check_bounds(given, source)
     merged = _merge(DEFAULTS, given, "", source)
     merged["plugins"] = load_plugins(merged["plugins"], base_dir or Path.cwd(), source)
     cfg = _record(RunConfig, merged)
     _check_values(cfg, source)
+    check_sizes(cfg, source)
     return cfg
 
 

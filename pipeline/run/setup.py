@@ -25,6 +25,7 @@ from pipeline.stages.mitigation import SimilarityTable
 from pipeline.stages.link_prediction import GradientStep, LinkPredictionStages, Mitigation, Scoring, StreamTensors
 from pipeline.run.config import RunConfig
 from pipeline.run.evaluation import split_negatives
+from pipeline.run.sizes import StreamSizes, check_sizes
 from pipeline.run.world import LocalWorld, World, local_batches
 from sampler.tcsr import TCSR
 from sampler.temporal import TemporalSampler
@@ -94,6 +95,7 @@ def build_setup(cfg: RunConfig, events: EventStream, device: torch.device, seed:
     `world` (default: a single process) says how this process takes part in a data-parallel run.
     """
     world = world if world is not None else LocalWorld()
+    check_sizes(cfg, "the config", StreamSizes.of(events))  # before anything of the sizes it sets is allocated
     torch.manual_seed(seed)
     split = run_split(cfg, events, seed)
     require_every_part(events, split)
