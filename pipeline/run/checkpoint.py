@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.errors import CheckpointError, one_line, shorten
+from common.errors import CheckpointError, UserError, one_line, shorten
 from common.files import replacing
 from graph.events import EventStream
-from pipeline.run.config import RunConfig
+from pipeline.run.config import RunConfig, check_bounds, shown
 from pipeline.run.plugins import describe_plugins, missing_plugins
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -42,11 +42,23 @@ SEED_LIMIT = 2**53  # seeds are multiplied by 1000 for torch.manual_seed, which 
 PLAIN_DEPTH = 8  # how deeply a history entry may nest plain data
 
 
+# what of a config does not change the trained model, so a run may be resumed with another value:
+# the `pipeline` section (the mode) and these `train` keys
+UNFINGERPRINTED_TRAIN_KEYS = ("epochs", "patience")
+SHOWN_DIFFERENCES = 3  # how many differing config keys a refused --resume names
+
+
+def _fingerprinted(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a config (as plain data) that changes the trained model (not the epoch count or mode)."""
+    relevant = {k: v for k, v in config.items() if k != "pipeline"}
+    if isinstance(relevant.get("train"), Mapping):
+        relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in UNFINGERPRINTED_TRAIN_KEYS}
+    return relevant
+
+
 def config_fingerprint(cfg: RunConfig) -> str:
     """Hash of everything in the config that changes the trained model (not the epoch count or mode)."""
-    relevant = {k: v for k, v in cfg.to_dict().items() if k not in ("pipeline",)}
-    relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in ("epochs", "patience")}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(_fingerprinted(cfg.to_dict()), sort_keys=True).encode()).hexdigest()[:16]
 
 
 FINGERPRINT_CHUNK = 1 << 22  # events hashed per step
@@ -128,25 +140,75 @@ def load_checkpoint(path: Path, config_fp: str | None, data_fp: str) -> dict[str
     """Read a checkpoint (`read_checkpoint`) and check that it belongs to this dataset and (unless None)
     this config."""
     state = read_checkpoint(path)
-    _check_fingerprints(path, state, config_fp, data_fp)
+    differences = [*_config_differences(state, config_fp, None), *_identity_differences(state, None, data_fp)]
+    if differences:
+        raise CheckpointError(f"{path}: checkpoint was written {', '.join(differences)}")
     return state
 
 
-def resume_checkpoint(path: Path, cfg: RunConfig, data_fp: str) -> dict[str, Any]:
-    """The checkpoint `--resume` continues from: it must record no plugin that `cfg` (the config the user
-    named) does not list, and come from the same config and dataset. Plugins are compared by
-    `check_plugins` (a moved plugin file still counts), everything else by the config's fingerprint."""
+def resume_checkpoint(path: Path, cfg: RunConfig, data_fp: str, seed: int) -> dict[str, Any]:
+    """The checkpoint `--resume` continues from: the run's identity must be the checkpoint's as a whole. It
+    must record no plugin that `cfg` (the config the user named) does not list (`check_plugins`: refused
+    first, with how to name them; a moved plugin file still counts), and the seed, the dataset, the config
+    (by its fingerprint) and the plugins `cfg` lists must be those it was written with; every field that
+    differs is named in one line (config keys with both values)."""
     state = read_checkpoint(path)
     recorded = check_plugins(path, state, cfg.plugins, "list them under 'plugins' in the --config file")
-    _check_fingerprints(path, state, config_fingerprint(dataclasses.replace(cfg, plugins=tuple(recorded))), data_fp)
+    config_fp = config_fingerprint(dataclasses.replace(cfg, plugins=tuple(recorded)))
+    differences = [*_identity_differences(state, seed, data_fp), *_config_differences(state, config_fp, cfg)]
+    extra = missing_plugins(cfg.plugins, recorded)
+    if extra:
+        differences.append(f"without plugin(s) {describe_plugins(extra)}, which the --config file lists")
+    if differences:
+        raise CheckpointError(f"{path}: checkpoint was written {', '.join(differences)}; --resume continues a run "
+                              f"only with the seed, data, config and plugins it was started with")
     return state
 
 
-def _check_fingerprints(path: Path, state: dict[str, Any], config_fp: str | None, data_fp: str) -> None:
-    if config_fp is not None and state["config_fingerprint"] != config_fp:
-        raise CheckpointError(f"{path}: checkpoint was written with a different config")
+def _identity_differences(state: dict[str, Any], seed: int | None, data_fp: str) -> list[str]:
+    """How the checkpoint's seed (unless `seed` is None) and dataset differ from this run's."""
+    differences = []
+    if seed is not None and state["seed"] != seed:
+        differences.append(f"with seed {state['seed']}, not {seed} (pass --seed {state['seed']})")
     if state["dataset_fingerprint"] != data_fp:
-        raise CheckpointError(f"{path}: checkpoint was written for a different dataset")
+        differences.append("for a different dataset")
+    return differences
+
+
+def _config_differences(state: dict[str, Any], config_fp: str | None, cfg: RunConfig | None) -> list[str]:
+    """'with a different config' if the checkpoint's config fingerprint is not `config_fp` (None: not
+    compared), naming the first keys whose values differ from `cfg`'s when its stored config shows them."""
+    if config_fp is None or state["config_fingerprint"] == config_fp:
+        return []
+    keys = _differing_keys(state["config"], cfg.to_dict()) if cfg is not None else []
+    shown = "; ".join(f"'{key}' {theirs} there, {ours} here" for key, theirs, ours in keys[:SHOWN_DIFFERENCES])
+    more = len(keys) - SHOWN_DIFFERENCES
+    detail = f" ({shown}{f'; and {more} more' if more > 0 else ''})" if keys else ""
+    return [f"with a different config{detail}"]
+
+
+def _differing_keys(stored: Any, given: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The dotted keys of the fingerprinted part of the config whose values differ, with both values shown
+    short (stored first). The stored config comes from the checkpoint: its size is bounded first, and a
+    stored config past the bounds shows no keys."""
+    try:
+        check_bounds(stored, "stored config")
+    except UserError:
+        return []
+    if not isinstance(stored, Mapping):
+        return []
+    differing: list[tuple[str, str, str]] = []
+
+    def walk(theirs: Any, ours: Any, key: str) -> None:
+        if isinstance(theirs, Mapping) and isinstance(ours, Mapping):
+            for name in sorted(set(theirs) | set(ours), key=str):
+                walk(theirs.get(name, "<absent>"), ours.get(name, "<absent>"), f"{key}.{name}" if key else str(name))
+        elif theirs != ours or type(theirs) is not type(ours):
+            differing.append((shorten(key), shown(theirs), shown(ours)))
+
+    walk(_fingerprinted({k: v for k, v in stored.items() if k != "plugins"}),
+         _fingerprinted({k: v for k, v in given.items() if k != "plugins"}), "")
+    return differing
 
 
 def recorded_plugins(path: Path, state: dict[str, Any]) -> list[str]:

@@ -128,8 +128,8 @@ def _checkpoint_state(setup: RunSetup, state: TrainingState) -> dict[str, Any]:
 
 def _restore(setup: RunSetup, path: Path) -> TrainingState:
     """The training state `--resume` continues from, with the model and optimizer loaded; a checkpoint of
-    another config, dataset or plugins, or one whose contents do not fit the model, is refused first."""
-    ckpt = resume_checkpoint(path, setup.cfg, dataset_fingerprint(setup.events))
+    another seed, config, dataset or plugins, or one whose contents do not fit the model, is refused first."""
+    ckpt = resume_checkpoint(path, setup.cfg, dataset_fingerprint(setup.events), setup.seed)
     check_contents(path, ckpt, setup.model.state_dict())
     setup.model.load_state_dict(ckpt["model"])
     load_optimizer_state(path, setup.optimizer, ckpt["optimizer"])
