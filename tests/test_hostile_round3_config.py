@@ -14,14 +14,12 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from common.errors import ConfigError
 from graph.synthetic import synthetic_events
 from pipeline.run import setup as run_setup
 from pipeline.run.checkpoint import CHECKPOINT_NAME
@@ -32,24 +30,10 @@ from pipeline.run.setup import build_setup
 from pipeline.run.sizes import MAX_PARAMETERS, MAX_TENSOR_BYTES, SMALLEST, StreamSizes, check_sizes, tensors
 from small import small_sections
 from test_faults import assert_one_error_line, cli_args
+from test_hostile_config import refused  # one short ConfigError line, quickly
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-MAX_MESSAGE = 400  # a refused config is one line, short
-FAST_S = 5.0  # refusing a config costs no allocation, so no time either
 CN = {"predictor": {"module": "common_neighbours"}}
-
-
-def refused(read, *fragments: str) -> str:
-    """Call `read`, expect a one-line ConfigError holding `fragments`, quickly; return its message."""
-    started = time.perf_counter()
-    with pytest.raises(ConfigError) as err:
-        read()
-    assert time.perf_counter() - started < FAST_S
-    message = str(err.value)
-    assert "\n" not in message and len(message) < MAX_MESSAGE, message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 def with_settings(config: Path, *settings: str):
