@@ -54,6 +54,11 @@ READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)  # unreadable file
 ID_LIMIT = 2**63  # ids are int64
 FLOAT_ID_LIMIT = 2**53  # from here on, an id read as a float may have been rounded to another id
 MAX_FLOAT32 = float(np.finfo(np.float32).max)  # features are stored as float32
+MAX_TIME = 1e30
+"""Largest |timestamp| an events file may hold. Times are kept as float64, but the models take their differences
+(between two events, or from 0 for a memory never written) as float32, which ends at 3.4e38: within ±1e30 every
+difference stays below 2e30, a margin of 1e8 for what the models compute from it (products with the time
+encoding's frequencies, sums over a batch). Unix seconds (2e9) and nanoseconds (2e18) are far inside it."""
 # a time column taken by position is implausible when more than this share of rows go back in time ...
 TIME_BACKWARD_SHARE = 0.05
 # ... or when it holds fewer distinct values than this share of the rows (both checked on unsorted files only)
@@ -365,6 +370,8 @@ class _LineBoundedStream:
         self._line = 1  # number of the line the next byte belongs to
         self._line_bytes = 0  # bytes of that line seen so far
         self._first: str | None = None
+        self.first_line_number = 1  # the number of the line `first_line` returns (blank lines come before it)
+        self._widths: _RowWidths | None = None
 
     def _pull(self, size: int) -> bytes:
         try:
@@ -388,28 +395,128 @@ class _LineBoundedStream:
             self._line_bytes = len(chunk) - 1 - max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
 
     def first_line(self) -> str:
-        """The first line (without its line break; BOM dropped, undecodable bytes replaced); an empty file
-        is an error. What it read is still handed out by `read`."""
+        """The first line that is not blank (without its line break; BOM dropped, undecodable bytes replaced);
+        a file without one is an error. Blank lines before it (empty, or blanks and tabs only: pandas skips them
+        too) are dropped and counted in `first_line_number`; what it read after them is still handed out by
+        `read`."""
         if self._first is not None:
             return self._first
-        while not (b"\n" in self._ahead or b"\r" in self._ahead):
+        while True:
+            blank = _LEADING_BLANK_LINES.match(self._ahead).end()
+            if blank:  # dropped at once, so that a file of blank lines is read in bounded memory
+                dropped = self._ahead[:blank]
+                self.first_line_number += dropped.count(b"\n") + dropped.count(b"\r") - dropped.count(b"\r\n")
+                self._ahead = self._ahead[blank:]
+            end = re.search(rb"[\r\n]", self._ahead)
+            if end is not None and self._ahead[:end.start()].strip(b" \t"):
+                line = self._ahead[:end.start()]
+                break
             chunk = self._pull(READ_CHUNK)
             if not chunk:
+                line = self._ahead.rstrip(b"\r")  # the file's one line without a line break, or blanks
                 break
             self._ahead += chunk
-        line = re.split(rb"[\r\n]", self._ahead, maxsplit=1)[0].decode("utf-8-sig", errors="replace")
-        if not line.strip():
+        text = line.decode("utf-8-sig", errors="replace")
+        if not text.strip():
             raise DataError(f"{self.path}: file is empty (no header and no events)")
-        self._first = line
-        return line
+        self._first = text
+        return text
+
+    def check_widths(self, sep: str, header: bool) -> None:
+        """From now on, refuse a line whose number of fields differs from the first line's (see `_RowWidths`);
+        call before the first `read`."""
+        self._widths = _RowWidths(self.path, self.first_line(), sep, header, self.first_line_number)
 
     def read(self, size: int = -1) -> bytes:
         if self._ahead:
             chunk, self._ahead = (self._ahead, b"") if size < 0 else (self._ahead[:size], self._ahead[size:])
-            return chunk
-        if size >= 0:
-            return self._pull(size)
-        return b"".join(iter(lambda: self._pull(READ_CHUNK), b""))
+        elif size >= 0:
+            chunk = self._pull(size)
+        else:
+            chunk = b"".join(iter(lambda: self._pull(READ_CHUNK), b""))
+        if self._widths is not None:
+            self._widths.feed(chunk)
+        return chunk
+
+
+_LEADING_BLANK_LINES = re.compile(rb"(?:[ \t]*(?:\r\n|\n|\r(?!\Z)))*")  # a CR at the end may start a CR LF
+
+
+class _RowWidths:
+    """Checks, on the bytes handed to pandas, that every line that is not blank has as many fields as the first
+    line (the header, or the first row). pandas itself refuses only a later line that is wider: a shorter one
+    it fills with NaN (so a missing time was reported as "found nan", a value the file does not hold), and a
+    first data row one field wider than the header it silently takes as the index, shifting every column.
+
+    Lines end at LF, CR or CR LF and are numbered as an editor numbers them, blank lines included; a line of
+    only blanks and tabs is skipped, as pandas skips it. Fields are split at "," or, for the whitespace
+    separator, at runs of blanks and tabs; quoting is off, as for the parser. The work is a few vectorised
+    passes over each chunk; only the unfinished last line is carried to the next one (at most MAX_LINE_BYTES).
+    """
+
+    def __init__(self, path: Path, first_line: str, sep: str, header: bool, first_line_number: int = 1) -> None:
+        self.path = path
+        self.first_line_number = first_line_number
+        self.expected = _field_count(first_line, sep)
+        self._comma = sep == ","
+        self._header = header
+        self._tail = b""  # the unfinished last line of what was fed
+        self._after_cr = False  # the last byte fed was CR (an LF right after it starts no new line)
+        self._line = first_line_number  # the number of the line `_tail` belongs to
+        self._rows = 0  # lines with fields so far, the first one included
+
+    def feed(self, chunk: bytes) -> None:
+        """Check the lines `chunk` completes; an empty chunk (the end of the file) checks the last line."""
+        data = self._tail + chunk
+        if not data:
+            return
+        array = np.frombuffer(data, np.uint8)
+        ends = np.flatnonzero((array == 10) | (array == 13))
+        if not chunk:  # the end of the file: the last line has no line break
+            ends = np.array([len(data)])
+        elif not len(ends):
+            self._tail = data
+            return
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        self._check(array, starts, ends, chunk)
+        self._after_cr = data[-1:] == b"\r"
+        self._tail = data[ends[-1] + 1:]
+
+    def _check(self, array: np.ndarray, starts: np.ndarray, ends: np.ndarray, chunk: bytes) -> None:
+        """Check the lines array[starts[k]:ends[k]], then count them into `_line` and `_rows`."""
+        fields = self._fields(array, starts, ends)
+        bad = (fields > 0) & (fields != self.expected)
+        if self._rows == 0:  # the first line with fields (the one first_line returned) sets the width
+            bad[np.argmax(fields > 0)] = False
+        if chunk:  # an LF right after CR (also across chunks) ends an empty piece of the same line
+            before = np.where(ends > 0, array[np.maximum(ends - 1, 0)], 13 if self._after_cr else 0)
+            new_line = ~((array[ends] == 10) & (before == 13))
+        else:
+            new_line = np.zeros(len(ends), dtype=bool)
+        if bad.any():
+            k = int(np.argmax(bad))
+            line = self._line + int(np.count_nonzero(new_line[:k]))
+            data_row = self._rows + int(np.count_nonzero(fields[:k])) + 1 - int(self._header)
+            reference = "the header has" if self._header else f"line {self.first_line_number:,} has"
+            raise DataError(f"{self.path}: line {line:,} (data row {data_row:,}) has {int(fields[k]):,} "
+                            f"column{'s' if fields[k] != 1 else ''} where {reference} {self.expected:,}")
+        self._line += int(np.count_nonzero(new_line))
+        self._rows += int(np.count_nonzero(fields))
+
+    def _fields(self, array: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """The number of fields of each line array[starts[k]:ends[k]], 0 for a blank one."""
+        blank_or_end = (array == 32) | (array == 9) | (array == 10) | (array == 13)
+        if self._comma:
+            commas = np.flatnonzero(array == 44)
+            fields = np.searchsorted(commas, ends) - np.searchsorted(commas, starts) + 1
+            unsure = (fields == 1) & (ends > starts)  # no comma: one field, or a blank line
+            fields[ends == starts] = 0
+            if unsure.any():
+                content = np.flatnonzero(~blank_or_end)
+                fields[unsure & (np.searchsorted(content, ends) == np.searchsorted(content, starts))] = 0
+            return fields
+        field_starts = np.flatnonzero(~blank_or_end & np.concatenate([[True], blank_or_end[:-1]]))
+        return np.searchsorted(field_starts, ends) - np.searchsorted(field_starts, starts)
 
 
 class _open_events:  # noqa: N801  (used as a context manager, like open)
@@ -471,11 +578,13 @@ def _read_frames(path: Path, text: _LineBoundedStream, layout: _Layout,
     0-based numbers in the file; parser failures and files without data rows become DataErrors. The first
     line's width is checked against MAX_COLUMNS first (pandas refuses later lines wider than it)."""
     if _field_count(text.first_line(), layout.sep) > MAX_COLUMNS:
-        raise DataError(f"{path}: line 1 has more than {MAX_COLUMNS:,} columns, the limit for an events file "
+        raise DataError(f"{path}: line {text.first_line_number:,} has more than {MAX_COLUMNS:,} columns, the limit for an events file "
                         f"(src, dst, t and edge features)")
+    text.check_widths(layout.sep, header=layout.header is not None)
     with _parse_errors(path):
+        # keep_default_na=False: a cell such as "", "NA" or "null" stays the text it is, so an error quotes it
         table = pd.read_csv(text, sep=layout.sep, header=layout.header, float_precision="round_trip",
-                            quoting=csv.QUOTE_NONE, chunksize=chunk_rows)
+                            quoting=csv.QUOTE_NONE, keep_default_na=False, chunksize=chunk_rows)
     frames = iter([table] if chunk_rows is None else table)
     rows = 0
     while True:
@@ -741,8 +850,18 @@ def _event_columns(frame: pd.DataFrame, path: Path, src: str, dst: str, time: st
     _require_columns(frame, (src, dst, time), path)
     return RawEvents(
         src=_node_id_column(frame, src, path), dst=_node_id_column(frame, dst, path),
-        t=_finite_numbers(frame, [time], path, "timestamp")[:, 0],
+        t=_time_column(frame, time, path),
     )
+
+
+def _time_column(frame: pd.DataFrame, column: object, path: Path) -> np.ndarray:
+    """A column of timestamps as float64; a cell that is not a finite number, or lies beyond ±MAX_TIME, is an
+    error naming its row."""
+    t = _finite_numbers(frame, [column], path, "timestamp")[:, 0]
+    limit = f"{MAX_TIME:.0e}".replace("e+", "e")
+    _raise_at_first(np.abs(t) > MAX_TIME, frame, [column], path, f"timestamp is out of range: times must lie "
+                    f"within ±{limit}, so that every time difference fits the model's float32 time encoding")
+    return t
 
 
 def _tgl_frame(frame: pd.DataFrame, path: Path) -> RawEvents:
@@ -774,7 +893,7 @@ def _positional_frame(frame: pd.DataFrame, path: Path, columns: ColumnChoice | N
         feature_columns = [column for _, column in features]
     raw = RawEvents(
         src=_node_id_column(frame, src_column, path), dst=_node_id_column(frame, dst_column, path),
-        t=_finite_numbers(frame, [time_column], path, "timestamp")[:, 0],
+        t=_time_column(frame, time_column, path),
         edge_feat=_edge_feature_columns(frame, feature_columns, path) if feature_columns else None,
     )
     if columns is None:
