@@ -160,7 +160,7 @@ def train_run(args: argparse.Namespace) -> dict:
     means = stats.stage_mean_s
     return {
         "mode": args.modes, "events_per_s": sum(len(b) for b in stages.batches) / seconds, "seconds": seconds,
-        "batches": len(stages.batches), "auto_chose": scheduler.chosen if isinstance(scheduler, Auto) else "",
+        "batches": len(stages.batches), "auto_chose": str(scheduler.chosen) if isinstance(scheduler, Auto) else "",
         **{f"{stage}_ms": 1000 * means.get(stage, 0.0) for stage in STAGE_TIMES},
         "fetch_ms": 1000 * means.get("fetch_features", 0.0), "k_mean": float(np.mean(stats.k)),
         "setup_s": setup_s, **roots_per_s,

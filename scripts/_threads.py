@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pipeline.engine.host_threads import available_cores
+
 logger = logging.getLogger(__name__)
 
 
@@ -27,13 +29,6 @@ def thread_plan(num_cores: int) -> ThreadPlan:
     so torch's inter-op pool gets one thread.
     """
     return ThreadPlan(intra_op=max(1, num_cores), inter_op=1)
-
-
-def available_cores() -> int:
-    """Cores this process may run on (respects CPU affinity, e.g. in containers)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def configure_threads(num_cores: int | None = None) -> ThreadPlan:

@@ -13,7 +13,7 @@ Data-parallel on N processes (docs/distributed.md); rank 0 writes --out, rank r 
 """
 from __future__ import annotations
 
-from _cli import add_data_arguments, configure_process, load_data, run_cli  # first: Ctrl-C while importing
+from _cli import add_data_arguments, configure_process, load_data, positive_int, run_cli  # first: Ctrl-C while importing
 
 import argparse
 import fcntl
@@ -59,7 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override any config key, e.g. --set memory.update_time=batch (repeatable; applied last)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--threads", type=int, default=None, help="CPU cores torch may use (default: all available)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU cores torch may use (default: all available, and pipeline.mode auto may train with "
+                             "half as many where that is faster)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -81,6 +83,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         "pipeline.k": args.k,
         "pipeline.mitigation.enabled": args.mitigation,
         "pipeline.delayed_fetch": args.delayed_fetch,
+        "pipeline.auto.threads": None if args.threads is None else [args.threads],
         **parse_settings(args.set),
     })
 

@@ -188,15 +188,21 @@ def test_mitigation_blends_stale_roots_in_a_real_run_and_reports_them(uci_events
 
 
 def test_auto_mode_reports_its_choice_in_results_tensorboard_and_the_console(events, tmp_path, capsys):
-    cfg = small_config(pipeline={"mode": "auto", "auto": {"trial_batches": 3, "rounds": 1, "recheck_every": 400}})
+    threads = torch.get_num_threads()
+    fixed = threads + 1  # a count the process does not have: the run must give the caller its own back
+    cfg = small_config(pipeline={"mode": "auto", "auto": {"threads": [fixed], "trial_batches": 3, "rounds": 1,
+                                                          "recheck_every": 400}})
     results = run(cfg, events, tmp_path)
+    assert torch.get_num_threads() == threads
     assert results["mode"] == "auto"
-    assert results["auto"]["mode"] in ("sequential", "presample", "mspipe")
+    assert results["auto"]["mode"] in ("sequential", "presample", "mspipe") and results["auto"]["threads"] == fixed
     decision = results["auto"]["decisions"][0]
-    assert decision["mode"] == results["auto"]["mode"] and set(decision["ms_per_batch"]) == {
-        "sequential", "presample", "mspipe"}
-    assert all(h["auto_mode"] == results["auto"]["mode"] for h in results["history"])
+    assert decision["mode"] == results["auto"]["mode"] and decision["setting"] == f"{decision['mode']}@{fixed}"
+    assert f"sequential@{fixed}" in decision["ms_per_batch"]  # the others were tried or shown unable to pay
+    assert set(decision["ms_per_batch"]) | set(decision["skipped_ms_bound"]) == {
+        f"sequential@{fixed}", f"presample@{fixed}", f"mspipe@{fixed}"}
+    assert all(h["auto_mode"] == decision["setting"] for h in results["history"])
     assert json.loads((tmp_path / "results.json").read_text())["auto"] == results["auto"]
-    assert f"pipeline auto: {decision['mode']} from batch {decision['batch']}" in capsys.readouterr().out
+    assert f"pipeline auto: {decision['setting']} from batch {decision['batch']}" in capsys.readouterr().out
     scalars = EventAccumulator(str(tmp_path)).Reload().Tags()["scalars"]
-    assert "pipeline/auto_mode" in scalars and "pipeline/auto_ms_per_batch/mspipe" in scalars
+    assert "pipeline/auto_setting" in scalars and f"pipeline/auto_ms_per_batch/sequential@{fixed}" in scalars

@@ -7,18 +7,24 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class AutoConfig:
-    """`pipeline.auto`: the modes `auto` tries on the running job, batches per trial, trials per mode, how
-    many batches the chosen mode runs before the trials run again, by how much (a fraction of its time per
-    batch) another mode must beat the first candidate to be chosen over it (the first is the one without
-    staleness, and a gain within the machine's noise is not worth staleness), and how much slower than the
-    fastest a mode may be after a round and still run the next (a clear loser's trials only cost time)."""
+    """`pipeline.auto`: the modes `auto` tries on the running job and the train stage's thread counts it
+    tries them at (empty: the run's count and half of it; `--threads N` fixes N), batches per trial, trials
+    per setting, how many batches the chosen setting runs before the trials run again, by how much (a
+    fraction of its time per batch) another setting must beat the first to be chosen over it (the first is
+    the one without staleness, and a gain within the machine's noise is not worth staleness), how much
+    slower than the fastest a setting may be after a round and still run the next (a clear loser's trials
+    only cost time), and how often (batches) and by how much (a fraction) a slowdown of the chosen setting
+    is checked for, which starts the trials again."""
 
     candidates: tuple[str, ...] = ("sequential", "presample", "mspipe")
+    threads: tuple[int, ...] = ()
     trial_batches: int = 8
     rounds: int = 2
     recheck_every: int = 1000
     margin: float = 0.03
     drop: float = 0.1
+    watch_batches: int = 20
+    slowdown: float = 0.3
 
 
 @dataclass(frozen=True)

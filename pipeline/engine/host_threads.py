@@ -17,6 +17,10 @@ about them:
 - `switch_interval_s`: a thread that waits for the GIL gets it only when the holder drops it, at the
   latest after Python's switch interval (5 ms by default). The train step re-acquires the GIL after
   every torch call; a shorter interval during the pipelined phase bounds each wait.
+
+The train stage's own thread count is a choice too: on a machine shared with other jobs, every OpenMP
+region waits at its barrier for a thread the kernel has descheduled, and fewer threads than cores run
+faster (docs/pipeline-on-cpu.md). `thread_options` are the counts `pipeline.mode: auto` tries.
 """
 from __future__ import annotations
 
@@ -51,6 +55,26 @@ def keep_off_training(policy: HostThreadPolicy) -> None:
     if policy.sched_idle and sys.platform.startswith("linux"):
         with contextlib.suppress(OSError):
             os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects CPU affinity, e.g. in containers)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def thread_options(threads: int) -> tuple[int, ...]:
+    """The train stage's thread counts worth trying when `threads` is what the run started with: those
+    and half as many (a shared machine's other jobs take cores away), largest first."""
+    return tuple(sorted({threads, max(1, threads // 2)}, reverse=True))
+
+
+def use_threads(threads: int | None) -> None:
+    """Run torch's intra-op work in the calling thread (the train stage's) with `threads` threads; None
+    leaves the count as it is."""
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

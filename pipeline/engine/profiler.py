@@ -8,18 +8,27 @@ stage event the runner records, so the bound follows the run as it speeds up or 
     k_min = clamp(ceil((tau_fetch_memory + tau_train + tau_update_memory) / P), 1, k_max)
 
 `P` is the busiest resource's time per batch; feature fetch and memory fetch count as one resource
-because they share the host-to-device path.
+because they share the host-to-device path. `pipelined_time_bound` turns the same times, with the CPU
+time each stage used, into the shortest time per batch any pipelined mode could reach on the cores there
+are; `pipeline.mode: auto` skips the modes that cannot beat what it has measured.
 """
 from __future__ import annotations
 
 import math
+import statistics
 import threading
+from dataclasses import dataclass, field
 
 STAGES = ("sample", "fetch_features", "fetch_memory", "train", "update_memory")
 
 # A ratio this close above an integer is float noise (0.01 + 0.02 + 0.01 != 0.04), not a need for one
 # more batch of staleness.
 _RATIO_SLACK = 1e-9
+
+
+def busiest_stage_time(taus: dict[str, float]) -> float:
+    """`P`: the time per batch of the busiest resource when every stage runs beside the others."""
+    return max(taus["sample"], taus["fetch_features"] + taus["fetch_memory"], taus["train"], taus["update_memory"])
 
 
 def minimal_staleness(taus: dict[str, float], k_max: int) -> int:
@@ -29,16 +38,44 @@ def minimal_staleness(taus: dict[str, float], k_max: int) -> int:
     training i starts, so `tau_fetch_memory + tau_train + tau_update_memory <= k * P`. Unmeasured
     (all-zero) times give 1: there is nothing to hide yet.
     """
-    period = max(
-        taus["sample"],
-        taus["fetch_features"] + taus["fetch_memory"],
-        taus["train"],
-        taus["update_memory"],
-    )
+    period = busiest_stage_time(taus)
     if period <= 0:
         return 1
     ratio = (taus["fetch_memory"] + taus["train"] + taus["update_memory"]) / period
     return min(max(math.ceil(ratio - _RATIO_SLACK), 1), k_max)
+
+
+def pipelined_time_bound(wall_s: dict[str, float], cpu_s: dict[str, float], cores: int) -> float:
+    """The shortest time per batch a pipelined mode could reach, from one sequential batch's stage times.
+
+    `wall_s` and `cpu_s` are each stage's elapsed time and the process CPU time it used (all threads).
+    Overlap hides a host stage's waiting (disk, device) but its CPU work needs a core: only the core
+    time the train stage leaves idle (`cores * wall - cpu`; OpenMP threads spinning between regions count
+    as busy) can absorb it, and the rest lengthens every batch. So the bound is the busiest stage's time or
+    the train stage plus the host CPU work that finds no idle core, whichever is longer.
+    """
+    host_cpu = sum(seconds for stage, seconds in cpu_s.items() if stage != "train")
+    idle = max(0.0, cores * wall_s["train"] - cpu_s["train"])
+    return max(busiest_stage_time(wall_s), wall_s["train"] + max(0.0, host_cpu - idle))
+
+
+@dataclass(frozen=True)
+class SegmentTiming:
+    """What a run of consecutive batches measured.
+
+    `batch_s`: the time between consecutive train ends, one per batch after the first: each batch's steady
+    time, since a pipeline's fill and drain fall outside it. `stage_wall_s` and `stage_cpu_s`: the median
+    elapsed and process CPU seconds of each stage over the segment's sequential batches (empty if none).
+    """
+
+    batch_s: tuple[float, ...]
+    stage_wall_s: dict[str, float] = field(default_factory=dict)
+    stage_cpu_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds_per_batch(self) -> float | None:
+        """The median of `batch_s`, so that a stall of a few batches does not decide; None without any."""
+        return statistics.median(self.batch_s) if self.batch_s else None
 
 
 class StageProfiler:

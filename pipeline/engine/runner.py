@@ -51,9 +51,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.engine.host_threads import HostThreadPolicy, keep_off_training, switch_interval
+from pipeline.engine.host_threads import HostThreadPolicy, keep_off_training, switch_interval, use_threads
 from pipeline.engine.schedulers import Scheduler
-from pipeline.engine.profiler import STAGES, StageProfiler
+from pipeline.engine.profiler import STAGES, SegmentTiming, StageProfiler
 
 __all__ = ["STAGES", "StageFunctions", "StageEvent", "RunStats", "run_batches"]
 
@@ -147,26 +147,36 @@ class _Recorder:
         self.staleness = [0] * num_batches
         self.start = {stage: [None] * num_batches for stage in STAGES}
         self.end = {stage: [None] * num_batches for stage in STAGES}
+        self.alone: dict[str, list[tuple[float, float] | None]] = {stage: [None] * num_batches for stage in STAGES}
 
     def now(self) -> float:
         """Seconds since the run started."""
         return time.perf_counter() - self.t0
 
-    def record(self, stage: str, batch: int, start: float, end: float, staleness_seen: int | None = None) -> None:
+    def record(self, stage: str, batch: int, start: float, end: float, staleness_seen: int | None = None,
+               cpu_s: float | None = None) -> None:
         """Keep one finished stage event and feed its duration to the profiler; a memory fetch that
-        reports the staleness its read saw replaces the value scheduled at its start."""
+        reports the staleness its read saw replaces the value scheduled at its start. `cpu_s`: the process
+        CPU time the stage used, known when it ran alone (a sequential batch)."""
         if staleness_seen is not None:
             self.staleness[batch] = staleness_seen
         self.events.append(StageEvent(batch, stage, start, end))
         self.end[stage][batch] = end
+        if cpu_s is not None:
+            self.alone[stage][batch] = (end - start, cpu_s)
         self.profiler.record(stage, end - start)
 
-    def seconds_per_batch(self, batches: range) -> float | None:
-        """The steady time per batch of `batches`: the span between their first and last train end over
-        the batches in between (a pipeline's fill and drain are not counted); None for fewer than 2."""
-        if len(batches) < 2:
-            return None
-        return (self.end["train"][batches.stop - 1] - self.end["train"][batches.start]) / (len(batches) - 1)
+    def timing(self, batches: range) -> SegmentTiming:
+        """What `batches` measured: time between consecutive train ends, and the median elapsed and CPU
+        time of each stage over those of them that ran sequentially."""
+        ends = [self.end["train"][i] for i in batches]
+        alone = {stage: [self.alone[stage][i] for i in batches if self.alone[stage][i] is not None]
+                 for stage in STAGES}
+        measured = all(alone.values())
+        return SegmentTiming(
+            batch_s=tuple(np.diff(ends).tolist()),
+            stage_wall_s={stage: float(np.median([w for w, _ in alone[stage]])) for stage in STAGES} if measured else {},
+            stage_cpu_s={stage: float(np.median([c for _, c in alone[stage]])) for stage in STAGES} if measured else {})
 
     def stats(self) -> RunStats:
         return RunStats(
@@ -183,14 +193,14 @@ def _run_sequential(stages: StageFunctions, batches: range, rec: _Recorder, stop
         for stage in STAGES:
             if stop is not None and stop.is_set():
                 raise KeyboardInterrupt
-            start = rec.now()
+            start, cpu = rec.now(), time.process_time()
             rec.start[stage][i] = start
             try:
                 ctx, seen = call_stage(stages, stage, i, ctx, 0)
             except BaseException as err:
                 annotate(err, stage, i)
                 raise
-            rec.record(stage, i, start, rec.now(), seen)
+            rec.record(stage, i, start, rec.now(), seen, time.process_time() - cpu)
         if on_batch_done is not None:
             on_batch_done(i)
 
@@ -393,7 +403,8 @@ def run_batches(num_batches: int, stages: StageFunctions, scheduler: Scheduler, 
 
     `profiler` (a fresh one if None) is updated with every stage event and read by the scheduler. The
     scheduler may split the batches into segments, each run under a scheduler of its choice
-    (`Scheduler.segment`), and is told each segment's time per batch (`Scheduler.segment_done`).
+    (`Scheduler.segment`) with the train stage's thread count it names (`Scheduler.segment_threads`; it
+    stays in force after the segment), and is told what each segment measured (`Scheduler.segment_done`).
     """
     profiler = profiler if profiler is not None else StageProfiler()
     rec = _Recorder(num_batches, profiler)
@@ -402,7 +413,8 @@ def run_batches(num_batches: int, stages: StageFunctions, scheduler: Scheduler, 
     start = 0
     while start < num_batches:
         segment, end = scheduler.segment(start, num_batches)
+        use_threads(scheduler.segment_threads())
         _run_segment(stages, segment, range(start, end), rec, stop, on_batch_done, host_policy)
-        scheduler.segment_done(segment, range(start, end), rec.seconds_per_batch(range(start, end)))
+        scheduler.segment_done(segment, range(start, end), rec.timing(range(start, end)))
         start = end
     return rec.stats()

@@ -19,8 +19,9 @@ Modes:
 - `MSPipe`: warm-up batches run sequentially to measure stage times, then every batch gets the minimal
   bound computed online (`pipeline.engine.profiler.minimal_staleness`), and the memory fetch is delayed to the
   latest start that still has it ready when training is due, so it sees every update finished by then.
-- `Auto`: tries the candidate modes on the running job, a few batches each, keeps the fastest and tries
-  again now and then (the runner runs each of its segments under the mode it names).
+- `Auto`: tries the candidate modes at a few train-stage thread counts on the running job, a few batches
+  each, keeps the fastest and tries again now and then or when it slows down (the runner runs each of
+  its segments under the mode and thread count it names).
 
 `SCHEDULERS` holds a factory per mode, called with the config's `pipeline` section; `pipeline.mode`
 selects one by name, and a new scheduler is a `Scheduler` subclass plus a registered factory.
@@ -29,11 +30,17 @@ selects one by name, and a new scheduler is a `Scheduler` subclass plus a regist
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
 
 from common.registry import Registry
 from pipeline.engine.config import AutoConfig, PipelineConfig
-from pipeline.engine.profiler import StageProfiler
+from pipeline.engine.host_threads import available_cores, thread_options
+from pipeline.engine.profiler import SegmentTiming, StageProfiler, pipelined_time_bound
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +87,12 @@ class Scheduler:
         """The scheduler that runs batches `start` up to the returned end; default: itself, all the rest."""
         return self, num_batches
 
-    def segment_done(self, scheduler: Scheduler, batches: range, seconds_per_batch: float | None) -> None:
-        """What a segment measured: its steady time per batch (None: too few batches to tell)."""
+    def segment_threads(self) -> int | None:
+        """The train stage's thread count for the segment `segment` just named (None: leave it as it is)."""
+        return None
+
+    def segment_done(self, scheduler: Scheduler, batches: range, timing: SegmentTiming) -> None:
+        """What a segment measured: the time per batch and, for its sequential batches, per stage."""
 
 
 class Sequential(Scheduler):
@@ -166,81 +177,175 @@ class MSPipe(Scheduler):
                                    profiler.tau("train"), profiler.tau("fetch_memory"))
 
 
+@dataclass(frozen=True)
+class Setting:
+    """What `Auto` tries and keeps: a mode and the train stage's thread count (None: as the run started)."""
+
+    mode: str
+    threads: int | None = None
+
+    def __str__(self) -> str:
+        return self.mode if self.threads is None else f"{self.mode}@{self.threads}"
+
+
 class Auto(Scheduler):
-    """Picks the fastest mode on the running job: each candidate trains `trial_batches` batches, `rounds`
-    times in turn, and the one with the shortest mean time per batch runs until `recheck_every` batches
-    later, when the trials run again. After each round, a candidate slower than the fastest by more
-    than `drop` (a fraction) runs no more trials. The first candidate is kept unless another is faster
-    by at least `margin` (a fraction of the first's time). Candidates keep their own state (a reused `MSPipe` keeps its bound
-    and warm-up), so each trial segment is that mode exactly, and a trial cut short by the end of an
-    epoch carries on in the next. `decisions` keeps every choice with the times it was based on.
+    """Picks the fastest setting (mode and thread count) on the running job.
+
+    Trials: each setting (a candidate mode at every thread count, in that order, so the sequential trials
+    come first) trains `trial_batches` batches, `rounds` times in turn, and the one with the
+    shortest median time per batch over its trials runs from then on (a median, so a trial that lands in
+    a stall of a shared machine does not decide). The first setting (the first candidate mode at the first
+    thread count) is kept unless another is faster by at least `margin` (a fraction of the first's time).
+    After each round, a setting slower than the fastest by more than `drop` runs no more trials. A
+    pipelined setting whose best possible time (`pipelined_time_bound`, from the sequential trial at its
+    thread count) cannot beat the fastest measured by `margin` is not tried at all: on a machine where
+    nothing can overlap, `auto` costs only the sequential trials.
+
+    Watch: the kept setting runs in segments of `watch_batches`; one whose median time per batch is more
+    than `slowdown` (a fraction) above or below what the trials measured starts the trials again (another
+    job took the cores, or gave them back), and so do `recheck_every` batches.
+    Settings keep their own scheduler (a reused `MSPipe` keeps its bound and warm-up), so each trial segment
+    is that mode exactly, and a trial cut short by the end of an epoch carries on in the next.
+    `decisions` keeps every choice with the times it was based on.
     """
 
-    def __init__(self, candidates: dict[str, Scheduler], trial_batches: int = AutoConfig.trial_batches,
-                 rounds: int = AutoConfig.rounds, recheck_every: int = AutoConfig.recheck_every,
-                 margin: float = AutoConfig.margin, drop: float = AutoConfig.drop) -> None:
+    def __init__(self, candidates: dict[str, Callable[[], Scheduler]], threads: tuple[int, ...] = (),
+                 trial_batches: int = AutoConfig.trial_batches, rounds: int = AutoConfig.rounds,
+                 recheck_every: int = AutoConfig.recheck_every, margin: float = AutoConfig.margin,
+                 drop: float = AutoConfig.drop, watch_batches: int = AutoConfig.watch_batches,
+                 slowdown: float = AutoConfig.slowdown, cores: int = 1) -> None:
         if (not candidates or trial_batches < 2 or rounds < 1 or recheck_every < 1 or not 0 <= margin < 1
-                or drop < 0):
-            raise ValueError("auto needs candidates, trial_batches >= 2, rounds >= 1, recheck_every >= 1, "
-                             f"0 <= margin < 1 and drop >= 0, got {list(candidates)}, {trial_batches}, {rounds}, "
-                             f"{recheck_every}, {margin}, {drop}")
-        self.candidates = candidates
+                or drop < 0 or watch_batches < 2 or slowdown < 0 or any(t < 1 for t in threads) or cores < 1):
+            raise ValueError("auto needs candidates, threads >= 1, trial_batches >= 2, rounds >= 1, recheck_every >= 1, "
+                             "0 <= margin < 1, drop >= 0, watch_batches >= 2, slowdown >= 0 and cores >= 1, got "
+                             f"{list(candidates)}, {threads}, {trial_batches}, {rounds}, {recheck_every}, {margin}, "
+                             f"{drop}, {watch_batches}, {slowdown}, {cores}")
+        self.settings = {Setting(mode, count): make() for mode, make in candidates.items()
+                         for count in (threads or (None,))}
         self.trial_batches = trial_batches
         self.rounds = rounds
         self.recheck_every = recheck_every
         self.margin = margin
         self.drop = drop
-        self.chosen: str | None = None
+        self.watch_batches = watch_batches
+        self.slowdown = slowdown
+        self.cores = cores
+        self.chosen: Setting | None = None
         self.decisions: list[dict] = []
         self._batches_seen = 0
         self._since_choice = 0
-        self._trials: list[str] = []
-        self._measured: dict[str, list[float]] = {}
+        self._round = 0
+        self._queue: list[Setting] = []  # settings still to try in this round
+        self._batch_s: dict[Setting, list[float]] = {}
+        self._alone: dict[int | None, SegmentTiming] = {}  # thread count -> a sequential trial's stage times
+        self._skipped: dict[Setting, float] = {}  # setting -> its bound, where that could not pay
+        self._current: Setting | None = None
+        self._recheck = True
+
+    @property
+    def first(self) -> Setting:
+        """The setting kept unless another beats it by `margin`."""
+        return next(iter(self.settings))
 
     def segment(self, start: int, num_batches: int) -> tuple[Scheduler, int]:
-        if not self._trials and (self.chosen is None or self._since_choice >= self.recheck_every):
-            self._trials = list(self.candidates) * self.rounds
-            self._measured = {name: [] for name in self.candidates}
-        if self._trials:
-            return self.candidates[self._trials[0]], min(num_batches, start + self.trial_batches)
-        return self.candidates[self.chosen], min(num_batches, start + self.recheck_every - self._since_choice)
+        if self._recheck and not self._queue:
+            self._start_trials()
+        if self._queue:
+            self._current = self._queue[0]
+            return self.settings[self._current], min(num_batches, start + self.trial_batches)
+        self._current = self.chosen
+        left = self.recheck_every - self._since_choice
+        return self.settings[self.chosen], min(num_batches, start + min(self.watch_batches, left))
 
-    def segment_done(self, scheduler: Scheduler, batches: range, seconds_per_batch: float | None) -> None:
+    def segment_threads(self) -> int | None:
+        return None if self._current is None else self._current.threads
+
+    def segment_done(self, scheduler: Scheduler, batches: range, timing: SegmentTiming) -> None:
         self._batches_seen += len(batches)
-        if not self._trials:
-            self._since_choice += len(batches)
+        if not self._queue:
+            self._watch(len(batches), timing)
             return
-        if seconds_per_batch is not None:
-            self._measured[self._trials[0]].append(seconds_per_batch)
-        if len(batches) == self.trial_batches or seconds_per_batch is not None:
-            self._trials.pop(0)
-            self._drop_clear_losers()
-        if not self._trials:
-            self._choose()
+        setting = self._queue[0]
+        if timing.seconds_per_batch is None and len(batches) < self.trial_batches:
+            return  # cut short before it could be timed: the trial goes on in the next segment
+        self._queue.pop(0)
+        self._batch_s[setting].extend(timing.batch_s)
+        if timing.stage_wall_s and isinstance(scheduler, Sequential):
+            self._alone[setting.threads] = timing
+        self._next_trial()
 
-    def _drop_clear_losers(self) -> None:
-        """Once every candidate has a trial, one slower than the fastest by more than `drop` runs no more
-        trials: further rounds are for close calls, and each trial of a clear loser costs time."""
-        means = {name: sum(times) / len(times) for name, times in self._measured.items() if times}
-        if len(means) < len(self.candidates):
-            return
-        limit = (1 + self.drop) * min(means.values())
-        self._trials = [name for name in self._trials if means[name] <= limit]
+    def _start_trials(self) -> None:
+        self._recheck = False
+        self._round = 0
+        self._batch_s = {setting: [] for setting in self.settings}
+        self._alone, self._skipped = {}, {}
+        self._queue = list(self.settings)
+        self._next_trial()
+
+    def _next_trial(self) -> None:
+        """Skip the queued settings that cannot pay; start the next round or choose once a round is done."""
+        while True:
+            self._queue = [setting for setting in self._queue if not self._cannot_pay(setting)]
+            if self._queue:
+                return
+            self._round += 1
+            contenders = self._contenders()
+            if self._round >= self.rounds or len(contenders) < 2:
+                self._choose()
+                return
+            self._queue = contenders
+
+    def _medians(self) -> dict[Setting, float]:
+        return {setting: statistics.median(times) for setting, times in self._batch_s.items() if times}
+
+    def _cannot_pay(self, setting: Setting) -> bool:
+        """Whether a pipelined `setting` cannot beat the fastest time measured so far (remembered in
+        `_skipped` with its bound), judged from the sequential trial at its thread count."""
+        alone = self._alone.get(setting.threads)
+        measured = self._medians()
+        if isinstance(self.settings[setting], Sequential) or alone is None or not measured:
+            return False
+        bound = pipelined_time_bound(alone.stage_wall_s, alone.stage_cpu_s, setting.threads or self.cores)
+        if bound < (1 - self.margin) * min(measured.values()):
+            return False
+        self._skipped[setting] = bound
+        return True
+
+    def _contenders(self) -> list[Setting]:
+        """The settings that run the next round: measured, and within `drop` of the fastest."""
+        medians = self._medians()
+        limit = (1 + self.drop) * min(medians.values()) if medians else 0.0
+        return [setting for setting in self.settings if setting in medians and medians[setting] <= limit]
 
     def _choose(self) -> None:
-        """Keep the candidate with the shortest mean time per batch over its trials, unless the first
-        candidate is within `margin` of it."""
-        means = {name: sum(times) / len(times) for name, times in self._measured.items() if times}
-        first = next(iter(self.candidates))
-        fastest = min(means, key=means.get) if means else first
-        beats_first = first not in means or means[fastest] < (1 - self.margin) * means[first]
+        """Keep the setting with the shortest median time per batch, unless the first is within `margin`."""
+        medians = self._medians()
+        first = self.first
+        fastest = min(medians, key=medians.get) if medians else first
+        beats_first = first not in medians or medians[fastest] < (1 - self.margin) * medians[first]
         self.chosen = fastest if beats_first else first
         self._since_choice = 0
-        decision = {"batch": self._batches_seen, "mode": self.chosen,
-                    "ms_per_batch": {name: 1000 * value for name, value in means.items()}}
+        decision = {"batch": self._batches_seen, "setting": str(self.chosen), "mode": self.chosen.mode,
+                    "threads": self.chosen.threads,
+                    "ms_per_batch": {str(setting): 1000 * value for setting, value in medians.items()},
+                    "skipped_ms_bound": {str(setting): 1000 * bound for setting, bound in self._skipped.items()}}
         self.decisions.append(decision)
-        times = ", ".join(f"{name} {ms:.1f}" for name, ms in decision["ms_per_batch"].items())
-        logger.debug("auto: %s, the fastest of the measured ms per batch (%s)", self.chosen, times)
+        logger.debug("auto: %s, the fastest of the measured ms per batch (%s)", self.chosen, decision["ms_per_batch"])
+
+    def _watch(self, batches: int, timing: SegmentTiming) -> None:
+        """After a segment of the kept setting: trials again once `recheck_every` batches have run, or at
+        once if the segment's time per batch is off what the trials measured by more than `slowdown`, either
+        way: another job took cores (slower), or the one that had them ended (faster, and a setting chosen
+        under contention may no longer be the best)."""
+        self._since_choice += batches
+        expected = self._medians().get(self.chosen)
+        now = timing.seconds_per_batch
+        changed = (expected is not None and now is not None
+                   and not expected / (1 + self.slowdown) <= now <= (1 + self.slowdown) * expected)
+        if changed:
+            logger.info("auto: %s runs at %.1f ms per batch against %.1f in its trials; trying again",
+                        self.chosen, 1000 * now, 1000 * expected)
+        self._recheck = changed or self._since_choice >= self.recheck_every
 
 
 SCHEDULERS: Registry[Callable[[PipelineConfig], Scheduler]] = Registry("pipeline scheduler", "pipeline.mode")
@@ -272,10 +377,13 @@ def mspipe_scheduler(cfg: PipelineConfig) -> Scheduler:
 
 @SCHEDULERS.register("auto")
 def auto_scheduler(cfg: PipelineConfig) -> Scheduler:
-    """The fastest of `pipeline.auto.candidates` on the running job, re-checked now and then."""
+    """The fastest of `pipeline.auto.candidates` at the thread counts `pipeline.auto.threads` (empty: the
+    run's count and half of it) on the running job, re-checked now and then."""
     auto = cfg.auto
-    return Auto({name: make_scheduler(name, cfg) for name in auto.candidates}, auto.trial_batches, auto.rounds,
-                auto.recheck_every, auto.margin, auto.drop)
+    threads = auto.threads or thread_options(torch.get_num_threads())
+    return Auto({name: partial(make_scheduler, name, cfg) for name in auto.candidates}, threads,
+                auto.trial_batches, auto.rounds, auto.recheck_every, auto.margin, auto.drop, auto.watch_batches,
+                auto.slowdown, available_cores())
 
 
 def make_scheduler(mode: str, cfg: PipelineConfig = PipelineConfig()) -> Scheduler:

@@ -172,7 +172,7 @@ POSITIVE = {
     "pipeline.mitigation.refresh_every", "pipeline.auto.rounds", "pipeline.auto.recheck_every",
     "pipeline.feature_readers",
 }
-NON_NEGATIVE = {"train.weight_decay", "pipeline.auto.drop"}
+NON_NEGATIVE = {"train.weight_decay", "pipeline.auto.drop", "pipeline.auto.slowdown"}
 FRACTIONS = {
     "embedding.dropout", "eval.val_ratio", "eval.test_ratio", "eval.inductive_ratio",
     "pipeline.mitigation.quantile", "pipeline.mitigation.gamma", "edgebank.window_ratio", "pipeline.auto.margin",
@@ -461,9 +461,13 @@ def _check_values(cfg: RunConfig, source: str) -> None:
         got = shown(wrong[0]) if wrong else "an empty list"
         raise ConfigError(f"{source}: key 'pipeline.auto.candidates' must list modes other than auto "
                           f"({', '.join(m for m in SCHEDULERS.names() if m != 'auto')}), got {got}")
-    if auto.trial_batches < 2:
-        raise ConfigError(f"{source}: key 'pipeline.auto.trial_batches' must be >= 2 (a time per batch needs two "
-                          f"train steps), got {auto.trial_batches}")
+    for key in ("trial_batches", "watch_batches"):
+        if getattr(auto, key) < 2:
+            raise ConfigError(f"{source}: key 'pipeline.auto.{key}' must be >= 2 (a time per batch needs two "
+                              f"train steps), got {getattr(auto, key)}")
+    if any(count < 1 for count in auto.threads):
+        raise ConfigError(f"{source}: key 'pipeline.auto.threads' must list thread counts >= 1 (or be empty: the "
+                          f"run's count and half of it), got {shown(list(auto.threads))}")
     if auto.margin >= 1:
         raise ConfigError(f"{source}: key 'pipeline.auto.margin' must be below 1 (a fraction of the first "
                           f"candidate's time per batch), got {auto.margin}")

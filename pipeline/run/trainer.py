@@ -23,6 +23,7 @@ from pipeline.run.checkpoint import (
     CHECKPOINT_NAME, check_contents, check_plugins, config_fingerprint, dataset_fingerprint,
     load_optimizer_state, resume_checkpoint, save_checkpoint,
 )
+from pipeline.engine.host_threads import use_threads
 from pipeline.engine.schedulers import Auto, Scheduler, make_scheduler
 from pipeline.engine.profiler import StageProfiler
 from pipeline.engine.runner import STAGES, RunStats, run_batches
@@ -160,6 +161,7 @@ def train(cfg: RunConfig, events: EventStream, out_dir: Path, device: torch.devi
                    "auto chooses from one process's timings")
     profiler = StageProfiler()
     chooser = make_scheduler(mode, cfg.pipeline)  # one per run: `auto` keeps its choice across epochs
+    threads = torch.get_num_threads()  # `auto` may change it for the run; the caller gets it back
     try:
         for epoch in range(state.next_epoch, cfg.train.epochs):
             if state.stopped_early:
@@ -171,13 +173,16 @@ def train(cfg: RunConfig, events: EventStream, out_dir: Path, device: torch.devi
             state.stopped_early = bool(patience) and epoch - state.best_epoch >= patience
         results = _results(setup, state, mode)
         if isinstance(chooser, Auto):
-            results["auto"] = {"mode": chooser.chosen, "decisions": chooser.decisions}
+            chosen = chooser.chosen  # None if the run ended before its trials did
+            results["auto"] = {"mode": chosen and chosen.mode, "threads": chosen and chosen.threads,
+                               "decisions": chooser.decisions}
         if cfg.eval.ranking == "all":
             results.update(rank_with_best_weights(setup, state, stop, show_progress))
             log.scalars(state.best_epoch, {f"eval/{key}": results[key] for key in ("test_mrr_all", "test_hits@10_all")})
         log.results(results)
         return results
     finally:
+        use_threads(threads)
         log.close()
 
 
@@ -191,7 +196,7 @@ def _train_one_epoch(setup: RunSetup, state: TrainingState, epoch: int, schedule
     summary = _epoch_summary(epoch, stages, stats, seconds, len(setup.split.train), metrics)
     if isinstance(scheduler, Auto):
         _report_auto(log, scheduler, scheduler.decisions[decided:])
-        summary["auto_mode"] = scheduler.chosen
+        summary["auto_mode"] = scheduler.chosen and str(scheduler.chosen)
     _log_epoch(log, epoch * len(stages.batches), stages.step.losses, stats, summary, metrics)
     state.record_epoch(summary, metrics, setup.model)
     tqdm.write(f"epoch {epoch}: loss {summary['loss']:.4f}  {summary['events_per_s']:.0f} events/s  "
@@ -227,14 +232,17 @@ def _check_scores(split: str, pos: np.ndarray, neg: np.ndarray) -> None:
 
 def _report_auto(log: RunLog, auto: Auto, decisions: list[dict[str, Any]]) -> None:
     """One console line per choice `auto` made in the epoch; TensorBoard, at the training step it was made:
-    the chosen mode (its position among the candidates) and each candidate's measured time per batch."""
-    names = list(auto.candidates)
+    the chosen setting (its position among the settings) and each setting's measured time per batch."""
+    names = [str(setting) for setting in auto.settings]
     for decision in decisions:
         times = ", ".join(f"{name} {ms:.1f}" for name, ms in decision["ms_per_batch"].items())
-        tqdm.write(f"pipeline auto: {decision['mode']} from batch {decision['batch']} (ms per batch: {times}; "
-                   f"another mode replaces {names[0]} only if {auto.margin:.0%} faster)")
-        log.scalars(decision["batch"], {"pipeline/auto_mode": names.index(decision["mode"]),
-                            **{f"pipeline/auto_ms_per_batch/{name}": ms for name, ms in decision["ms_per_batch"].items()}})
+        skipped = ", ".join(f"{name} >= {ms:.1f}" for name, ms in decision["skipped_ms_bound"].items())
+        tqdm.write(f"pipeline auto: {decision['setting']} from batch {decision['batch']} (ms per batch: {times}"
+                   + (f"; not tried, their best possible: {skipped}" if skipped else "")
+                   + f"; another setting replaces {names[0]} only if {auto.margin:.0%} faster)")
+        log.scalars(decision["batch"], {"pipeline/auto_setting": names.index(decision["setting"]),
+                                        **{f"pipeline/auto_ms_per_batch/{name}": ms
+                                           for name, ms in decision["ms_per_batch"].items()}})
 
 
 def _run_training(setup: RunSetup, epoch: int, scheduler: Scheduler, profiler: StageProfiler,
