@@ -28,6 +28,12 @@ class EventStream:
     node_feat: np.ndarray | None = None
     ext_roll: np.ndarray | None = None
     index: IndexArrays | None = None
+    source: str = ""  # the file (or prepared directory) the stream was read from; "" when built in memory
+
+    @property
+    def origin(self) -> str:
+        """What an error message names for the stream: its file, or its name when it was built in memory."""
+        return self.source or self.name
 
     @property
     def num_events(self) -> int:
@@ -94,4 +100,5 @@ def event_stream_from_raw(
         edge_feat=None if edge_feat is None else np.ascontiguousarray(edge_feat[order], dtype=np.float32),
         node_feat=None if raw_node_feat is None else np.ascontiguousarray(raw_node_feat[node_ids], dtype=np.float32),
         ext_roll=None if ext_roll is None else ext_roll[order].astype(np.int8),
+        source=source,
     )

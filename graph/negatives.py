@@ -54,7 +54,9 @@ def edge_negatives(strategy: str, src: np.ndarray, dst: np.ndarray, t: np.ndarra
     at or before `t_first`, minus the pairs seen within the batch's span; `inductive` also removes the pairs
     seen up to `observed_until` (the last training event). A batch draws its negatives from the candidates
     without replacement; when there are fewer candidates than events, it takes them all plus pairs drawn
-    uniformly from (any source) x (any destination) that are not one of the batch's own events.
+    uniformly from (any source) x (any destination) that are not one of the batch's own events. A batch whose
+    events are every such pair has no negative to draw (`batch_without_negatives`; runs refuse that stream
+    first, in pipeline/run/evaluation.require_negative_pairs).
     """
     if strategy not in ("historical", "inductive"):
         raise ValueError(f"unknown negative strategy {strategy!r}: expected historical or inductive")
@@ -78,6 +80,29 @@ def edge_negatives(strategy: str, src: np.ndarray, dst: np.ndarray, t: np.ndarra
             drawn.append(np.concatenate([filler, candidates]))
     negatives = np.concatenate(drawn) if drawn else np.empty(0, np.int64)
     return negatives // num_nodes, negatives % num_nodes
+
+
+def batch_without_negatives(src: np.ndarray, dst: np.ndarray, num_nodes: int, batches: list[np.ndarray]) -> int | None:
+    """The index of the first of `batches` (indices into the stream) whose own events are every pair of
+    (any source) x (any destination) of the stream, None when there is none. For such a batch `edge_negatives`
+    (and DyGLib's sampler, which asserts there is a pair to draw) has no negative to offer: its historical and
+    inductive candidates all lie within the batch's span, and every random pair is one of its events. That
+    takes a stream of very few nodes: one node, or one source and one destination, makes a single pair.
+    Linear in the stream (distinct nodes are counted, not sorted); `src`, `dst` are ids below `num_nodes`."""
+    longest = max((len(batch) for batch in batches), default=0)
+    pairs = distinct_count(src, num_nodes)
+    if pairs > longest:
+        return None
+    pairs *= distinct_count(dst, num_nodes)
+    for i, batch in enumerate(batches):
+        if pairs <= len(batch) and len(np.unique(src[batch].astype(np.int64) * num_nodes + dst[batch])) == pairs:
+            return i
+    return None
+
+
+def distinct_count(ids: np.ndarray, num_nodes: int) -> int:
+    """How many distinct node ids (below `num_nodes`) `ids` holds."""
+    return int(np.count_nonzero(np.bincount(ids, minlength=num_nodes))) if len(ids) else 0
 
 
 def _random_pairs(size: int, sources: np.ndarray, destinations: np.ndarray, num_nodes: int,

@@ -325,5 +325,5 @@ def load_prepared(path: str | Path) -> EventStream:
         name=str(meta.get("name") or path.name), src=arrays["src"], dst=arrays["dst"], t=arrays["t"],
         num_nodes=num_nodes, node_ids=arrays["node_ids"], edge_feat=arrays.get("edge_feat"),
         node_feat=arrays.get("node_feat"), ext_roll=arrays.get("ext_roll"),
-        index=IndexArrays(*(arrays[f"index_{name}"] for name in INDEX_ARRAYS)),
+        index=IndexArrays(*(arrays[f"index_{name}"] for name in INDEX_ARRAYS)), source=str(path),
     )

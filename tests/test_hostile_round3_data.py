@@ -7,6 +7,9 @@
   skips them (a file that started with one was "file is empty" whatever followed).
 - A timestamp beyond ±MAX_TIME (1e300, -1e300, times whose span overflows float32) is refused at load, naming
   the row and the limit, instead of "training diverged" after a float32 overflow warning.
+- Historical or inductive negatives on a stream whose (source, destination) pairs all fall within one
+  evaluation batch (one node; one source and one destination) are a data error naming the file and the
+  strategy, as DyGLib's sampler has no fallback for it, instead of numpy's "a cannot be empty" traceback.
 """
 from __future__ import annotations
 
@@ -16,8 +19,12 @@ import numpy as np
 import pytest
 
 from common.errors import DataError
+from graph.events import EventStream
 from graph import loaders
 from graph.loaders import MAX_TIME, iter_event_chunks, load_events
+from graph.negatives import batch_without_negatives, edge_negatives
+from pipeline.run.config import RunConfig, validate_config
+from pipeline.run.evaluation import require_negative_pairs
 
 MAX_MESSAGE = 400
 
@@ -152,3 +159,76 @@ def test_train_refuses_a_huge_time_in_one_line(train_cli, tmp_path):
     code, _, err = train_cli("--data", str(data), "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress")
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert f"error: {data}: line 32 (data row 31), column 3 ('t'): timestamp is out of range" in err
+
+
+# --- negatives on a stream of very few nodes -------------------------------------------------------------
+
+def stream(src: list[int], dst: list[int]) -> EventStream:
+    nodes = int(max(max(src), max(dst))) + 1
+    return EventStream(name="tiny", src=np.array(src), dst=np.array(dst), t=np.arange(len(src), dtype=float),
+                       num_nodes=nodes, node_ids=np.arange(nodes), source="/data/tiny.csv")
+
+
+def test_a_batch_that_holds_every_pair_is_found():
+    batches = [np.arange(0, 4), np.arange(4, 8)]
+    assert batch_without_negatives(np.zeros(8, int), np.zeros(8, int), 1, batches) == 0  # one node
+    assert batch_without_negatives(np.zeros(8, int), np.ones(8, int), 2, batches) == 0  # one source, one destination
+    alternating = np.arange(8) % 2
+    assert batch_without_negatives(alternating, 1 - alternating, 2, batches) is None  # (0, 0) and (1, 1) are left
+    two_sources = np.array([0, 0, 0, 0, 0, 1, 0, 0])
+    assert batch_without_negatives(two_sources, np.full(8, 5), 6, batches) == 1  # only batch 2 holds (1, 5)
+    assert batch_without_negatives(np.arange(8), np.arange(8), 8, batches) is None  # 8 sources: more than a batch
+
+
+def test_edge_negatives_draw_where_a_pair_is_left():
+    """The degenerate streams that still have a pair outside each batch: every negative is a real pair
+    outside its batch (self-loops included), every destination already seen (inductive has nothing new)."""
+    alternating = np.arange(40) % 2
+    for strategy in ("historical", "inductive"):
+        src, dst = edge_negatives(strategy, alternating, 1 - alternating, np.arange(40.0),
+                                  [np.arange(i, i + 10) for i in range(0, 40, 10)], observed_until=20.0, seed=0)
+        assert len(src) == 40 and set(zip(src.tolist(), dst.tolist())) <= {(0, 0), (1, 1), (0, 1), (1, 0)}
+
+
+@pytest.mark.parametrize("src, dst, counts", [
+    ([0] * 60, [0] * 60, "1 source and 1 destination make 1 pair"),
+    ([0] * 60, [1] * 60, "1 source and 1 destination make 1 pair"),
+    ([i % 2 for i in range(60)], [5] * 60, "2 sources and 1 destination make 2 pairs"),
+])
+@pytest.mark.parametrize("strategy", ["historical", "inductive"])
+def test_negatives_without_a_pair_to_draw_are_a_data_error(src, dst, counts, strategy):
+    cfg = validate_config({"model": "edgebank", "eval": {"negatives": ["random", strategy]}}, "test")
+    with pytest.raises(DataError) as err:
+        require_negative_pairs(cfg, stream(src, dst), {"val": np.arange(40, 50), "test": np.arange(50, 60)})
+    message = str(err.value)
+    assert message.startswith(f"/data/tiny.csv: {strategy} negatives (eval.negatives) need a (source, destination) pair")
+    assert counts in message and "val batch 1" in message and "eval.negatives: [random]" in message
+    require_negative_pairs(RunConfig(), stream(src, dst), {"val": np.arange(40, 50)})  # random only: nothing to check
+
+
+def one_node_file(folder: Path) -> Path:
+    return write(folder / "one_node.csv", "src,dst,t\n" + "".join(f"0,0,{i}\n" for i in range(200)))
+
+
+@pytest.mark.parametrize("config, extra", [
+    ("configs/edgebank.yml", []),
+    ("configs/tgn.yml", ["--set", "eval.negatives=[random,historical]"]),
+    ("configs/tgn.yml", ["--set", "eval.negatives=[random,inductive]", "--set", "eval.protocol=dyglib"]),
+])
+def test_train_refuses_historical_negatives_on_one_node_in_one_line(train_cli, tmp_path, config, extra):
+    data = one_node_file(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    code, _, err = train_cli("--config", str(root / config), "--data", str(data), "--epochs", "1",
+                             "--out", str(tmp_path / "run"), "--no-progress", "--threads", "1", *extra)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: {data}: ") and "negatives (eval.negatives) need a (source, destination) pair" in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # refused before anything was trained
+
+
+def test_random_negatives_on_one_node_still_run(train_cli, tmp_path):
+    data = one_node_file(tmp_path)
+    root = Path(__file__).resolve().parents[1]
+    code, _, err = train_cli("--config", str(root / "configs/edgebank.yml"), "--data", str(data),
+                             "--out", str(tmp_path / "run"), "--no-progress", "--set", "eval.negatives=[random]",
+                             "--set", "eval.ranking=none")
+    assert code == 0, err

@@ -15,7 +15,7 @@ from models.edgebank import EdgeBank
 from models.edgebank import scores as edgebank_scores
 from pipeline.run.config import RunConfig
 from pipeline.run.evaluation import (event_subsets, negative_columns, ranking_summary, ranks_against_candidates,
-                                     split_metrics, split_negatives)
+                                     require_negative_pairs, split_metrics, split_negatives)
 from pipeline.run.ranking import true_destinations
 from pipeline.run.reporting import RunLog
 from pipeline.run.setup import require_every_part, run_split
@@ -83,6 +83,7 @@ def run_baseline(cfg: RunConfig, events: EventStream, out_dir: Path, seed: int) 
     """Score validation and test with the config's baseline; write TensorBoard scalars and results.json."""
     split = run_split(cfg, events, seed)
     require_every_part(events, split)
+    require_negative_pairs(cfg, events, {"val": split.val, "test": split.test})
     bank = edgebank_for(cfg, events, float(events.t[split.train[-1]]))
     known = known_events(cfg, events, split)
     repeated = repeated_pairs(events)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from common.errors import DataError
 from graph import dyglib
 from graph.events import EventStream
-from graph.negatives import edge_negatives, eval_negatives, named_seed
+from graph.negatives import batch_without_negatives, distinct_count, edge_negatives, eval_negatives, named_seed
 from graph.split import Split, chronological_batches
 from pipeline.run.config import RunConfig
 
@@ -50,6 +51,31 @@ def split_negatives(cfg: RunConfig, events: EventStream, split: Split, seed: int
         src.append(neg_src[:, None])
         dst.append(neg_dst[:, None])
     return np.hstack(dst), np.hstack(src) if len(columns) > 1 else None
+
+
+def require_negative_pairs(cfg: RunConfig, events: EventStream, splits: dict[str, np.ndarray]) -> None:
+    """DyGLib's historical and inductive negatives (`eval.negatives`) need, in every evaluation batch of the
+    `splits` (name: event indices), a (source, destination) pair that is not one of the batch's own events
+    (`batch_without_negatives`). DyGLib's sampler has no fallback for a stream too small for that (it asserts),
+    so neither has this one: it is a data error naming the file and the strategies, raised before training."""
+    strategies = [strategy for strategy in cfg.eval.negatives if strategy != "random"]
+    if not strategies:
+        return
+    for name, indices in splits.items():
+        batches = chronological_batches(indices, cfg.eval.batch_size)
+        batch = batch_without_negatives(events.src, events.dst, events.num_nodes, batches)
+        if batch is not None:
+            sources, destinations = (distinct_count(ids, events.num_nodes) for ids in (events.src, events.dst))
+            raise DataError(
+                f"{events.origin}: {' and '.join(strategies)} negatives (eval.negatives) need a (source, destination) "
+                f"pair that is not one of an evaluation batch's events, but the stream's {_count(sources, 'source')} "
+                f"and {_count(destinations, 'destination')} make {_count(sources * destinations, 'pair')}, all among "
+                f"the events of {name} batch {batch + 1} (DyGLib's sampler has no fallback either); evaluate with "
+                f"eval.negatives: [random], or use a stream with more distinct nodes")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def ranking_metrics(pos: np.ndarray, neg: np.ndarray) -> dict[str, float]:

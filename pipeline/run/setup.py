@@ -24,7 +24,7 @@ from pipeline.stages.features import feature_table
 from pipeline.stages.mitigation import SimilarityTable
 from pipeline.stages.link_prediction import GradientStep, LinkPredictionStages, Mitigation, Scoring, StreamTensors
 from pipeline.run.config import RunConfig
-from pipeline.run.evaluation import split_negatives
+from pipeline.run.evaluation import require_negative_pairs, split_negatives
 from pipeline.run.sizes import StreamSizes, check_sizes
 from pipeline.run.world import LocalWorld, World, local_batches
 from sampler.tcsr import TCSR
@@ -99,6 +99,7 @@ def build_setup(cfg: RunConfig, events: EventStream, device: torch.device, seed:
     torch.manual_seed(seed)
     split = run_split(cfg, events, seed)
     require_every_part(events, split)
+    require_negative_pairs(cfg, events, {"train": split.train, "val": split.val, "test": split.test})
     readers = cfg.pipeline.feature_readers
     stream = StreamTensors(
         src=events.src, dst=events.dst, t=events.t,  # recent neighbours' rows sit close together in the file
@@ -143,7 +144,7 @@ def require_every_part(events: EventStream, split: Split) -> None:
     sizes = {"training": len(split.train), "validation": len(split.val), "test": len(split.test)}
     if min(sizes.values()) == 0:
         parts = ", ".join(f"{count} {name}" for name, count in sizes.items())
-        raise DataError(f"{events.name}: its {events.num_events} events split by time into {parts} events; training, "
+        raise DataError(f"{events.origin}: its {events.num_events} events split by time into {parts} events; training, "
                         "validation and test each need at least one event (more events, or other eval.val_ratio, "
                         "eval.test_ratio, eval.inductive_ratio)")
 
