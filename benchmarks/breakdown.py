@@ -1,12 +1,16 @@
 """`breakdown`: where a sequential training step's time goes on the `compare` cases: milliseconds per batch
 of each stage (an unprofiled pass), and the train stage split into forward, backward and optimizer step in
-the proportions torch.profiler measures on the following batches. The JSON names the commit it measured.
+the proportions torch.profiler measures on the following batches. From the same profile, per train step:
+the aten ops dispatched, the host synchronisations (ops whose result the host must wait for on a GPU:
+`.item()`, `nonzero`, `unique`, ...), the GFLOP of its matrix products and the rate they ran at (their
+FLOPs over their own CPU time). The JSON names the commit it measured.
 
     python scripts/benchmark.py breakdown --cases uci,wikipedia172 --batches 50 --out runs/bench_breakdown.json
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -21,7 +25,12 @@ from pipeline.engine.runner import STAGES
 from pipeline.run.setup import build_setup, training_stages
 from pipeline.stages.link_prediction import TRAIN_STEP_PARTS, LinkPredictionStages
 
-TABLE = ["case", "events_per_s", *(f"{stage}_ms" for stage in STAGES), "forward_ms", "backward_ms", "optimizer_ms"]
+TABLE = ["case", "events_per_s", *(f"{stage}_ms" for stage in STAGES), "forward_ms", "backward_ms", "optimizer_ms",
+         "aten_ops", "host_syncs", "matmul_gflop", "matmul_gflop_per_s"]
+MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm"})
+# Ops whose output the host must read before going on: a device synchronisation on a GPU.
+SYNC_OPS = frozenset({"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
+                      "aten::unique_dim", "aten::unique_consecutive", "aten::_unique", "aten::repeat_interleave"})
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -54,6 +63,35 @@ def timed_stages(stages: LinkPredictionStages, batch: int) -> list[float]:
     return list(np.diff(stamps))
 
 
+def matmul_flops(shapes: list[list[int]]) -> int:
+    """FLOPs of a (batched) matrix product from its recorded input shapes: its last two operands of 2 or 3
+    dimensions are `(..., n, k)` and `(..., k, m)` (a bias or an accumulated output comes first)."""
+    left, right = [shape for shape in shapes if len(shape) in (2, 3)][-2:]
+    return 2 * math.prod(left) * right[-1]
+
+
+def in_train_step(event) -> bool:
+    """Whether a profiled event ran inside the train step (forward, backward or optimizer step)."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name in TRAIN_STEP_PARTS:
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def train_step_counts(events, batches: int) -> dict:
+    """Per train step: aten ops dispatched from Python or autograd (not counting the ops an op calls inside),
+    host synchronisations, matrix-product GFLOP and their rate."""
+    ops = [event for event in events if event.name.startswith("aten::") and in_train_step(event)]
+    dispatched = [event for event in ops if not event.cpu_parent.name.startswith("aten::")]
+    products = [event for event in ops if event.name in MATMUL_OPS]
+    flops = sum(matmul_flops(event.input_shapes) for event in products)
+    seconds = sum(event.self_cpu_time_total for event in products) / 1e6
+    return {"aten_ops": len(dispatched) / batches, "host_syncs": sum(event.name in SYNC_OPS for event in ops) / batches,
+            "matmul_gflop": flops / batches / 1e9, "matmul_gflop_per_s": flops / seconds / 1e9 if seconds else 0.0}
+
+
 def breakdown_case(name: str, args: argparse.Namespace) -> dict:
     """Per-stage milliseconds per batch of sequential training on one `compare` case, and the train stage
     split into forward, backward and optimizer step."""
@@ -67,7 +105,7 @@ def breakdown_case(name: str, args: argparse.Namespace) -> dict:
     for batch in range(args.warmup):
         timed_stages(stages, batch)
     clean = np.array([timed_stages(stages, args.warmup + b) for b in range(args.batches)]).mean(axis=0)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profiler:
         for batch in range(args.warmup + args.batches, args.warmup + 2 * args.batches):
             timed_stages(stages, batch)
     part_us = {event.key: event.cpu_time_total for event in profiler.key_averages() if event.key in TRAIN_STEP_PARTS}
@@ -75,7 +113,8 @@ def breakdown_case(name: str, args: argparse.Namespace) -> dict:
     share = {part: part_us.get(part, 0.0) / sum(part_us.values()) for part in TRAIN_STEP_PARTS}
     return {"case": name, "batch_size": case["batch_size"], "events_per_s": case["batch_size"] / clean.sum(),
             **{f"{stage}_ms": 1000 * seconds for stage, seconds in zip(STAGES, clean)},
-            **{f"{part.split('/')[1]}_ms": train_ms * share[part] for part in TRAIN_STEP_PARTS}}
+            **{f"{part.split('/')[1]}_ms": train_ms * share[part] for part in TRAIN_STEP_PARTS},
+            **train_step_counts(profiler.events(), args.batches)}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -91,7 +130,9 @@ def run(args: argparse.Namespace) -> dict:
         "benchmark": "breakdown", "dataset": ",".join(names), "command": " ".join(sys.argv),
         "commit": git_commit(), "torch_threads": plan.intra_op, "batches": args.batches, "warmup": args.warmup,
         "note": "stage times from an unprofiled pass; forward/backward/optimizer split the train time in the "
-                "proportions torch.profiler measured on the following batches",
+                "proportions torch.profiler measured on the following batches; aten_ops, host_syncs and "
+                "matmul_gflop are per train step, matmul_gflop_per_s is their FLOPs over their own CPU time, "
+                "all from that profile",
         "versions": library_versions(),
         "machine": machine(),
         "results": [breakdown_case(name, args) for name in names],

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch.profiler import record_function
 
 import benchmark  # scripts/benchmark.py, the command line (scripts/ is on pytest's pythonpath)
-from benchmarks import accuracy, compare, pyg_tgn
+from benchmarks import accuracy, breakdown, compare, pyg_tgn, side_by_side
 from benchmarks.train import train_variants
 from benchmarks.attention import attention_with_dgl, attention_with_torch
 from common.errors import UserError
@@ -191,3 +193,65 @@ def test_accuracy_summarises_a_baseline_that_does_not_train(monkeypatch, tmp_pat
     saved = json.loads(out.read_text())
     assert saved["runs"][0]["staleness_mean_seen"] is None and saved["runs"][0]["mitigated_roots"] == []
     assert saved["results"][0]["test_new_ap_mean"] == 0.5 and saved["results"][0]["val_ap_mean"] == 0.72
+
+
+def test_side_by_side_starts_the_runs_of_a_setting_together_and_alternates_settings(monkeypatch, tmp_path):
+    started, alive, real_popen = [], [], subprocess.Popen
+
+    class FakeTrain:
+        """A `scripts/train.py` run that writes its results.json; records which runs were alive together."""
+
+        def __new__(cls, command, **kwargs):
+            is_train = len(command) > 1 and str(command[1]).endswith("train.py")
+            return super().__new__(cls) if is_train else real_popen(command, **kwargs)
+
+        def __init__(self, command, **kwargs):
+            self.command, self.returncode = command, 0
+            alive.append(self)
+            started.append((command, len(alive)))
+            threads = command[command.index("--threads") + 1] if "--threads" in command else None
+            out = Path(command[command.index("--out") + 1])
+            out.mkdir(parents=True)
+            result = {"train_events_per_s": 1000.0 * (int(threads) if threads else 3), "test_ap": 0.9}
+            if threads is None:
+                result["auto"] = {"mode": "sequential", "threads": 1, "decisions": []}
+            (out / "results.json").write_text(json.dumps(result))
+
+        def communicate(self, timeout=None):
+            alive.clear()
+            return "", ""
+
+    monkeypatch.setattr(side_by_side.subprocess, "Popen", FakeTrain)
+    out = tmp_path / "side.json"
+    assert benchmark.main(["side-by-side", "--settings", "sequential@2,auto,sequential@1", "--repeat", "2",
+                           "--out", str(out)]) == 0
+    order = [("auto" if "--threads" not in c else c[c.index("--threads") + 1]) for c, _ in started]
+    assert order == ["2", "2", "auto", "auto", "1", "1"] * 2  # two at once, settings alternating
+    assert [together for _, together in started] == [1, 2] * 6  # the second starts before the first is waited on
+    assert {c[c.index("--seed") + 1] for c, _ in started} == {"0", "1"}
+    rows = {row["setting"]: row for row in json.loads(out.read_text())["results"]}
+    assert rows["auto"]["vs_first_fixed"] == pytest.approx(1.5) and rows["auto"]["vs_best_fixed"] == pytest.approx(1.5)
+    assert rows["sequential@1"]["vs_best_fixed"] == pytest.approx(0.5) and rows["auto"]["auto_chose"] == "sequential@1"
+
+
+def test_side_by_side_refuses_a_setting_that_is_neither_auto_nor_mode_at_threads():
+    for bad in ("sequential", "sequential@0", "turbo@2", "auto@2"):
+        with pytest.raises(UserError, match="--settings"):
+            side_by_side.setting_arguments(bad)
+
+
+def test_breakdown_counts_the_train_steps_dispatched_ops_syncs_and_matrix_product_flops():
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profile:
+        with record_function("train/forward"):
+            product = torch.ones(4, 3) @ torch.ones(3, 5)  # 2 * 4 * 3 * 5 FLOPs
+            torch.nonzero(product)
+            product.sum().item()
+        torch.ones(8, 8) @ torch.ones(8, 8)  # outside the train step: not counted
+    counts = breakdown.train_step_counts(profile.events(), batches=1)
+    assert counts["matmul_gflop"] == pytest.approx(120 / 1e9)
+    assert counts["host_syncs"] == 2  # nonzero and item
+    # ones, ones, matmul, nonzero, sum, item, not the 10 or more they call inside (the profiler's microsecond
+    # clock may hang an op of under a microsecond on the wrong parent)
+    assert 6 <= counts["aten_ops"] <= 9
+    assert breakdown.matmul_flops([[7], [6, 4], [4, 7], [], []]) == 2 * 6 * 4 * 7  # addmm: bias first
+    assert breakdown.matmul_flops([[3, 6, 4], [3, 4, 7]]) == 2 * 3 * 6 * 4 * 7  # bmm

@@ -8,6 +8,7 @@ different batches can run in different threads without sharing mutable state, ex
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -104,13 +105,14 @@ class GradientStep:
         with record_function(TRAIN_STEP_PARTS[0]):
             pos, neg, update = model(inputs)
             loss = link_prediction_loss(pos, neg)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"training loss became {loss.item()} at batch {i}; lower train.lr")
+        value = loss.item()  # the step's one wait for the device
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"training loss became {value} at batch {i}; lower train.lr")
         with record_function(TRAIN_STEP_PARTS[1]):
             loss.backward()
         with record_function(TRAIN_STEP_PARTS[2]):
             self.optimizer.step()
-        self.losses.append(loss.item())
+        self.losses.append(value)
         return update
 
 
