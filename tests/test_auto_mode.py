@@ -11,7 +11,7 @@ import torch
 
 from pipeline.engine.config import AutoConfig, PipelineConfig
 from pipeline.engine.host_threads import thread_options
-from pipeline.engine.profiler import SegmentTiming, pipelined_time_bound
+from pipeline.engine.profiler import CpuClock, SegmentTiming, pipelined_time_bound
 from pipeline.engine.runner import STAGES, run_batches
 from pipeline.engine.schedulers import Auto, MSPipe, Presample, Sequential, Setting, make_scheduler
 from test_runner import DURATIONS, MS, SleepStages, assert_schedule_rules
@@ -100,11 +100,12 @@ def test_a_trial_cut_short_by_the_end_of_an_epoch_goes_on_in_the_next():
 
 
 def timing(ms_per_batch: float, batches: int = 4, stage_ms: dict | None = None,
-           cpu_ms: dict | None = None) -> SegmentTiming:
-    """A segment of `batches` batches that each took `ms_per_batch`, with the given stage times."""
+           cpu_ms: dict | None = None, other_cores: float | None = None) -> SegmentTiming:
+    """A segment of `batches` batches that each took `ms_per_batch`, with the given stage times and the
+    cores other processes kept busy meanwhile (None: unknown)."""
     return SegmentTiming((ms_per_batch / 1000,) * (batches - 1),
                          {stage: ms / 1000 for stage, ms in (stage_ms or {}).items()},
-                         {stage: ms / 1000 for stage, ms in (cpu_ms or {}).items()})
+                         {stage: ms / 1000 for stage, ms in (cpu_ms or {}).items()}, other_cores)
 
 
 def trial(auto: Auto, times: dict[str, float], **stage_times) -> str:
@@ -181,7 +182,8 @@ def test_auto_does_not_try_modes_that_cannot_beat_sequential():
     times = {"sequential": 25.0, "presample": 24.0, "mspipe": 23.0}
     tried = [trial(auto, times, stage_ms=CPU_BOUND, cpu_ms=BOTH_CORES_BUSY)]
     assert tried == ["sequential"] and chosen_mode(auto) == "sequential"
-    assert auto.decisions[0]["skipped_ms_bound"] == {"presample": pytest.approx(25.0), "mspipe": pytest.approx(25.0)}
+    assert auto.decisions[0]["not_tried"] == {"presample": "at best 25.0 ms per batch",
+                                              "mspipe": "at best 25.0 ms per batch"}
 
 
 def test_auto_tries_pipelined_modes_where_host_stages_wait():
@@ -285,3 +287,28 @@ def test_a_machine_that_becomes_quiet_again_gets_its_threads_back():
     while len(auto.decisions) < 2:
         trial(auto, quiet)
     assert auto.chosen == Setting("sequential", 2)
+
+
+def test_fewer_threads_are_tried_only_where_other_processes_take_cores():
+    times = {"sequential@2": 18.0, "sequential@1": 25.0}
+
+    def tried(other_cores: float) -> list[str]:
+        auto = Auto({"sequential": Sequential}, threads=(2, 1), trial_batches=4, rounds=1, cores=2)
+        names = []
+        while auto.chosen is None:
+            names.append(trial(auto, times, other_cores=other_cores))
+        return names, auto.decisions[0]
+
+    quiet, decision = tried(0.05)
+    assert quiet == ["sequential@2"] and "0.05 cores busy" in decision["not_tried"]["sequential@1"]
+    assert decision["other_cores"] == pytest.approx(0.05)
+    assert tried(1.2)[0] == ["sequential@2", "sequential@1"]
+
+
+def test_other_cores_are_what_the_machine_was_busy_beyond_this_process():
+    before = CpuClock(wall_s=10.0, process_s=5.0, machine_s=100.0)
+    after = CpuClock(wall_s=12.0, process_s=8.0, machine_s=105.0)  # 5 busy core-seconds, 3 of them ours
+    assert before.other_cores(after) == pytest.approx(1.0)
+    assert CpuClock(10.0, 5.0, None).other_cores(after) is None
+    reading = CpuClock.now()
+    assert reading.machine_s is None or reading.machine_s > 0

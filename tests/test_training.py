@@ -199,7 +199,7 @@ def test_auto_mode_reports_its_choice_in_results_tensorboard_and_the_console(eve
     decision = results["auto"]["decisions"][0]
     assert decision["mode"] == results["auto"]["mode"] and decision["setting"] == f"{decision['mode']}@{fixed}"
     assert f"sequential@{fixed}" in decision["ms_per_batch"]  # the others were tried or shown unable to pay
-    assert set(decision["ms_per_batch"]) | set(decision["skipped_ms_bound"]) == {
+    assert set(decision["ms_per_batch"]) | set(decision["not_tried"]) == {
         f"sequential@{fixed}", f"presample@{fixed}", f"mspipe@{fixed}"}
     assert all(h["auto_mode"] == decision["setting"] for h in results["history"])
     assert json.loads((tmp_path / "results.json").read_text())["auto"] == results["auto"]

@@ -15,8 +15,10 @@ are; `pipeline.mode: auto` skips the modes that cannot beat what it has measured
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import threading
+import time
 from dataclasses import dataclass, field
 
 STAGES = ("sample", "fetch_features", "fetch_memory", "train", "update_memory")
@@ -66,16 +68,55 @@ class SegmentTiming:
     `batch_s`: the time between consecutive train ends, one per batch after the first: each batch's steady
     time, since a pipeline's fill and drain fall outside it. `stage_wall_s` and `stage_cpu_s`: the median
     elapsed and process CPU seconds of each stage over the segment's sequential batches (empty if none).
+    `other_cores`: how many cores other processes kept busy meanwhile (`CpuClock`; None where unknown).
     """
 
     batch_s: tuple[float, ...]
     stage_wall_s: dict[str, float] = field(default_factory=dict)
     stage_cpu_s: dict[str, float] = field(default_factory=dict)
+    other_cores: float | None = None
 
     @property
     def seconds_per_batch(self) -> float | None:
         """The median of `batch_s`, so that a stall of a few batches does not decide; None without any."""
         return statistics.median(self.batch_s) if self.batch_s else None
+
+
+@dataclass(frozen=True)
+class CpuClock:
+    """A reading of the wall clock, this process's CPU time and, where the system reports it (Linux), the CPU
+    time every process on the machine has spent busy; two readings tell how many cores other processes kept
+    busy in between (`other_cores`), the evidence that a run shares its machine."""
+
+    wall_s: float
+    process_s: float
+    machine_s: float | None
+
+    @classmethod
+    def now(cls) -> CpuClock:
+        return cls(time.perf_counter(), time.process_time(), machine_busy_seconds())
+
+    def other_cores(self, later: CpuClock) -> float | None:
+        """Cores other processes kept busy from this reading to `later` (None where unknown)."""
+        wall = later.wall_s - self.wall_s
+        if self.machine_s is None or later.machine_s is None or wall <= 0:
+            return None
+        others = (later.machine_s - self.machine_s) - (later.process_s - self.process_s)
+        return max(0.0, others / wall)
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux `/proc/stat`; steal time counts as busy,
+    as a hypervisor's other guests took it); None where the system does not report it."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            ticks = [int(field) for field in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    if len(ticks) < 5:
+        return None
+    idle = ticks[3] + ticks[4]  # idle and waiting for I/O
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 class StageProfiler:

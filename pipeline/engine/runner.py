@@ -53,7 +53,7 @@ import numpy as np
 
 from pipeline.engine.host_threads import HostThreadPolicy, keep_off_training, switch_interval, use_threads
 from pipeline.engine.schedulers import Scheduler
-from pipeline.engine.profiler import STAGES, SegmentTiming, StageProfiler
+from pipeline.engine.profiler import STAGES, CpuClock, SegmentTiming, StageProfiler
 
 __all__ = ["STAGES", "StageFunctions", "StageEvent", "RunStats", "run_batches"]
 
@@ -166,9 +166,9 @@ class _Recorder:
             self.alone[stage][batch] = (end - start, cpu_s)
         self.profiler.record(stage, end - start)
 
-    def timing(self, batches: range) -> SegmentTiming:
+    def timing(self, batches: range, other_cores: float | None = None) -> SegmentTiming:
         """What `batches` measured: time between consecutive train ends, and the median elapsed and CPU
-        time of each stage over those of them that ran sequentially."""
+        time of each stage over those of them that ran sequentially; `other_cores` as measured around them."""
         ends = [self.end["train"][i] for i in batches]
         alone = {stage: [self.alone[stage][i] for i in batches if self.alone[stage][i] is not None]
                  for stage in STAGES}
@@ -176,7 +176,8 @@ class _Recorder:
         return SegmentTiming(
             batch_s=tuple(np.diff(ends).tolist()),
             stage_wall_s={stage: float(np.median([w for w, _ in alone[stage]])) for stage in STAGES} if measured else {},
-            stage_cpu_s={stage: float(np.median([c for _, c in alone[stage]])) for stage in STAGES} if measured else {})
+            stage_cpu_s={stage: float(np.median([c for _, c in alone[stage]])) for stage in STAGES} if measured else {},
+            other_cores=other_cores)
 
     def stats(self) -> RunStats:
         return RunStats(
@@ -414,7 +415,9 @@ def run_batches(num_batches: int, stages: StageFunctions, scheduler: Scheduler, 
     while start < num_batches:
         segment, end = scheduler.segment(start, num_batches)
         use_threads(scheduler.segment_threads())
+        clock = CpuClock.now()
         _run_segment(stages, segment, range(start, end), rec, stop, on_batch_done, host_policy)
-        scheduler.segment_done(segment, range(start, end), rec.timing(range(start, end)))
+        scheduler.segment_done(segment, range(start, end), rec.timing(range(start, end),
+                                                                      clock.other_cores(CpuClock.now())))
         start = end
     return rec.stats()

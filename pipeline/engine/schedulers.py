@@ -44,6 +44,9 @@ from pipeline.engine.profiler import SegmentTiming, StageProfiler, pipelined_tim
 
 logger = logging.getLogger(__name__)
 
+# Cores other processes may keep busy before `Auto` tries fewer train threads than the most it may use.
+SHARED_CORES = 0.5
+
 
 def delayed_fetch_start(now: float, prev_train_start: float | None, prev_train_end: float | None,
                         tau_train: float, tau_fetch_memory: float) -> float:
@@ -198,8 +201,9 @@ class Auto(Scheduler):
     thread count) is kept unless another is faster by at least `margin` (a fraction of the first's time).
     After each round, a setting slower than the fastest by more than `drop` runs no more trials. A
     pipelined setting whose best possible time (`pipelined_time_bound`, from the sequential trial at its
-    thread count) cannot beat the fastest measured by `margin` is not tried at all: on a machine where
-    nothing can overlap, `auto` costs only the sequential trials.
+    thread count) cannot beat the fastest measured by `margin` is not tried at all, nor are fewer threads
+    while the trials see no other process keep the cores busy: on a quiet machine where nothing can
+    overlap, `auto` costs nothing but the first trial's timing.
 
     Watch: the kept setting runs in segments of `watch_batches`; one whose median time per batch is more
     than `slowdown` (a fraction) above or below what the trials measured starts the trials again (another
@@ -238,7 +242,8 @@ class Auto(Scheduler):
         self._queue: list[Setting] = []  # settings still to try in this round
         self._batch_s: dict[Setting, list[float]] = {}
         self._alone: dict[int | None, SegmentTiming] = {}  # thread count -> a sequential trial's stage times
-        self._skipped: dict[Setting, float] = {}  # setting -> its bound, where that could not pay
+        self._not_tried: dict[Setting, str] = {}  # setting -> why it cannot win
+        self._other_cores: float | None = None  # the most cores other processes kept busy in a trial
         self._current: Setting | None = None
         self._recheck = True
 
@@ -270,6 +275,8 @@ class Auto(Scheduler):
             return  # cut short before it could be timed: the trial goes on in the next segment
         self._queue.pop(0)
         self._batch_s[setting].extend(timing.batch_s)
+        if timing.other_cores is not None:
+            self._other_cores = max(self._other_cores or 0.0, timing.other_cores)
         if timing.stage_wall_s and isinstance(scheduler, Sequential):
             self._alone[setting.threads] = timing
         self._next_trial()
@@ -278,14 +285,14 @@ class Auto(Scheduler):
         self._recheck = False
         self._round = 0
         self._batch_s = {setting: [] for setting in self.settings}
-        self._alone, self._skipped = {}, {}
+        self._alone, self._not_tried, self._other_cores = {}, {}, None
         self._queue = list(self.settings)
         self._next_trial()
 
     def _next_trial(self) -> None:
         """Skip the queued settings that cannot pay; start the next round or choose once a round is done."""
         while True:
-            self._queue = [setting for setting in self._queue if not self._cannot_pay(setting)]
+            self._queue = [setting for setting in self._queue if not self._cannot_win(setting)]
             if self._queue:
                 return
             self._round += 1
@@ -298,18 +305,34 @@ class Auto(Scheduler):
     def _medians(self) -> dict[Setting, float]:
         return {setting: statistics.median(times) for setting, times in self._batch_s.items() if times}
 
-    def _cannot_pay(self, setting: Setting) -> bool:
-        """Whether a pipelined `setting` cannot beat the fastest time measured so far (remembered in
-        `_skipped` with its bound), judged from the sequential trial at its thread count."""
+    def _cannot_win(self, setting: Setting) -> bool:
+        """Whether `setting` cannot beat what has been measured (then `_not_tried` says why)."""
+        reason = self._fewer_threads_cannot_win(setting) or self._pipeline_cannot_win(setting)
+        if reason:
+            self._not_tried[setting] = reason
+        return reason is not None
+
+    def _fewer_threads_cannot_win(self, setting: Setting) -> str | None:
+        """Fewer threads win only where the run's threads do not each get a core: where other processes keep
+        busy more than `SHARED_CORES` beyond the cores the most threads leave free (measured in the trials)."""
+        most = max((s.threads for s in self.settings if s.threads is not None), default=None)
+        if setting.threads is None or setting.threads == most or self._other_cores is None:
+            return None
+        if self._other_cores > max(0, self.cores - most) + SHARED_CORES:
+            return None
+        return f"other processes kept {self._other_cores:.2f} cores busy: {most} threads each had a core"
+
+    def _pipeline_cannot_win(self, setting: Setting) -> str | None:
+        """A pipelined setting cannot win if its best possible time (`pipelined_time_bound`, from the
+        sequential trial at its thread count) does not beat the fastest measured by `margin`."""
         alone = self._alone.get(setting.threads)
         measured = self._medians()
         if isinstance(self.settings[setting], Sequential) or alone is None or not measured:
-            return False
+            return None
         bound = pipelined_time_bound(alone.stage_wall_s, alone.stage_cpu_s, setting.threads or self.cores)
         if bound < (1 - self.margin) * min(measured.values()):
-            return False
-        self._skipped[setting] = bound
-        return True
+            return None
+        return f"at best {1000 * bound:.1f} ms per batch"
 
     def _contenders(self) -> list[Setting]:
         """The settings that run the next round: measured, and within `drop` of the fastest."""
@@ -328,7 +351,8 @@ class Auto(Scheduler):
         decision = {"batch": self._batches_seen, "setting": str(self.chosen), "mode": self.chosen.mode,
                     "threads": self.chosen.threads,
                     "ms_per_batch": {str(setting): 1000 * value for setting, value in medians.items()},
-                    "skipped_ms_bound": {str(setting): 1000 * bound for setting, bound in self._skipped.items()}}
+                    "not_tried": {str(setting): reason for setting, reason in self._not_tried.items()},
+                    "other_cores": self._other_cores}
         self.decisions.append(decision)
         logger.debug("auto: %s, the fastest of the measured ms per batch (%s)", self.chosen, decision["ms_per_batch"])
 

@@ -236,9 +236,9 @@ def _report_auto(log: RunLog, auto: Auto, decisions: list[dict[str, Any]]) -> No
     names = [str(setting) for setting in auto.settings]
     for decision in decisions:
         times = ", ".join(f"{name} {ms:.1f}" for name, ms in decision["ms_per_batch"].items())
-        skipped = ", ".join(f"{name} >= {ms:.1f}" for name, ms in decision["skipped_ms_bound"].items())
+        skipped = "; ".join(f"{name}: {why}" for name, why in decision["not_tried"].items())
         tqdm.write(f"pipeline auto: {decision['setting']} from batch {decision['batch']} (ms per batch: {times}"
-                   + (f"; not tried, their best possible: {skipped}" if skipped else "")
+                   + (f"; not tried, as they cannot win: {skipped}" if skipped else "")
                    + f"; another setting replaces {names[0]} only if {auto.margin:.0%} faster)")
         log.scalars(decision["batch"], {"pipeline/auto_setting": names.index(decision["setting"]),
                                         **{f"pipeline/auto_ms_per_batch/{name}": ms
