@@ -44,8 +44,9 @@ from sampler.config import SamplerConfig
 from sampler.temporal import STRATEGIES
 
 MODES = SCHEDULERS.names()  # the built-in modes; a plugin's scheduler is selected in the YAML
-RANKINGS = ("none", "all")
-PROTOCOLS = ("native", "dyglib")
+RANKINGS = ("none", "all", "sampled", "tgb")
+PROTOCOLS = ("native", "dyglib", "tgb")
+TGB_RATIOS = (0.15, 0.15)  # TGB's validation and test shares (tgb/linkproppred/dataset.py, generate_splits)
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; a megabyte of YAML is not a config
 MAX_DEPTH = 16  # levels of mappings and lists (a config uses 4: pipeline.auto.candidates[0])
@@ -74,9 +75,13 @@ class EvalConfig:
 
     `negatives` are DyGLib's strategies to report (random always: it selects the best epoch);
     `mrr_negatives` > 0 adds MRR against that many random negatives; `ranking: all` adds TGB's filtered
-    one-vs-all MRR against every destination. `protocol` says whose held-out nodes and negatives: this
-    project's, seeded by the run's seed (`native`), or DyGLib's, drawn as its code draws them, with
-    EdgeBank remembering only the events DyGLib gives it (`dyglib`; docs/results.md lists the differences).
+    one-vs-all MRR against every destination, `ranking: sampled` TGB's MRR against `ranking_negatives`
+    negatives per positive, historical and random mixed as TGB generates them (seeded by `ranking_seed`),
+    and `ranking: tgb` TGB's MRR against the negatives of TGB's own files (`val_negatives_file`,
+    `test_negatives_file`; pipeline/run/tgb.py). `protocol` says whose split, held-out nodes and negatives:
+    this project's, seeded by the run's seed (`native`), DyGLib's, drawn as its code draws them, with
+    EdgeBank remembering only the events DyGLib gives it (`dyglib`; docs/results.md lists the differences),
+    or TGB's: its 70/15/15 split at time quantiles, no held-out nodes (`tgb`).
     """
 
     protocol: str = "native"
@@ -84,6 +89,10 @@ class EvalConfig:
     mrr_negatives: int = 0
     negatives: tuple[str, ...] = ("random",)
     ranking: str = "none"
+    ranking_negatives: int = 100
+    ranking_seed: int = 42
+    val_negatives_file: str = ""
+    test_negatives_file: str = ""
     val_ratio: float = 0.15
     test_ratio: float = 0.15
     inductive_ratio: float = 0.1
@@ -168,11 +177,11 @@ STRING_LISTS = {"plugins", "eval.negatives", "pipeline.auto.candidates"}  # ever
 POSITIVE = {
     "memory.dim", "memory.dim_time", "memory.mailbox_size", "embedding.layers", "embedding.heads",
     "embedding.dim_out", "train.batch_size", "train.epochs", "train.lr", "train.num_neg",
-    "eval.batch_size", "pipeline.k", "pipeline.k_max", "pipeline.mitigation.top_k",
+    "eval.batch_size", "eval.ranking_negatives", "pipeline.k", "pipeline.k_max", "pipeline.mitigation.top_k",
     "pipeline.mitigation.refresh_every", "pipeline.auto.rounds", "pipeline.auto.recheck_every",
     "pipeline.feature_readers",
 }
-NON_NEGATIVE = {"train.weight_decay", "pipeline.auto.drop", "pipeline.auto.slowdown"}
+NON_NEGATIVE = {"train.weight_decay", "eval.ranking_seed", "pipeline.auto.drop", "pipeline.auto.slowdown"}
 FRACTIONS = {
     "embedding.dropout", "eval.val_ratio", "eval.test_ratio", "eval.inductive_ratio",
     "pipeline.mitigation.quantile", "pipeline.mitigation.gamma", "edgebank.window_ratio", "pipeline.auto.margin",
@@ -455,6 +464,7 @@ def _check_values(cfg: RunConfig, source: str) -> None:
     if cfg.eval.protocol == "dyglib" and cfg.eval.mrr_negatives:
         raise ConfigError(f"{source}: key 'eval.mrr_negatives' must be 0 under 'eval.protocol' dyglib (DyGLib draws "
                           f"one negative per event), got {cfg.eval.mrr_negatives}")
+    _check_tgb(cfg, source)
     auto = cfg.pipeline.auto
     wrong = [mode for mode in auto.candidates if mode not in SCHEDULERS or mode == "auto"]
     if not auto.candidates or wrong:
@@ -489,6 +499,27 @@ def _check_values(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: key 'embedding.module' must be 'attention' for a model without memory")
     if cfg.eval.val_ratio + cfg.eval.test_ratio >= 1:
         raise ConfigError(f"{source}: keys 'eval.val_ratio' + 'eval.test_ratio' must be < 1")
+
+
+def _check_tgb(cfg: RunConfig, source: str) -> None:
+    """`eval.protocol: tgb` splits as TGB does (70/15/15); `eval.ranking: tgb` reads TGB's files, which are
+    keyed by the events of TGB's split, so it needs that protocol and both files; a file named for any other
+    ranking would be silently unread, so it is refused."""
+    ev = cfg.eval
+    if ev.protocol == "tgb" and (ev.val_ratio, ev.test_ratio) != TGB_RATIOS:
+        raise ConfigError(f"{source}: keys 'eval.val_ratio' and 'eval.test_ratio' must be {TGB_RATIOS[0]} under "
+                          f"'eval.protocol' tgb (TGB's split), got {ev.val_ratio} and {ev.test_ratio}")
+    if ev.ranking == "tgb" and ev.protocol != "tgb":
+        raise ConfigError(f"{source}: key 'eval.ranking' tgb needs 'eval.protocol' tgb (TGB's negatives files are "
+                          f"keyed by the events of TGB's split), got {shown(ev.protocol)}")
+    for key in ("val_negatives_file", "test_negatives_file"):
+        given = bool(getattr(ev, key))
+        if given and ev.ranking != "tgb":
+            raise ConfigError(f"{source}: key 'eval.{key}' is read only under 'eval.ranking' tgb, but 'eval.ranking' "
+                              f"is {shown(ev.ranking)}")
+        if not given and ev.ranking == "tgb":
+            raise ConfigError(f"{source}: key 'eval.{key}' must name TGB's {key.split('_')[0]} negatives pickle under "
+                              f"'eval.ranking' tgb")
 
 
 def validate_config(given: dict, source: str = "<config>", base_dir: Path | None = None) -> RunConfig:

@@ -138,9 +138,12 @@ def build_setup(cfg: RunConfig, events: EventStream, device: torch.device, seed:
 
 def run_split(cfg: RunConfig, events: EventStream, seed: int) -> Split:
     """The run's chronological split; its held-out nodes are drawn with `seed`, or as DyGLib draws them
-    under `eval.protocol: dyglib` (the same for every seed)."""
+    under `eval.protocol: dyglib` (the same for every seed). Under `eval.protocol: tgb`, TGB's split: by the
+    time quantiles alone (never a file's ext_roll), no node held out (pipeline/run/tgb.py)."""
+    tgb = cfg.eval.protocol == "tgb"
     return chronological_split(events, val_ratio=cfg.eval.val_ratio, test_ratio=cfg.eval.test_ratio,
-                               inductive_ratio=cfg.eval.inductive_ratio, seed=seed,
+                               inductive_ratio=0.0 if tgb else cfg.eval.inductive_ratio, seed=seed,
+                               by_ext_roll=False if tgb else None,
                                draw_held_out=held_out_nodes if cfg.eval.protocol == "dyglib" else None)
 
 

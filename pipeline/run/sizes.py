@@ -139,8 +139,9 @@ def _batches(cfg: RunConfig, data: StreamSizes) -> list[_Batch]:
     sources = 2 if len(negative_columns(cfg)) > 1 else 1  # negatives with their own sources score twice the roots
     batches.append(_Batch("an evaluation batch", ("eval.batch_size", "eval.mrr_negatives", "eval.negatives"),
                           _product(eval_size, 2 + sources * columns), _product(eval_size, 1 + columns)))
-    if cfg.eval.ranking == "all":
-        per_chunk = min(max(1, ROOTS_PER_CHUNK // max(eval_size, 1)), data.num_nodes)
+    if cfg.eval.ranking != "none":  # candidates (all) or each event's own negatives, a chunk of them at a time
+        widest = {"all": data.num_nodes, "sampled": cfg.eval.ranking_negatives}.get(cfg.eval.ranking, ROOTS_PER_CHUNK)
+        per_chunk = min(max(1, ROOTS_PER_CHUNK // max(eval_size, 1)), widest)
         batches.append(_Batch("a ranking batch", ("eval.batch_size", "eval.ranking"),
                               _product(eval_size, 2 + per_chunk), _product(eval_size, 1 + per_chunk)))
     return batches
@@ -182,6 +183,9 @@ def tensors(cfg: RunConfig, data: StreamSizes) -> list[Size]:
     if cfg.eval.mrr_negatives:
         sizes.append(Size(f"the evaluation negatives ({data.num_events} events)", ("eval.mrr_negatives",),
                           _product(data.num_events, cfg.eval.mrr_negatives, INDEX_BYTES)))
+    if cfg.eval.ranking == "sampled":
+        sizes.append(Size(f"the ranking's negatives ({data.num_events} events)", ("eval.ranking_negatives",),
+                          _product(data.num_events, cfg.eval.ranking_negatives, INDEX_BYTES + MASK_BYTES)))
     if cfg.eval.ranking == "all":
         sizes.append(Size(f"the ranking's true-destination mask ({data.num_nodes} candidates)",
                           ("eval.batch_size", "eval.ranking"),
