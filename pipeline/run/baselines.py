@@ -19,6 +19,7 @@ from pipeline.run.evaluation import (event_subsets, negative_columns, ranking_su
 from pipeline.run.ranking import true_destinations
 from pipeline.run.reporting import RunLog
 from pipeline.run.setup import require_every_part, run_split
+from pipeline.run.tgb import RankingNegatives, ranking_negatives
 
 BASELINES = ("edgebank",)
 
@@ -79,6 +80,19 @@ def rank_all_destinations(batches: list[tuple[np.ndarray, np.ndarray]], events: 
     return np.concatenate(ranks) if ranks else np.empty(0)
 
 
+def rank_own_negatives(batches: list[tuple[np.ndarray, np.ndarray]], events: EventStream, indices: np.ndarray,
+                       negatives: RankingNegatives) -> np.ndarray:
+    """The rank of each event's destination among its own negatives (`eval.ranking: sampled` or `tgb`), from
+    the split's `batch_memories`."""
+    ranks = []
+    for rows, memory in batches:
+        src, dst = events.src[indices[rows]], events.dst[indices[rows]]
+        table = edgebank_scores(memory, src[:, None], negatives.dst[rows], events.num_nodes)
+        pos = edgebank_scores(memory, src, dst, events.num_nodes)
+        ranks.append(ranks_against_candidates(pos, table, ~negatives.valid[rows]))
+    return np.concatenate(ranks) if ranks else np.empty(0)
+
+
 def run_baseline(cfg: RunConfig, events: EventStream, out_dir: Path, seed: int) -> dict[str, Any]:
     """Score validation and test with the config's baseline; write TensorBoard scalars and results.json."""
     split = run_split(cfg, events, seed)
@@ -94,10 +108,14 @@ def run_baseline(cfg: RunConfig, events: EventStream, out_dir: Path, seed: int) 
         pos, neg = score_split(batches, events, indices, negatives)
         metrics.update(split_metrics(name, pos, neg, negative_columns(cfg), cfg.eval.batch_size,
                                      event_subsets(indices, inductive, repeated)))
-        if cfg.eval.ranking == "all":
+        if cfg.eval.ranking != "none":
             started = time.perf_counter()
-            ranks = rank_all_destinations(batches, events, indices)
-            metrics.update({f"{name}_{key}_all": value for key, value in ranking_summary(ranks).items()})
+            if cfg.eval.ranking == "all":
+                ranks = rank_all_destinations(batches, events, indices)
+            else:
+                ranks = rank_own_negatives(batches, events, indices,
+                                           ranking_negatives(cfg, events, split, name, indices))
+            metrics.update({f"{name}_{key}_{cfg.eval.ranking}": value for key, value in ranking_summary(ranks).items()})
             metrics[f"{name}_ranking_s"] = time.perf_counter() - started
     results = {"model": cfg.model, "dataset": events.name, "mode": "no training", "epochs": 0, "seed": seed,
                "best_epoch": -1, "train_events_per_s": math.nan, **metrics, "config": cfg.to_dict()}

@@ -31,9 +31,9 @@ from pipeline.stages.link_prediction import LinkPredictionStages
 from pipeline.run.config import RunConfig, validate_config
 from pipeline.run.world import World
 from pipeline.run.evaluation import event_subsets, negative_columns, ranking_summary, split_metrics
-from pipeline.run.ranking import CandidateRanker
 from pipeline.run.reporting import RunLog
 from pipeline.run.setup import RunSetup, build_setup, evaluation_stages, training_stages
+from pipeline.run.tgb import check_ranking_files, make_ranker
 
 
 @dataclass
@@ -74,9 +74,11 @@ def evaluate(setup: RunSetup, name: str, indices: np.ndarray, inductive: np.ndar
 
     Metrics under random negatives have plain names (`test_ap`); under DyGLib's other strategies they end
     in `@historical` or `@inductive` (`test_ap@historical`). With `rank_all`, each event's destination is
-    also ranked against every destination (`{name}_mrr_all`, `{name}_hits@10_all`, `{name}_ranking_s`)."""
+    also ranked as `eval.ranking` says: against every destination (`{name}_mrr_all`, `{name}_hits@10_all`), or
+    against its own negatives (`{name}_mrr_sampled`, `{name}_mrr_tgb`, ...), and `{name}_ranking_s`."""
     stages = evaluation_stages(setup, name, indices, version_offset)
-    ranker = CandidateRanker(stages, setup.events) if rank_all else None
+    ranking = setup.cfg.eval.ranking
+    ranker = make_ranker(setup.cfg, setup.events, setup.split, name, indices, stages) if rank_all else None
     stages.step.on_scored = ranker
     started = time.perf_counter()
     run_stages(stages, make_scheduler("sequential"), None, stop, f"eval {name}", show_progress)
@@ -86,7 +88,7 @@ def evaluate(setup: RunSetup, name: str, indices: np.ndarray, inductive: np.ndar
     metrics = split_metrics(name, pos, neg, negative_columns(setup.cfg), setup.cfg.eval.batch_size,
                             event_subsets(indices, inductive, setup.repeated_pairs))
     if ranker is not None:
-        metrics.update({f"{name}_{key}_all": value for key, value in ranking_summary(ranker.all_ranks()).items()})
+        metrics.update({f"{name}_{key}_{ranking}": value for key, value in ranking_summary(ranker.all_ranks()).items()})
         metrics[f"{name}_ranking_s"] = time.perf_counter() - started
     return metrics, version_offset + len(stages.batches)
 
@@ -94,7 +96,7 @@ def evaluate(setup: RunSetup, name: str, indices: np.ndarray, inductive: np.ndar
 def evaluate_after_training(setup: RunSetup, version: int, stop: threading.Event | None,
                             show_progress: bool, rank_test: bool = False) -> dict[str, float]:
     """Validation continues from the training memory, test from validation; the store is restored after.
-    `rank_test` adds the all-destination ranking of the test split."""
+    `rank_test` adds the ranking of the test split (`eval.ranking`)."""
     snapshot = setup.store.snapshot() if setup.store is not None else None
     split = setup.split
     val, version = evaluate(setup, "val", split.val, split.val_inductive, version, stop, show_progress)
@@ -147,9 +149,11 @@ def train(cfg: RunConfig, events: EventStream, out_dir: Path, device: torch.devi
     """
     if cfg.model in BASELINES:
         return run_baseline(cfg, events, out_dir, seed)
-    if cfg.eval.ranking == "all" and world is not None and world.size > 1:
-        raise ConfigError("key 'eval.ranking' 'all' ranks on one process only; run it without --distributed")
+    if cfg.eval.ranking != "none" and world is not None and world.size > 1:
+        raise ConfigError(f"key 'eval.ranking' '{cfg.eval.ranking}' ranks on one process only; run it without "
+                          f"--distributed")
     setup = build_setup(cfg, events, device, seed, world)
+    check_ranking_files(cfg, events, setup.split)
     ckpt_path = out_dir / CHECKPOINT_NAME
     state = _restore(setup, ckpt_path) if resume else TrainingState()
     batches_per_epoch = len(setup.train_batches)
@@ -176,9 +180,10 @@ def train(cfg: RunConfig, events: EventStream, out_dir: Path, device: torch.devi
             chosen = chooser.chosen  # None if the run ended before its trials did
             results["auto"] = {"mode": chosen and chosen.mode, "threads": chosen and chosen.threads,
                                "decisions": chooser.decisions}
-        if cfg.eval.ranking == "all":
+        if cfg.eval.ranking != "none":
             results.update(rank_with_best_weights(setup, state, stop, show_progress))
-            log.scalars(state.best_epoch, {f"eval/{key}": results[key] for key in ("test_mrr_all", "test_hits@10_all")})
+            log.scalars(state.best_epoch, {f"eval/{key}": results[key]
+                                           for key in (f"test_mrr_{cfg.eval.ranking}", f"test_hits@10_{cfg.eval.ranking}")})
         log.results(results)
         return results
     finally:
@@ -293,7 +298,7 @@ def evaluate_checkpoint(ckpt: dict[str, Any], events: EventStream, device: torch
                         show_progress: bool = True, *, path: Path = Path(CHECKPOINT_NAME),
                         plugins: tuple[str, ...] = ()) -> dict[str, float]:
     """Re-evaluate a checkpoint's best weights on a memory rebuilt by replaying the training events;
-    ranks the test split against every destination too when its config asks (`eval.ranking: all`).
+    ranks the test split too when its config asks (`eval.ranking`).
 
     The checkpoint is data: the plugins its config records are never imported. `plugins` (resolved, what
     the user named) are, and must cover them; the weights must fit the model its config describes, which
@@ -308,7 +313,7 @@ def evaluate_checkpoint(ckpt: dict[str, Any], events: EventStream, device: torch
     if shapes is None:
         check_contents(path, ckpt, setup.model.state_dict())
     best = ckpt["training"]["best_model"] or ckpt["model"]
-    return replay_and_evaluate(setup, best, None, show_progress, setup.cfg.eval.ranking == "all")
+    return replay_and_evaluate(setup, best, None, show_progress, setup.cfg.eval.ranking != "none")
 
 
 def _model_shapes(cfg: RunConfig, events: EventStream) -> dict[str, torch.Tensor] | None:
@@ -325,12 +330,13 @@ def _model_shapes(cfg: RunConfig, events: EventStream) -> dict[str, torch.Tensor
 
 def rank_with_best_weights(setup: RunSetup, state: TrainingState, stop: threading.Event | None,
                            show_progress: bool) -> dict[str, float]:
-    """TGB's all-destination ranking of the test split by the best epoch's weights, on a memory rebuilt by
+    """TGB's ranking of the test split (`eval.ranking`) by the best epoch's weights, on a memory rebuilt by
     replaying the training and validation events (the memory at the end of that epoch is not kept).
     `test_ap_replayed` is the same pass's test AP, beside the ranking it goes with."""
     replayed = replay_and_evaluate(setup, state.best_model or setup.model.state_dict(), stop, show_progress,
                                    rank_test=True)
-    return {"test_mrr_all": replayed["test_mrr_all"], "test_hits@10_all": replayed["test_hits@10_all"],
+    suffix = setup.cfg.eval.ranking
+    return {f"test_mrr_{suffix}": replayed[f"test_mrr_{suffix}"], f"test_hits@10_{suffix}": replayed[f"test_hits@10_{suffix}"],
             "test_ranking_s": replayed["test_ranking_s"], "test_ap_replayed": replayed["test_ap"]}
 
 
