@@ -17,6 +17,8 @@ from graph.events import event_stream_from_raw
 from graph.synthetic import synthetic_events
 from pipeline.run.baselines import run_baseline
 from pipeline.run.config import validate_config
+from pipeline.run.negative_scores import score_in_chunks
+from pipeline.run.ranking import CandidateRanker
 from pipeline.run.setup import build_setup, evaluation_stages, run_split
 from pipeline.run.tgb import HIST_RATIO, NegativesRanker, file_negatives, load_negatives_file, sampled_negatives
 from pipeline.run.trainer import train
@@ -264,6 +266,25 @@ def test_a_trained_models_negatives_score_as_the_negatives_of_their_event(stream
     valid = negatives.valid[rows]
     expected = [1 + np.sum(s[v] > p) + 0.5 * np.sum(s[v] == p) for p, s, v in zip(pos, scores, valid)]
     np.testing.assert_allclose(ranker.all_ranks(), expected)
+
+
+def test_candidates_shared_by_every_event_score_as_the_all_destination_ranking_scores_them(stream):
+    """`score_in_chunks` over `np.broadcast_to(candidates, (B, C))` is the ranking against every destination."""
+    setup = build_setup(validate_config(SMALL), stream, torch.device("cpu"), seed=0)
+    setup.model.eval()
+    stages = evaluation_stages(setup, "test", setup.split.test, 0)
+    ranker = CandidateRanker(stages, stream, roots_per_chunk=300)
+    kept = []
+    candidates = ranker.candidates
+    stages.step.on_scored = lambda i, ctx: kept.append((ranker.scores(i, ctx), score_in_chunks(
+        stages, i, ctx, np.broadcast_to(candidates, (len(ctx.events), len(candidates))), 300)))
+    ctx = stages.sample(0)
+    stages.fetch_features(0, ctx)
+    stages.fetch_memory(0, ctx, 0)
+    stages.train(0, ctx)
+    (pos, scores), (shared_pos, shared_scores) = kept[0]
+    np.testing.assert_allclose(shared_pos, pos, rtol=1e-4, atol=1e-5)  # to float32 rounding, whichever path
+    np.testing.assert_allclose(shared_scores, scores, rtol=1e-4, atol=1e-5)  # CandidateRanker takes
 
 
 def test_training_reports_the_sampled_ranking_of_its_best_weights(stream, tmp_path):

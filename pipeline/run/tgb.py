@@ -28,8 +28,9 @@ from graph.negatives import named_seed
 from graph.split import Split
 from pipeline.run.config import RunConfig
 from pipeline.run.evaluation import ranks_against_candidates
+from pipeline.run.negative_scores import score_in_chunks
 from pipeline.run.ranking import ROOTS_PER_CHUNK, CandidateRanker
-from pipeline.stages.link_prediction import BatchContext, LinkPredictionStages, Scoring
+from pipeline.stages.link_prediction import BatchContext, LinkPredictionStages
 
 HIST_RATIO = 0.5  # at most this share of a positive's negatives are historical (NegativeEdgeGenerator.hist_ratio)
 
@@ -234,8 +235,7 @@ def ranking_negatives(cfg: RunConfig, events: EventStream, split: Split, split_n
 class NegativesRanker:
     """Called after an evaluation batch is scored (`Scoring.on_scored`), as `CandidateRanker` is: ranks each
     event's destination against its own negatives (`RankingNegatives`, one row per event of the split, batch
-    after batch, on one process). The negatives are scored in chunks of columns, each as the negatives of the
-    whole batch, so a negative gets the score it would get as a negative of its event."""
+    after batch, on one process), scored by `score_in_chunks` as negatives of the event's batch."""
 
     def __init__(self, stages: LinkPredictionStages, negatives: RankingNegatives, roots_per_chunk: int = ROOTS_PER_CHUNK):
         self.stages = stages
@@ -247,21 +247,7 @@ class NegativesRanker:
     def scores(self, i: int, ctx: BatchContext) -> tuple[np.ndarray, np.ndarray]:
         """Scores of batch `i`'s positives `(B,)` and of each event's negatives `(B, K)`."""
         dst = self.negatives.dst[self.first_row[i]:self.first_row[i + 1]]
-        per_chunk = max(1, self.roots_per_chunk // len(ctx.events))
-        pos, columns = self.stages.step.pos_scores[-1], [np.empty((len(dst), 0))]
-        for start in range(0, dst.shape[1], per_chunk):
-            group = dst[:, start:start + per_chunk]
-            scorer = dataclasses.replace(
-                self.stages, batches=[ctx.events], num_neg=group.shape[1], mitigation=None, step=Scoring(),
-                negatives=lambda j, events, group=group: (group.T.reshape(-1), None),
-                sample_seed=lambda j: self.stages.sample_seed(i))
-            chunk = scorer.sample(0)
-            scorer.fetch_features(0, chunk)
-            scorer.fetch_memory(0, chunk, 0)
-            scorer.train(0, chunk)
-            pos = scorer.step.pos_scores[0]
-            columns.append(scorer.step.neg_scores[0])
-        return pos, np.hstack(columns)
+        return score_in_chunks(self.stages, i, ctx, dst, self.roots_per_chunk)
 
     def __call__(self, i: int, ctx: BatchContext) -> None:
         pos, scores = self.scores(i, ctx)
