@@ -3,6 +3,8 @@ unpickler and matched against the stream, and negatives sampled as TGB's generat
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import pickle
 import subprocess
@@ -16,6 +18,7 @@ from common.errors import ConfigError, DataError
 from graph.events import event_stream_from_raw
 from graph.synthetic import synthetic_events
 from pipeline.run.baselines import run_baseline
+from pipeline.run.checkpoint import UNFINGERPRINTED_EVAL_KEYS, config_fingerprint
 from pipeline.run.config import validate_config
 from pipeline.run.negative_scores import score_in_chunks
 from pipeline.run.ranking import CandidateRanker
@@ -300,3 +303,13 @@ def test_a_trained_run_refuses_a_mismatching_file_before_it_trains(tmp_path):
     with pytest.raises(DataError, match=r"t\.pkl: entry 1, .* is not an event of the test split"):
         train(cfg, tgb_stream(), tmp_path / "run", torch.device("cpu"), seed=0, show_progress=False)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_the_ranking_keys_leave_the_checkpoint_fingerprint_of_earlier_runs_as_it_was():
+    """A checkpoint written before the keys existed resumes: its config (without them) hashes as today's."""
+    cfg = validate_config({"eval": {"ranking": "sampled", "ranking_negatives": 7, "ranking_seed": 3}})
+    earlier = cfg.to_dict()
+    earlier["eval"] = {k: v for k, v in earlier["eval"].items() if k not in UNFINGERPRINTED_EVAL_KEYS}
+    del earlier["pipeline"]
+    earlier["train"] = {k: v for k, v in earlier["train"].items() if k not in ("epochs", "patience")}
+    assert config_fingerprint(cfg) == hashlib.sha256(json.dumps(earlier, sort_keys=True).encode()).hexdigest()[:16]

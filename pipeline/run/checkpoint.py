@@ -43,8 +43,10 @@ PLAIN_DEPTH = 8  # how deeply a history entry may nest plain data
 
 
 # what of a config does not change the trained model, so a run may be resumed with another value:
-# the `pipeline` section (the mode) and these `train` keys
+# the `pipeline` section (the mode), these `train` keys and the `eval` keys that only say how the best
+# weights are ranked after training (they came after checkpoints were written without them)
 UNFINGERPRINTED_TRAIN_KEYS = ("epochs", "patience")
+UNFINGERPRINTED_EVAL_KEYS = ("ranking_negatives", "ranking_seed", "val_negatives_file", "test_negatives_file")
 SHOWN_DIFFERENCES = 3  # how many differing config keys a refused --resume names
 
 
@@ -53,6 +55,8 @@ def _fingerprinted(config: Mapping[str, Any]) -> dict[str, Any]:
     relevant = {k: v for k, v in config.items() if k != "pipeline"}
     if isinstance(relevant.get("train"), Mapping):
         relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in UNFINGERPRINTED_TRAIN_KEYS}
+    if isinstance(relevant.get("eval"), Mapping):
+        relevant["eval"] = {k: v for k, v in relevant["eval"].items() if k not in UNFINGERPRINTED_EVAL_KEYS}
     return relevant
 
 
