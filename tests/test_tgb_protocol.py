@@ -103,6 +103,19 @@ def test_every_pickle_protocol_and_integer_arrays_read_the_same(tmp_path, protoc
     assert [list(row[valid]) for row, valid in zip(ids, negatives.valid)] == list(TEST.values())
 
 
+def test_a_file_written_by_either_numpy_reads_alike(tmp_path):
+    """numpy 2 writes `numpy._core.multiarray` where numpy 1 wrote `numpy.core.multiarray`."""
+    events = tgb_stream()
+    split = run_split(tgb_config(tmp_path), events, seed=0)
+    written = write_negatives(tmp_path / "test.pkl", TEST, protocol=2).read_bytes()
+    other = b"numpy._core" if b"numpy.core" in written else b"numpy.core"
+    renamed = tmp_path / "other_numpy.pkl"
+    renamed.write_bytes(written.replace(b"numpy.core", other).replace(b"numpy._core", other))
+    for path in (tmp_path / "test.pkl", renamed):
+        negatives = file_negatives(path, events, split.test, "test")
+        assert events.node_ids[negatives.dst[2]].tolist() == TEST[(2, 14, 20)]
+
+
 class Payload:
     """Any class of the reader's own: a pickle may name it, and a negatives file never does."""
 
@@ -151,7 +164,7 @@ def test_a_file_that_is_not_a_negatives_dict_is_refused_in_one_line(tmp_path, co
 @pytest.mark.parametrize("test, expected", [
     ({**TEST, (1, 11, 999): [13]}, r"entry 4, \(src, dst, t\) = \(1, 11, 999\), is not an event of the test split"),
     ({key: value for key, value in TEST.items() if key[2] != 19},
-     r"no entry for the test split's event \(src, dst, t\) = \(2, 12, 19\) \(row 19 of the stream"),
+     r"no entry for the test split's event \(src, dst, t\) = \(2, 12, 19\) \(event 19 of the stream"),
     ({**TEST, (2, 12, 19): [14, 99]}, r"entry 2, \(2, 12, 19\), lists node id 99, which is not a node"),
     ({(0, 3, 18): [5], (1, 4, 19): [6], (1, 6, 20): [2]}, r"entry 1, \(src, dst, t\) = \(0, 3, 18\), is not an event"),
     (VAL, r"entry 1, \(src, dst, t\) = \(1, 10, 15\), is not an event of the test split"),
@@ -171,9 +184,9 @@ def test_a_mismatching_file_stops_train_with_one_line_and_exit_2(tmp_path, scrip
     test = write_negatives(tmp_path / "test_ns.pkl", {**TEST, (2, 12, 19): [99]})
     settings = ["eval.protocol=tgb", "eval.ranking=tgb", "eval.negatives=[random]", f"eval.val_negatives_file={val}",
                 f"eval.test_negatives_file={test}"]
-    command = [sys.executable, str(scripts_dir / "train.py"), "--config", str(scripts_dir.parent / "configs/edgebank.yml"),
-               "--data", str(data), *(part for setting in settings for part in ("--set", setting)),
-               "--out", str(tmp_path / "run")]
+    config = scripts_dir.parent / "configs" / "edgebank.yml"
+    command = [sys.executable, str(scripts_dir / "train.py"), "--config", str(config), "--data", str(data),
+               *(part for setting in settings for part in ("--set", setting)), "--out", str(tmp_path / "run")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1

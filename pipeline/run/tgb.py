@@ -66,8 +66,8 @@ class NegativesUnpickler(pickle.Unpickler):
         try:
             return super().find_class(module, name)
         except ImportError:  # numpy 2 renamed numpy.core to numpy._core; a file may name either
-            other = module.replace("numpy._core", "numpy.core") if "._core" in module else module.replace(".core", "._core")
-            return super().find_class(other, name)
+            _, package, rest = module.split(".", 2)  # numpy, core or _core, multiarray or numeric
+            return super().find_class(f"numpy.{'core' if package == '_core' else '_core'}.{rest}", name)
 
     def persistent_load(self, pid: object) -> object:
         raise DataError(f"{self.name}: refused to load: the pickle asks for a persistent object, which a TGB "
@@ -86,7 +86,8 @@ def load_negatives_file(path: str | Path) -> dict:
         except DataError:
             raise
         except Exception as err:  # a damaged pickle raises anything from UnpicklingError to MemoryError
-            raise DataError(f"{name}: not a readable TGB negatives pickle ({shorten(type(err).__name__ + ': ' + str(err))})") from None
+            reason = shorten(f"{type(err).__name__}: {err}")
+            raise DataError(f"{name}: not a readable TGB negatives pickle ({reason})") from None
     if not isinstance(table, dict):
         raise DataError(f"{name}: a TGB negatives file holds a dict {{(src, dst, t): negatives}}, this one a "
                         f"{type(table).__name__}")
@@ -97,7 +98,10 @@ def _number(value: object) -> float | None:
     """A key's or negative's value as a float when it is a real number (Python or numpy), else None."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer past float's range is no node id or time of a stream
+        return None
 
 
 def _node(value: float | None) -> int | None:
@@ -132,9 +136,10 @@ def file_negatives(path: str | Path, events: EventStream, indices: np.ndarray, s
         lists[event] = _negative_nodes(negatives, events, name, number, event)
     missing = next((key for key in rows_of if key not in lists), None)
     if missing is not None:
+        event = int(indices[rows_of[missing][0]]) + 1
         raise DataError(f"{name}: no entry for the {split_name} split's event (src, dst, t) = {_shown(missing)} "
-                        f"(row {int(indices[rows_of[missing][0]]) + 1} of the stream; the file has {len(table)} entries "
-                        f"for its {len(rows_of)} distinct events); {hint}")
+                        f"(event {event} of the stream in time order; the file has {len(table)} entries for the "
+                        f"split's {len(rows_of)} distinct events); {hint}")
     width = max((len(value) for value in lists.values()), default=0)
     dst = np.zeros((len(indices), width), dtype=np.int64)
     valid = np.zeros((len(indices), width), dtype=bool)
@@ -160,14 +165,15 @@ def _negative_nodes(negatives: object, events: EventStream, name: str, number: i
         raise DataError(f"{name}: entry {number}, {_shown(event)}, holds {shorten(type(negatives).__name__)}, not a "
                         f"list of node ids")
     ids = negatives.astype(np.float64)
-    whole = np.isfinite(ids) & (ids == np.round(ids))
+    whole = np.isfinite(ids) & (ids == np.round(ids)) & (np.abs(ids) < 2.0**62)
     position = np.searchsorted(events.node_ids, np.where(whole, ids, -1).astype(np.int64))
     position = np.minimum(position, len(events.node_ids) - 1)
     known = whole & (events.node_ids[position] == ids)
     if not known.all():
         bad = ids[np.argmin(known)]
-        raise DataError(f"{name}: entry {number}, {_shown(event)}, lists node id {int(bad) if bad == int(bad) else bad}, "
-                        f"which is not a node of {events.origin} (eval.protocol tgb: the stream must carry TGB's node ids)")
+        shown = int(bad) if np.isfinite(bad) and bad == int(bad) else bad
+        raise DataError(f"{name}: entry {number}, {_shown(event)}, lists node id {shown}, which is not a node of "
+                        f"{events.origin} (eval.protocol tgb: the stream must carry TGB's node ids)")
     return position.astype(np.int64)
 
 
@@ -237,7 +243,8 @@ class NegativesRanker:
     event's destination against its own negatives (`RankingNegatives`, one row per event of the split, batch
     after batch, on one process), scored by `score_in_chunks` as negatives of the event's batch."""
 
-    def __init__(self, stages: LinkPredictionStages, negatives: RankingNegatives, roots_per_chunk: int = ROOTS_PER_CHUNK):
+    def __init__(self, stages: LinkPredictionStages, negatives: RankingNegatives,
+                 roots_per_chunk: int = ROOTS_PER_CHUNK):
         self.stages = stages
         self.negatives = negatives
         self.first_row = np.cumsum([0] + [len(batch) for batch in stages.batches])

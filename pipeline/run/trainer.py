@@ -182,8 +182,8 @@ def train(cfg: RunConfig, events: EventStream, out_dir: Path, device: torch.devi
                                "decisions": chooser.decisions}
         if cfg.eval.ranking != "none":
             results.update(rank_with_best_weights(setup, state, stop, show_progress))
-            log.scalars(state.best_epoch, {f"eval/{key}": results[key]
-                                           for key in (f"test_mrr_{cfg.eval.ranking}", f"test_hits@10_{cfg.eval.ranking}")})
+            ranked = (f"test_mrr_{cfg.eval.ranking}", f"test_hits@10_{cfg.eval.ranking}")
+            log.scalars(state.best_epoch, {f"eval/{key}": results[key] for key in ranked})
         log.results(results)
         return results
     finally:
@@ -335,9 +335,8 @@ def rank_with_best_weights(setup: RunSetup, state: TrainingState, stop: threadin
     `test_ap_replayed` is the same pass's test AP, beside the ranking it goes with."""
     replayed = replay_and_evaluate(setup, state.best_model or setup.model.state_dict(), stop, show_progress,
                                    rank_test=True)
-    suffix = setup.cfg.eval.ranking
-    return {f"test_mrr_{suffix}": replayed[f"test_mrr_{suffix}"], f"test_hits@10_{suffix}": replayed[f"test_hits@10_{suffix}"],
-            "test_ranking_s": replayed["test_ranking_s"], "test_ap_replayed": replayed["test_ap"]}
+    ranked = (f"test_mrr_{setup.cfg.eval.ranking}", f"test_hits@10_{setup.cfg.eval.ranking}", "test_ranking_s")
+    return {**{key: replayed[key] for key in ranked}, "test_ap_replayed": replayed["test_ap"]}
 
 
 def _results(setup: RunSetup, state: TrainingState, mode: str) -> dict[str, Any]:
