@@ -240,23 +240,27 @@ def test_one_stalled_batch_does_not_decide_a_trial():
     assert chosen_mode(auto) == "sequential"
 
 
-def test_a_slowdown_of_the_kept_setting_starts_the_trials_again():
+QUIET = {"sequential@2": 23.0, "presample@2": 30.0, "mspipe@2": 30.0, "sequential@1": 27.0,
+         "presample@1": 30.0, "mspipe@1": 30.0}
+SHARED = {"sequential@2": 90.0, "presample@2": 95.0, "mspipe@2": 95.0, "sequential@1": 30.0,
+          "presample@1": 40.0, "mspipe@1": 40.0}  # another job takes a core: two threads wait on each other
+
+
+def test_the_kept_setting_follows_a_machine_that_becomes_shared_and_quiet_again():
     auto = Auto(candidates(), threads=(2, 1), trial_batches=4, rounds=1, watch_batches=10, slowdown=0.3, cores=2)
-    quiet = {"sequential@2": 23.0, "presample@2": 30.0, "mspipe@2": 30.0, "sequential@1": 27.0,
-             "presample@1": 30.0, "mspipe@1": 30.0}
-    while auto.chosen is None:
-        trial(auto, quiet)
-    assert auto.chosen == Setting("sequential", 2)
-    segment, end = auto.segment(0, 100)
-    assert end == 10
-    auto.segment_done(segment, range(0, end), timing(25.0, 10))  # within 30%: keeps going
-    segment, end = auto.segment(10, 100)
-    auto.segment_done(segment, range(10, end), timing(90.0, 10))  # another job took a core
-    shared = {"sequential@2": 90.0, "presample@2": 95.0, "mspipe@2": 95.0, "sequential@1": 30.0,
-              "presample@1": 40.0, "mspipe@1": 40.0}
-    while len(auto.decisions) < 2:
-        trial(auto, shared)
-    assert auto.chosen == Setting("sequential", 1)
+    for times, kept, watched_ms in ((QUIET, Setting("sequential", 2), 90.0), (SHARED, Setting("sequential", 1), 20.0),
+                                    (QUIET, Setting("sequential", 2), None)):
+        decided = len(auto.decisions)
+        while len(auto.decisions) == decided:
+            trial(auto, times)
+        assert auto.chosen == kept
+        if watched_ms is None:
+            break
+        segment, end = auto.segment(0, 100)
+        assert end == 10
+        auto.segment_done(segment, range(0, end), timing(1.2 * times[str(kept)], 10))  # within 30%: goes on
+        segment, end = auto.segment(10, 100)
+        auto.segment_done(segment, range(10, end), timing(watched_ms, 10))  # off by more: trials again
 
 
 def test_auto_tries_the_runs_thread_count_and_half_of_it_unless_the_config_fixes_them():
@@ -272,21 +276,6 @@ def test_threads_on_the_command_line_fix_the_thread_count_auto_trains_with(scrip
     args = train_script.parse_args(["--data", "uci", "--out", "r", "--threads", "1"])
     assert train_script.build_config(args).pipeline.auto.threads == (1,)
     assert train_script.build_config(train_script.parse_args(["--data", "uci", "--out", "r"])).pipeline.auto.threads == ()
-
-
-def test_a_machine_that_becomes_quiet_again_gets_its_threads_back():
-    auto = Auto(candidates(), threads=(2, 1), trial_batches=4, rounds=1, watch_batches=10, slowdown=0.3, cores=2)
-    shared = {"sequential@2": 90.0, "presample@2": 95.0, "mspipe@2": 95.0, "sequential@1": 30.0,
-              "presample@1": 40.0, "mspipe@1": 40.0}
-    while auto.chosen is None:
-        trial(auto, shared)
-    assert auto.chosen == Setting("sequential", 1)
-    segment, end = auto.segment(0, 100)
-    auto.segment_done(segment, range(0, end), timing(20.0, 10))  # the other job ended: 1.5x faster
-    quiet = {**shared, "sequential@2": 14.0, "sequential@1": 20.0}
-    while len(auto.decisions) < 2:
-        trial(auto, quiet)
-    assert auto.chosen == Setting("sequential", 2)
 
 
 def test_fewer_threads_are_tried_only_where_other_processes_take_cores():
