@@ -13,6 +13,7 @@ from pipeline.engine.config import AutoConfig, PipelineConfig
 from pipeline.engine.host_threads import thread_options
 from pipeline.engine.profiler import CpuClock, SegmentTiming, pipelined_time_bound
 from pipeline.engine.runner import STAGES, run_batches
+from pipeline.engine import schedulers
 from pipeline.engine.schedulers import Auto, MSPipe, Presample, Sequential, Setting, make_scheduler
 from test_runner import DURATIONS, MS, SleepStages, assert_schedule_rules
 
@@ -125,17 +126,17 @@ def choose(auto: Auto, ms_per_batch: dict[str, float]) -> str:
 
 def test_auto_keeps_the_first_candidate_unless_another_beats_it_by_the_margin():
     def fresh() -> Auto:
-        return Auto(candidates(), trial_batches=4, rounds=1, margin=0.05)
+        return Auto(candidates(), trial_batches=4, rounds=1, margin=0.05, probe_batches=0)
 
     assert choose(fresh(), {"sequential": 100.0, "presample": 96.0, "mspipe": 97.0}) == "sequential"
     assert choose(fresh(), {"sequential": 100.0, "presample": 96.0, "mspipe": 94.0}) == "mspipe"
     assert choose(fresh(), {"sequential": 100.0, "presample": 90.0, "mspipe": 94.0}) == "presample"
-    no_margin = Auto(candidates(), trial_batches=4, rounds=1, margin=0.0)
+    no_margin = Auto(candidates(), trial_batches=4, rounds=1, margin=0.0, probe_batches=0)
     assert choose(no_margin, {"sequential": 100.0, "presample": 99.0, "mspipe": 101.0}) == "presample"
 
 
 def test_a_clear_loser_of_the_first_round_runs_no_more_trials():
-    auto = Auto(candidates(), trial_batches=4, rounds=3, drop=0.1)
+    auto = Auto(candidates(), trial_batches=4, rounds=3, drop=0.1, probe_batches=0)
     times = {"sequential": 100.0, "presample": 105.0, "mspipe": 130.0}
     tried = []
     while auto.chosen is None:
@@ -187,7 +188,7 @@ def test_auto_does_not_try_modes_that_cannot_beat_sequential():
 
 
 def test_auto_tries_pipelined_modes_where_host_stages_wait():
-    auto = Auto(candidates(), trial_batches=4, rounds=1, cores=2)
+    auto = Auto(candidates(), trial_batches=4, rounds=1, probe_batches=0, cores=2)
     waiting = {**CPU_BOUND, "fetch_features": 30.0}  # elapsed; its CPU time stays 1 ms
     times = {"sequential": 55.0, "presample": 35.0, "mspipe": 33.0}
     tried = [trial(auto, times, stage_ms=waiting, cpu_ms=BOTH_CORES_BUSY) for _ in range(3)]
@@ -218,11 +219,13 @@ class ThreadsSeen(SleepStages):
         super().train(i, ctx)
 
 
-def test_the_runner_trains_each_segment_with_the_threads_its_setting_names():
+def test_the_runner_trains_each_segment_with_the_threads_its_setting_names(monkeypatch):
+    monkeypatch.setattr(schedulers, "SHARED_CORES", -1.0)  # fewer threads tried however busy the machine is
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        auto = Auto({"sequential": Sequential}, threads=(2, 1), trial_batches=3, rounds=1, watch_batches=5)
+        auto = Auto({"sequential": Sequential}, threads=(2, 1), trial_batches=3, rounds=1, watch_batches=5,
+                    probe_batches=0)
         stages = ThreadsSeen({stage: 1 * MS for stage in STAGES})
         run_batches(12, stages, auto)
         assert [stages.threads[i] for i in range(6)] == [2, 2, 2, 1, 1, 1]
@@ -232,7 +235,7 @@ def test_the_runner_trains_each_segment_with_the_threads_its_setting_names():
 
 
 def test_one_stalled_batch_does_not_decide_a_trial():
-    auto = Auto(candidates(), trial_batches=8, rounds=1, margin=0.03)
+    auto = Auto(candidates(), trial_batches=8, rounds=1, margin=0.03, probe_batches=0)
     for name, ms in (("sequential", 100.0), ("presample", 110.0), ("mspipe", 110.0)):
         segment, end = auto.segment(0, 8)
         stalled = (ms,) * 5 + (3000.0,) * 2 if name == "sequential" else (ms,) * 7
@@ -301,3 +304,23 @@ def test_other_cores_are_what_the_machine_was_busy_beyond_this_process():
     assert CpuClock(10.0, 5.0, None).other_cores(after) is None
     reading = CpuClock.now()
     assert reading.machine_s is None or reading.machine_s > 0
+
+
+def test_a_setting_far_slower_in_its_probe_gets_no_trial():
+    auto = Auto({"sequential": Sequential}, threads=(2, 1), trial_batches=8, rounds=2, probe_batches=3, cores=2)
+    shared, lengths = {"sequential@2": 146.0, "sequential@1": 24.0}, []
+    while auto.chosen is None:
+        segment, end = auto.segment(0, 100)
+        lengths.append(end)
+        name = next(str(setting) for setting, candidate in auto.settings.items() if candidate is segment)
+        auto.segment_done(segment, range(0, end), timing(shared[name], end, other_cores=1.0))
+    assert lengths == [3, 3] and auto.chosen == Setting("sequential", 1)  # two probes, no trial for a lone contender
+    close = {"sequential@2": 25.0, "sequential@1": 24.0}
+    auto = Auto({"sequential": Sequential}, threads=(2, 1), trial_batches=8, rounds=2, probe_batches=3, cores=2)
+    lengths = []
+    while auto.chosen is None:
+        segment, end = auto.segment(0, 100)
+        lengths.append(end)
+        name = next(str(setting) for setting, candidate in auto.settings.items() if candidate is segment)
+        auto.segment_done(segment, range(0, end), timing(close[name], end, other_cores=1.0))
+    assert lengths == [3, 3, 8, 8, 8, 8]  # close: both probed, then both tried in both rounds

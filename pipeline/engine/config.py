@@ -13,8 +13,9 @@ class AutoConfig:
     fraction of its time per batch) another setting must beat the first to be chosen over it (the first is
     the one without staleness, and a gain within the machine's noise is not worth staleness), how much
     slower than the fastest a setting may be after a round and still run the next (a clear loser's trials
-    only cost time), and how often (batches) and by how much (a fraction) a slowdown of the chosen setting
-    is checked for, which starts the trials again."""
+    only cost time), how often (batches) and by how much (a fraction) a change of the chosen setting's speed
+    is checked for, which starts the trials again, and the batches of the probe each setting gets before the
+    trials (0: none), after which only those within `drop` of the fastest are tried."""
 
     candidates: tuple[str, ...] = ("sequential", "presample", "mspipe")
     threads: tuple[int, ...] = ()
@@ -24,7 +25,8 @@ class AutoConfig:
     margin: float = 0.03
     drop: float = 0.1
     watch_batches: int = 20
-    slowdown: float = 0.3
+    slowdown: float = 0.5
+    probe_batches: int = 3
 
 
 @dataclass(frozen=True)

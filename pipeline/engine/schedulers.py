@@ -194,8 +194,10 @@ class Setting:
 class Auto(Scheduler):
     """Picks the fastest setting (mode and thread count) on the running job.
 
-    Trials: each setting (a candidate mode at every thread count, in that order, so the sequential trials
-    come first) trains `trial_batches` batches, `rounds` times in turn, and the one with the
+    Trials: first each setting (a candidate mode at every thread count, in that order, so the sequential
+    ones come first) trains `probe_batches` batches, and those within `drop` of the fastest go on (a setting
+    several times slower, two threads on a shared machine, costs no more than its probe); then each of
+    them trains `trial_batches` batches, `rounds` times in turn, and the one with the
     shortest median time per batch over its trials runs from then on (a median, so a trial that lands in
     a stall of a shared machine does not decide). The first setting (the first candidate mode at the first
     thread count) is kept unless another is faster by at least `margin` (a fraction of the first's time).
@@ -217,13 +219,15 @@ class Auto(Scheduler):
                  trial_batches: int = AutoConfig.trial_batches, rounds: int = AutoConfig.rounds,
                  recheck_every: int = AutoConfig.recheck_every, margin: float = AutoConfig.margin,
                  drop: float = AutoConfig.drop, watch_batches: int = AutoConfig.watch_batches,
-                 slowdown: float = AutoConfig.slowdown, cores: int = 1) -> None:
+                 slowdown: float = AutoConfig.slowdown, probe_batches: int = AutoConfig.probe_batches,
+                 cores: int = 1) -> None:
         if (not candidates or trial_batches < 2 or rounds < 1 or recheck_every < 1 or not 0 <= margin < 1
-                or drop < 0 or watch_batches < 2 or slowdown < 0 or any(t < 1 for t in threads) or cores < 1):
+                or drop < 0 or watch_batches < 2 or slowdown < 0 or probe_batches == 1 or probe_batches < 0
+                or any(t < 1 for t in threads) or cores < 1):
             raise ValueError("auto needs candidates, threads >= 1, trial_batches >= 2, rounds >= 1, recheck_every >= 1, "
-                             "0 <= margin < 1, drop >= 0, watch_batches >= 2, slowdown >= 0 and cores >= 1, got "
-                             f"{list(candidates)}, {threads}, {trial_batches}, {rounds}, {recheck_every}, {margin}, "
-                             f"{drop}, {watch_batches}, {slowdown}, {cores}")
+                             "0 <= margin < 1, drop >= 0, watch_batches >= 2, slowdown >= 0, probe_batches 0 or >= 2 "
+                             f"and cores >= 1, got {list(candidates)}, {threads}, {trial_batches}, {rounds}, "
+                             f"{recheck_every}, {margin}, {drop}, {watch_batches}, {slowdown}, {probe_batches}, {cores}")
         self.settings = {Setting(mode, count): make() for mode, make in candidates.items()
                          for count in (threads or (None,))}
         self.trial_batches = trial_batches
@@ -233,12 +237,13 @@ class Auto(Scheduler):
         self.drop = drop
         self.watch_batches = watch_batches
         self.slowdown = slowdown
+        self.probe_batches = probe_batches
         self.cores = cores
         self.chosen: Setting | None = None
         self.decisions: list[dict] = []
         self._batches_seen = 0
         self._since_choice = 0
-        self._round = 0
+        self._round = 0  # -1: the probes
         self._queue: list[Setting] = []  # settings still to try in this round
         self._batch_s: dict[Setting, list[float]] = {}
         self._alone: dict[int | None, SegmentTiming] = {}  # thread count -> a sequential trial's stage times
@@ -257,7 +262,8 @@ class Auto(Scheduler):
             self._start_trials()
         if self._queue:
             self._current = self._queue[0]
-            return self.settings[self._current], min(num_batches, start + self.trial_batches)
+            length = self.probe_batches if self._round < 0 else self.trial_batches
+            return self.settings[self._current], min(num_batches, start + length)
         self._current = self.chosen
         left = self.recheck_every - self._since_choice
         return self.settings[self.chosen], min(num_batches, start + min(self.watch_batches, left))
@@ -271,7 +277,7 @@ class Auto(Scheduler):
             self._watch(len(batches), timing)
             return
         setting = self._queue[0]
-        if timing.seconds_per_batch is None and len(batches) < self.trial_batches:
+        if timing.seconds_per_batch is None:
             return  # cut short before it could be timed: the trial goes on in the next segment
         self._queue.pop(0)
         self._batch_s[setting].extend(timing.batch_s)
@@ -283,7 +289,7 @@ class Auto(Scheduler):
 
     def _start_trials(self) -> None:
         self._recheck = False
-        self._round = 0
+        self._round = -1 if self.probe_batches else 0
         self._batch_s = {setting: [] for setting in self.settings}
         self._alone, self._not_tried, self._other_cores = {}, {}, None
         self._queue = list(self.settings)
@@ -407,7 +413,7 @@ def auto_scheduler(cfg: PipelineConfig) -> Scheduler:
     threads = auto.threads or thread_options(torch.get_num_threads())
     return Auto({name: partial(make_scheduler, name, cfg) for name in auto.candidates}, threads,
                 auto.trial_batches, auto.rounds, auto.recheck_every, auto.margin, auto.drop, auto.watch_batches,
-                auto.slowdown, available_cores())
+                auto.slowdown, auto.probe_batches, available_cores())
 
 
 def make_scheduler(mode: str, cfg: PipelineConfig = PipelineConfig()) -> Scheduler:

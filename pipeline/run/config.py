@@ -475,6 +475,9 @@ def _check_values(cfg: RunConfig, source: str) -> None:
         if getattr(auto, key) < 2:
             raise ConfigError(f"{source}: key 'pipeline.auto.{key}' must be >= 2 (a time per batch needs two "
                               f"train steps), got {getattr(auto, key)}")
+    if auto.probe_batches < 0 or auto.probe_batches == 1:
+        raise ConfigError(f"{source}: key 'pipeline.auto.probe_batches' must be 0 (no probes) or >= 2 (a time per "
+                          f"batch needs two train steps), got {auto.probe_batches}")
     if any(count < 1 for count in auto.threads):
         raise ConfigError(f"{source}: key 'pipeline.auto.threads' must list thread counts >= 1 (or be empty: the "
                           f"run's count and half of it), got {shown(list(auto.threads))}")
