@@ -52,6 +52,55 @@ class TemporalAttentionLayer(nn.Module):
         out = self.w_out(torch.cat([message, h_dst], dim=1))
         return self.layer_norm(F.relu(self.dropout(out)))
 
+    def embed_over_times(self, h_root: Tensor, h_nbr: Tensor, edge_nbr: Tensor, t_nbr: Tensor, valid: Tensor,
+                         times: Tensor) -> Tensor:
+        """`forward`'s embeddings `(T, R, dim_out)` of `R` roots, each over a neighbourhood that stays the same,
+        queried at each of `times` `(T,)` (float64): root `r` at time `times[k]` attends over its neighbours
+        `f` where `valid[r, f]`, with states `h_nbr[r, f]`, edge features `edge_nbr[r, f]` and edge times
+        `t_nbr[r, f]` (float64), and gets the gaps `times[k] - t_nbr[r, f]`.
+
+        Nothing is computed per (time, root, neighbour) but the attention's weighted sums. The query
+        `w_q([h_root || time_enc(0)])` does not depend on the time, and the time encoding splits as
+        `cos(w (t - t_j) + b) = cos(w t + b) cos(w t_j) + sin(w t + b) sin(w t_j)`, so with `a = W_t^T q` a
+        logit's time part is `[cos(w t + b), sin(w t + b)] . [a cos(w t_j), a sin(w t_j)]`, one matrix product
+        of the times' and the neighbours' vectors, and the values' time part is `W_t (cos(w t + b) * sum_j
+        alpha_j cos(w t_j) + sin(w t + b) * sum_j alpha_j sin(w t_j))`. The angles are computed in float64;
+        `forward` rounds the gap to float32 and multiplies in float32, so the two agree to float rounding
+        (closer where `w * gap` is small).
+        """
+        roots, width = valid.shape
+        dim_node, dim_edge, dim_time = h_root.shape[1], edge_nbr.shape[-1], self.time_encoding.dim
+        heads, head_dim = self.heads, self.head_dim
+        weight = torch.cat([self.w_k.weight, self.w_v.weight])
+        weight_node, weight_edge, weight_time = weight.split([dim_node, dim_edge, dim_time], dim=1)
+        fixed = F.linear(h_nbr, weight_node, torch.cat([self.w_k.bias, self.w_v.bias]))
+        if dim_edge > 0:
+            fixed = fixed + F.linear(edge_nbr, weight_edge)
+        key, value = (x.reshape(roots, width, heads, head_dim) for x in fixed.chunk(2, dim=-1))
+        key_time, value_time = (w.reshape(heads, head_dim, dim_time) for w in weight_time.chunk(2, dim=0))
+        query = self._query(h_root).view(roots, heads, head_dim)
+        frequency, phase = self.time_encoding.frequency.double(), self.time_encoding.phase.double()
+        nbr_angle = t_nbr.unsqueeze(-1) * frequency  # (R, F, D)
+        nbr_cos, nbr_sin = nbr_angle.cos().to(h_root.dtype), nbr_angle.sin().to(h_root.dtype)
+        time_angle = times.unsqueeze(-1) * frequency + phase  # (T, D)
+        time_cos, time_sin = time_angle.cos().to(h_root.dtype), time_angle.sin().to(h_root.dtype)
+        fixed_logit = torch.einsum("rhe,rfhe->rfh", query, key)
+        a = torch.einsum("rhe,hed->rhd", query, key_time)  # W_t^T q per root and head
+        per_neighbour = torch.cat([a.unsqueeze(1) * nbr_cos.unsqueeze(2), a.unsqueeze(1) * nbr_sin.unsqueeze(2)], -1)
+        per_time = torch.cat([time_cos, time_sin], dim=1)  # (T, 2D)
+        logits = fixed_logit + (per_time @ per_neighbour.view(-1, 2 * dim_time).t()).view(-1, roots, width, heads)
+        logits = F.leaky_relu(logits, 0.2).masked_fill(~valid.view(1, roots, width, 1), float("-inf"))
+        attention = torch.softmax(logits, dim=2).nan_to_num(0.0)  # a root without neighbours gets no message
+        attention = self.att_dropout(attention)
+        message = torch.einsum("trfh,rfhe->trhe", attention, value)
+        cos_sum = torch.einsum("trfh,rfd->trhd", attention, nbr_cos)
+        sin_sum = torch.einsum("trfh,rfd->trhd", attention, nbr_sin)
+        mixed = cos_sum.mul_(time_cos.view(-1, 1, 1, dim_time)).add_(sin_sum.mul_(time_sin.view(-1, 1, 1, dim_time)))
+        message = message + torch.einsum("trhd,hed->trhe", mixed, value_time)
+        weight_message, weight_own = self.w_out.weight.split([heads * head_dim, dim_node], dim=1)
+        out = F.linear(message.flatten(2), weight_message) + F.linear(h_root, weight_own, self.w_out.bias)
+        return self.layer_norm(F.relu(self.dropout(out)))
+
     def _query(self, h_dst: Tensor) -> Tensor:
         """`w_q([h_dst || time_enc(0)])`, with the constant time part computed once."""
         weight_node, weight_time = self.w_q.weight.split([h_dst.shape[1], self.time_encoding.dim], dim=1)

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from common.errors import UserError
-from memory.batch import MemoryUpdate
+from memory.batch import MemoryBatch, MemoryUpdate
 from models.config import UPDATE_TIMES, MemoryConfig, ModelSections
 from models.distinct import Groups, group, group_pairs
 from models.embedding import build_embedding
@@ -72,15 +72,31 @@ class TemporalModel(nn.Module):
             states = group(inputs.blocks[0].srcdata["ID"][:count])
         else:
             update_ts, states = self._update_times(inputs, count)
-            rows = MemoryRows.first(inputs.memory, update_ts, count)
-            if self.updater.reads_gap_scale:
-                rows = replace(rows, gap_scale=source_gap_scale(rows, inputs.num_pos))
-            rows = rows.select(states.first)
-            new_mem = self.updater(rows).index_select(0, states.index)
-        state = self._node_state(new_mem, inputs, count)
+            new_mem = self._updated_memory(inputs.memory, update_ts, count, states, inputs.num_pos)
+        state = self._node_state(new_mem, inputs.node_feat, count, inputs.blocks[0].device)
         embeddings = self.embedding(state, replace(inputs, input_states=states))
         pos, neg = self._scores(embeddings, state, inputs)
         return pos, neg, None if new_mem is None else self._write_back(new_mem, embeddings, inputs)
+
+    def node_states_at(self, memory: MemoryBatch | None, node_feat: Tensor | None, time: Tensor, num_sources: int,
+                       count: int, device: torch.device) -> Tensor:
+        """The node states `(count, dim_state)` the embedding reads for a memory read (or none, without memory)
+        of `count` nodes whose first `num_sources` are a batch's sources, every memory brought to `time` (a
+        0-d tensor): what `forward` computes per input slot under `update_time: batch`, where a state depends
+        on the node alone (`pipeline/run/ranking.py` computes each node's state once per batch with it)."""
+        new_mem = None
+        if self.updater is not None:
+            new_mem = self._updated_memory(memory, time.expand(count), count, group(memory.row[:count]), num_sources)
+        return self._node_state(new_mem, node_feat, count, device)
+
+    def _updated_memory(self, memory: MemoryBatch, update_ts: Tensor, count: int, states: Groups,
+                        num_sources: int) -> Tensor:
+        """The updater's new memory of the first `count` rows of `memory` at `update_ts`, computed once per
+        group of `states`; the gap scale, for updaters that read one, is that of the first `num_sources` rows."""
+        rows = MemoryRows.first(memory, update_ts, count)
+        if self.updater.reads_gap_scale:
+            rows = replace(rows, gap_scale=source_gap_scale(rows, num_sources))
+        return self.updater(rows.select(states.first)).index_select(0, states.index)
 
     def _update_times(self, inputs: ModelInputs, count: int) -> tuple[Tensor, Groups]:
         """The time each of the first `count` input slots' memory is brought to, and the slots grouped by
@@ -113,12 +129,18 @@ class TemporalModel(nn.Module):
             return self.predictor(h, num_pos, num_neg)
         return self.predictor(h, num_pos, num_neg, neighbourhoods if rows is None else neighbourhoods.select(rows))
 
-    def _node_state(self, new_mem: Tensor | None, inputs: ModelInputs, count: int) -> Tensor:
-        if inputs.node_feat is None:
+    def predict(self, embeddings: Tensor, neighbourhoods: RootNeighbourhoods | None, num_pos: int,
+                num_neg: int) -> tuple[Tensor, Tensor]:
+        """The predictor's logits of roots laid out `[src (B), dst (B), negative dst (B * num_neg)]`, with their
+        neighbourhoods in the same order if the predictor reads them (else None)."""
+        return self._predict(embeddings, neighbourhoods, num_pos, num_neg)
+
+    def _node_state(self, new_mem: Tensor | None, node_feat: Tensor | None, count: int, device: torch.device) -> Tensor:
+        if node_feat is None:
             if new_mem is None:
-                return torch.zeros((count, 0), device=inputs.blocks[0].device)
+                return torch.zeros((count, 0), device=device)
             return new_mem
-        features = inputs.node_feat[:count]
+        features = node_feat[:count]
         return features if new_mem is None else new_mem + self.node_feat_map(features)
 
     def _write_back(self, new_mem: Tensor, embeddings: Tensor, inputs: ModelInputs) -> MemoryUpdate:

@@ -14,11 +14,11 @@ import sys
 
 from _cli import USER_ERROR_EXIT  # first: Ctrl-C while importing is `interrupted`
 
-from benchmarks import accuracy, attention, breakdown, compare, sampler, scale, side_by_side, soak, train
+from benchmarks import accuracy, attention, breakdown, compare, ranking, sampler, scale, side_by_side, soak, train
 from benchmarks.shared import check_output, print_table, write_json
 from common.errors import UserError
 
-BENCHMARKS = [sampler, train, soak, compare, side_by_side, breakdown, accuracy, attention, scale]  # in the order --help lists them
+BENCHMARKS = [sampler, train, soak, compare, side_by_side, breakdown, accuracy, attention, scale, ranking]  # in the order --help lists them
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

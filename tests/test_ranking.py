@@ -12,6 +12,7 @@ import torch
 
 from common.errors import ConfigError
 from graph.synthetic import synthetic_events
+from memory.batch import MemoryUpdate
 from pipeline.stages.link_prediction import Scoring
 from pipeline.run.config import validate_config
 from pipeline.run.ranking import CandidateRanker, true_destinations
@@ -101,3 +102,109 @@ def test_ranking_is_refused_in_a_data_parallel_run(events, tmp_path):
     with pytest.raises(ConfigError, match="eval.ranking"):
         train(validate_config(SMALL), events, tmp_path, torch.device("cpu"), seed=0, show_progress=False,
               world=two_processes)
+
+
+def filled_store(setup, events, first_test_time: float) -> None:
+    """Write random memories and mails into every row (version 0), stamped before the test split, so the
+    updater has work and every node's state differs."""
+    gen = torch.Generator().manual_seed(1)
+    nodes = torch.arange(events.num_nodes)
+    stamps = torch.rand(events.num_nodes, generator=gen, dtype=torch.float64) * first_test_time
+    setup.store.update(0, MemoryUpdate(
+        nodes=nodes, mem=torch.randn(events.num_nodes, setup.model.dim_memory, generator=gen), mem_ts=stamps,
+        mail_nodes=nodes, mail=torch.randn(events.num_nodes, setup.model.dim_mail, generator=gen), mail_ts=stamps))
+
+
+def both_paths(events, settings: dict, roots_per_chunk: int = 120):
+    """Every test batch scored as evaluation does, each ranked by the factorised and by the chunked path
+    before its memory is written; returns the two rankers and each batch's two pairs of scores."""
+    setup = build_setup(validate_config({**SMALL, **settings}), events, torch.device("cpu"), seed=0)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # weights far from their initial values, as after training (frequencies kept: the
+        for name, parameter in setup.model.named_parameters():  # chunked path's float32 angles round w * gap)
+            if not name.endswith("log_frequency"):
+                parameter.add_(0.3 * torch.randn(parameter.shape, generator=gen))
+    version = 0
+    if setup.store is not None:
+        filled_store(setup, events, float(events.t[setup.split.test].min()))
+        version = 1
+    stages = evaluation_stages(setup, "test", setup.split.test, version)
+    factorised = CandidateRanker(stages, events, roots_per_chunk=roots_per_chunk)
+    chunked = CandidateRanker(stages, events, roots_per_chunk=roots_per_chunk, factorise=False)
+    kept = []
+
+    def rank_both(i, ctx):
+        kept.append((factorised.scores(i, ctx), chunked.scores(i, ctx)))
+        factorised(i, ctx)
+        chunked(i, ctx)
+
+    stages.step.on_scored = rank_both
+    for i in range(len(stages.batches)):
+        ctx = stages.sample(i)
+        stages.fetch_features(i, ctx)
+        stages.fetch_memory(i, ctx, 0)
+        stages.train(i, ctx)
+        stages.update_memory(i, ctx)
+    return factorised, chunked, kept
+
+
+@pytest.fixture(scope="module")
+def featured_events():
+    """Gaps of about 0.3 time units: the chunked path rounds each angle `w * gap` to float32, an error that
+    grows with the gap (at gaps of about 10 the two paths differ by up to 1e-3, at 0.3 by 3e-5)."""
+    events = synthetic_events(num_nodes=40, num_events=900, dim_edge_feat=4, dim_node_feat=3, seed=7)
+    return dataclasses.replace(events, t=events.t * 0.03)
+
+
+@pytest.mark.parametrize("settings", [
+    {"predictor": {"module": "mlp"}},
+    {"predictor": {"module": "common_neighbours"}},
+    {"predictor": {"module": "common_neighbours"}, "memory": None, "embedding": {**SMALL["embedding"], "layers": 1}},
+    {"memory": {**SMALL["memory"], "updater": "transformer", "mailbox_size": 3}},
+], ids=["tgn", "tgn_cn", "no_memory_cn", "mailbox_transformer"])
+def test_the_factorised_path_scores_and_ranks_as_the_chunked_path(featured_events, settings):
+    """Memory, mails, edge and node features all enter the states; candidates with an edge inside the
+    batch (their neighbourhood changes between its events) are among the cells compared."""
+    events = featured_events
+    factorised, chunked, kept = both_paths(events, settings)
+    assert (factorised.path, chunked.path) == ("factorised", "chunked")
+    moved = 0
+    for (fast_pos, fast), (pos, scores) in kept:
+        np.testing.assert_allclose(fast_pos, pos, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(fast, scores, rtol=0, atol=1e-4)
+    for i, batch in enumerate(factorised.stages.batches):
+        t = events.t[batch]
+        moved += len(factorised.factorised._moved_cells(t, t.min())[0])
+    assert moved > 0
+    fast_ranks, ranks = factorised.all_ranks(), chunked.all_ranks()
+    near_ties = np.concatenate([(np.abs(s - p[:, None]) < 1e-4).sum(1) - 1 for _, (p, s) in kept])
+    assert np.all(np.abs(fast_ranks - ranks) <= np.maximum(near_ties, 0) / 2)
+    assert np.mean(fast_ranks == ranks) > 0.9
+
+
+def test_the_factorised_path_does_not_depend_on_the_chunk_size(featured_events):
+    settings = {"predictor": {"module": "common_neighbours"}}
+    small, _, kept_small = both_paths(featured_events, settings, roots_per_chunk=7)
+    large, _, kept_large = both_paths(featured_events, settings, roots_per_chunk=100_000)
+    for (a, _), (b, _) in zip(kept_small, kept_large):
+        np.testing.assert_allclose(a[1], b[1], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(small.all_ranks(), large.all_ranks())
+
+
+@pytest.mark.parametrize("settings, reason", [
+    ({"memory": {**SMALL["memory"], "update_time": "query"}}, "update_time"),
+    ({"embedding": {**SMALL["embedding"], "layers": 2}, "sampler": {"fanouts": [4, 4]}}, "temporal attention"),
+    ({"embedding": {"module": "jodie"}, "memory": {**SMALL["memory"], "updater": "rnn"}}, "temporal attention"),
+    ({"sampler": {"strategy": "uniform"}}, "most recent"),
+], ids=["update_time_query", "two_layers", "jodie", "uniform_sampler"])
+def test_the_chunked_path_is_kept_where_the_factorisation_does_not_hold(events, settings, reason):
+    setup = build_setup(validate_config({**SMALL, **settings}), events, torch.device("cpu"), seed=0)
+    stages = evaluation_stages(setup, "test", setup.split.test, 0)
+    ranker = CandidateRanker(stages, events)
+    assert ranker.path == "chunked" and reason in ranker.refusal
+    ctx = stages.sample(0)
+    stages.fetch_features(0, ctx)
+    stages.fetch_memory(0, ctx, 0)
+    stages.train(0, ctx)
+    pos, scores = ranker.scores(0, ctx)
+    np.testing.assert_allclose(pos, stages.step.pos_scores[0], rtol=1e-5, atol=1e-6)
