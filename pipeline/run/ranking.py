@@ -25,8 +25,9 @@ from models.common_neighbours import RootNeighbourhoods
 from models.distinct import group
 from models.interface import ModelInputs
 from pipeline.stages.device import to_device
-from pipeline.stages.link_prediction import BatchContext, LinkPredictionStages, Scoring
+from pipeline.stages.link_prediction import BatchContext, LinkPredictionStages
 from pipeline.run.evaluation import ranks_against_candidates
+from pipeline.run.negative_scores import score_in_chunks
 
 ROOTS_PER_CHUNK = 10_000  # candidate roots scored in one forward pass (bounds the memory a pass gathers)
 
@@ -80,23 +81,9 @@ class CandidateRanker:
         return self.chunked_scores(i, ctx)
 
     def chunked_scores(self, i: int, ctx: BatchContext) -> tuple[np.ndarray, np.ndarray]:
-        """`scores` by the chunked path, whatever the model."""
-        size = len(ctx.events)
-        per_chunk = max(1, self.roots_per_chunk // size)
-        pos, columns = None, []
-        for start in range(0, len(self.candidates), per_chunk):
-            group = self.candidates[start:start + per_chunk]
-            scorer = dataclasses.replace(
-                self.stages, batches=[ctx.events], num_neg=len(group), mitigation=None, step=Scoring(),
-                negatives=lambda j, events, group=group: (np.repeat(group, len(events)), None),
-                sample_seed=lambda j: self.stages.sample_seed(i))
-            chunk = scorer.sample(0)
-            scorer.fetch_features(0, chunk)
-            scorer.fetch_memory(0, chunk, 0)
-            scorer.train(0, chunk)
-            pos = scorer.step.pos_scores[0]
-            columns.append(scorer.step.neg_scores[0])
-        return pos, np.hstack(columns)
+        """`scores` by the chunked path, whatever the model: every candidate a negative of every event."""
+        shared = np.broadcast_to(self.candidates, (len(ctx.events), len(self.candidates)))
+        return score_in_chunks(self.stages, i, ctx, shared, self.roots_per_chunk)
 
     def __call__(self, i: int, ctx: BatchContext) -> None:
         pos, scores = self.scores(i, ctx)
