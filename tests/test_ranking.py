@@ -13,6 +13,7 @@ import torch
 from common.errors import ConfigError
 from graph.synthetic import synthetic_events
 from memory.batch import MemoryUpdate
+from models.time_encoding import TimeEncoding
 from pipeline.stages.link_prediction import Scoring
 from pipeline.run.config import validate_config
 from pipeline.run.ranking import CandidateRanker, true_destinations
@@ -208,3 +209,19 @@ def test_the_chunked_path_is_kept_where_the_factorisation_does_not_hold(events, 
     stages.train(0, ctx)
     pos, scores = ranker.scores(0, ctx)
     np.testing.assert_allclose(pos, stages.step.pos_scores[0], rtol=1e-5, atol=1e-6)
+
+
+def test_on_long_gaps_the_paths_differ_only_by_the_chunked_paths_float32_angles(featured_events, monkeypatch):
+    """At gaps of about 1e4 the chunked path's float32 angles `w * gap` are off by up to about 1e-3 rad;
+    with every time encoding's angle in float64 the two paths agree again. (Whole-second times, as
+    Wikipedia's: the chunked path also rounds each gap to float32, exact for whole numbers below 2^24.)"""
+    def float64_angles(self, dt):
+        return torch.cos(dt.double().unsqueeze(-1) * self.frequency.double() + self.phase.double()).float()
+
+    monkeypatch.setattr(TimeEncoding, "forward", float64_angles)
+    events = dataclasses.replace(featured_events, t=np.round(featured_events.t * 3e4))
+    factorised, chunked, kept = both_paths(events, {"predictor": {"module": "common_neighbours"}})
+    for (fast_pos, fast), (pos, scores) in kept:
+        np.testing.assert_allclose(fast_pos, pos, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(fast, scores, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(factorised.all_ranks(), chunked.all_ranks())
