@@ -220,7 +220,7 @@ class ThreadsSeen(SleepStages):
 
 
 def test_the_runner_trains_each_segment_with_the_threads_its_setting_names(monkeypatch):
-    monkeypatch.setattr(schedulers, "SHARED_CORES", -1.0)  # fewer threads tried however busy the machine is
+    monkeypatch.setattr(Auto, "_thread_count_cannot_win", lambda self, setting: None)  # whatever the machine's load
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -228,7 +228,7 @@ def test_the_runner_trains_each_segment_with_the_threads_its_setting_names(monke
                     probe_batches=0)
         stages = ThreadsSeen({stage: 1 * MS for stage in STAGES})
         run_batches(12, stages, auto)
-        assert [stages.threads[i] for i in range(6)] == [2, 2, 2, 1, 1, 1]
+        assert [stages.threads[i] for i in range(6)] == [1, 1, 1, 2, 2, 2]  # the fewest threads first
         assert set(stages.threads[i] for i in range(6, 12)) == {auto.chosen.threads}
     finally:
         torch.set_num_threads(before)
@@ -281,20 +281,22 @@ def test_threads_on_the_command_line_fix_the_thread_count_auto_trains_with(scrip
     assert train_script.build_config(train_script.parse_args(["--data", "uci", "--out", "r"])).pipeline.auto.threads == ()
 
 
-def test_fewer_threads_are_tried_only_where_other_processes_take_cores():
+def test_the_cores_other_processes_take_decide_which_thread_counts_are_tried():
     times = {"sequential@2": 18.0, "sequential@1": 25.0}
 
-    def tried(other_cores: float) -> list[str]:
+    def tried(other_cores: float) -> tuple[list[str], dict]:
         auto = Auto({"sequential": Sequential}, threads=(2, 1), trial_batches=4, rounds=1, cores=2)
         names = []
         while auto.chosen is None:
             names.append(trial(auto, times, other_cores=other_cores))
         return names, auto.decisions[0]
 
-    quiet, decision = tried(0.05)
-    assert quiet == ["sequential@2"] and "0.05 cores busy" in decision["not_tried"]["sequential@1"]
+    quiet, decision = tried(0.05)  # one thread's probe first, then both threads, which each have a core
+    assert quiet == ["sequential@1", "sequential@2"] and decision["setting"] == "sequential@2"
     assert decision["other_cores"] == pytest.approx(0.05)
-    assert tried(1.2)[0] == ["sequential@2", "sequential@1"]
+    shared, decision = tried(1.2)  # two threads would wait on each other: not tried at all
+    assert shared == ["sequential@1"] and decision["setting"] == "sequential@1"
+    assert "1.20 cores busy: 2 threads would wait" in decision["not_tried"]["sequential@2"]
 
 
 def test_other_cores_are_what_the_machine_was_busy_beyond_this_process():
@@ -307,20 +309,17 @@ def test_other_cores_are_what_the_machine_was_busy_beyond_this_process():
 
 
 def test_a_setting_far_slower_in_its_probe_gets_no_trial():
-    auto = Auto({"sequential": Sequential}, threads=(2, 1), trial_batches=8, rounds=2, probe_batches=3, cores=2)
-    shared, lengths = {"sequential@2": 146.0, "sequential@1": 24.0}, []
-    while auto.chosen is None:
-        segment, end = auto.segment(0, 100)
-        lengths.append(end)
-        name = next(str(setting) for setting, candidate in auto.settings.items() if candidate is segment)
-        auto.segment_done(segment, range(0, end), timing(shared[name], end, other_cores=1.0))
+    def segment_lengths(times: dict[str, float]) -> tuple[list[int], Auto]:
+        auto = Auto({"sequential": Sequential}, threads=(2, 1), trial_batches=8, rounds=2, probe_batches=3, cores=2)
+        lengths = []
+        while auto.chosen is None:
+            segment, end = auto.segment(0, 100)
+            lengths.append(end)
+            name = next(str(setting) for setting, candidate in auto.settings.items() if candidate is segment)
+            auto.segment_done(segment, range(0, end), timing(times[name], end))
+        return lengths, auto
+
+    lengths, auto = segment_lengths({"sequential@2": 146.0, "sequential@1": 24.0})
     assert lengths == [3, 3] and auto.chosen == Setting("sequential", 1)  # two probes, no trial for a lone contender
-    close = {"sequential@2": 25.0, "sequential@1": 24.0}
-    auto = Auto({"sequential": Sequential}, threads=(2, 1), trial_batches=8, rounds=2, probe_batches=3, cores=2)
-    lengths = []
-    while auto.chosen is None:
-        segment, end = auto.segment(0, 100)
-        lengths.append(end)
-        name = next(str(setting) for setting, candidate in auto.settings.items() if candidate is segment)
-        auto.segment_done(segment, range(0, end), timing(close[name], end, other_cores=1.0))
+    lengths, _ = segment_lengths({"sequential@2": 25.0, "sequential@1": 24.0})
     assert lengths == [3, 3, 8, 8, 8, 8]  # close: both probed, then both tried in both rounds

@@ -194,8 +194,8 @@ class Setting:
 class Auto(Scheduler):
     """Picks the fastest setting (mode and thread count) on the running job.
 
-    Trials: first each setting (a candidate mode at every thread count, in that order, so the sequential
-    ones come first) trains `probe_batches` batches, and those within `drop` of the fastest go on (a setting
+    Trials: first each setting (sequential ones first, and at each mode the fewest threads first) trains
+    `probe_batches` batches, and those within `drop` of the fastest go on (a setting
     several times slower, two threads on a shared machine, costs no more than its probe); then each of
     them trains `trial_batches` batches, `rounds` times in turn, and the one with the
     shortest median time per batch over its trials runs from then on (a median, so a trial that lands in
@@ -204,8 +204,7 @@ class Auto(Scheduler):
     After each round, a setting slower than the fastest by more than `drop` runs no more trials. A
     pipelined setting whose best possible time (`pipelined_time_bound`, from the sequential trial at its
     thread count) cannot beat the fastest measured by `margin` is not tried at all, nor are fewer threads
-    while the trials see no other process keep the cores busy: on a quiet machine where nothing can
-    overlap, `auto` costs nothing but the first trial's timing.
+    while the trials see no other process keep the cores busy, nor the most threads while they do.
 
     Watch: the kept setting runs in segments of `watch_batches`; one whose median time per batch is more
     than `slowdown` (a fraction) above or below what the trials measured starts the trials again (another
@@ -248,7 +247,8 @@ class Auto(Scheduler):
         self._batch_s: dict[Setting, list[float]] = {}
         self._alone: dict[int | None, SegmentTiming] = {}  # thread count -> a sequential trial's stage times
         self._not_tried: dict[Setting, str] = {}  # setting -> why it cannot win
-        self._other_cores: float | None = None  # the most cores other processes kept busy in a trial
+        self._other_cores: float | None = None  # the most cores other processes kept busy in this trial phase
+        self._last_other_cores: float | None = None  # ... in the last segment
         self._current: Setting | None = None
         self._recheck = True
 
@@ -273,6 +273,7 @@ class Auto(Scheduler):
 
     def segment_done(self, scheduler: Scheduler, batches: range, timing: SegmentTiming) -> None:
         self._batches_seen += len(batches)
+        self._last_other_cores = timing.other_cores
         if not self._queue:
             self._watch(len(batches), timing)
             return
@@ -291,8 +292,8 @@ class Auto(Scheduler):
         self._recheck = False
         self._round = -1 if self.probe_batches else 0
         self._batch_s = {setting: [] for setting in self.settings}
-        self._alone, self._not_tried, self._other_cores = {}, {}, None
-        self._queue = list(self.settings)
+        self._alone, self._not_tried, self._other_cores = {}, {}, self._last_other_cores
+        self._queue = self._in_trial_order(self.settings)
         self._next_trial()
 
     def _next_trial(self) -> None:
@@ -306,27 +307,42 @@ class Auto(Scheduler):
             if self._round >= self.rounds or len(contenders) < 2:
                 self._choose()
                 return
-            self._queue = contenders
+            self._queue = self._in_trial_order(contenders)
+
+    @staticmethod
+    def _in_trial_order(settings) -> list[Setting]:
+        """Sequential settings first (their trials measure the stage times the pipelined ones are judged by),
+        and at each mode the fewest threads first: on a shared machine the most threads can be many times
+        slower, and the first trial's reading of the other processes' load decides whether they run at all."""
+        modes = list(dict.fromkeys(setting.mode for setting in settings))
+        return sorted(settings, key=lambda setting: (modes.index(setting.mode), setting.threads or 0))
 
     def _medians(self) -> dict[Setting, float]:
         return {setting: statistics.median(times) for setting, times in self._batch_s.items() if times}
 
     def _cannot_win(self, setting: Setting) -> bool:
         """Whether `setting` cannot beat what has been measured (then `_not_tried` says why)."""
-        reason = self._fewer_threads_cannot_win(setting) or self._pipeline_cannot_win(setting)
+        reason = self._thread_count_cannot_win(setting) or self._pipeline_cannot_win(setting)
         if reason:
             self._not_tried[setting] = reason
         return reason is not None
 
-    def _fewer_threads_cannot_win(self, setting: Setting) -> str | None:
-        """Fewer threads win only where the run's threads do not each get a core: where other processes keep
-        busy more than `SHARED_CORES` beyond the cores the most threads leave free (measured in the trials)."""
-        most = max((s.threads for s in self.settings if s.threads is not None), default=None)
-        if setting.threads is None or setting.threads == most or self._other_cores is None:
+    def _thread_count_cannot_win(self, setting: Setting) -> str | None:
+        """The run's threads each get a core unless other processes keep busy more than `SHARED_CORES` beyond
+        the cores the most threads leave free (as measured so far): fewer threads can win only where they do
+        not, and the most threads only where they do (otherwise every OpenMP region waits for a thread the
+        kernel has descheduled)."""
+        counts = {s.threads for s in self.settings if s.threads is not None}
+        if setting.threads is None or len(counts) < 2 or self._other_cores is None:
             return None
-        if self._other_cores > max(0, self.cores - most) + SHARED_CORES:
-            return None
-        return f"other processes kept {self._other_cores:.2f} cores busy: {most} threads each had a core"
+        most = max(counts)
+        shared = self._other_cores > max(0, self.cores - most) + SHARED_CORES
+        busy = f"other processes kept {self._other_cores:.2f} cores busy"
+        if setting.threads < most and not shared:
+            return f"{busy}: {most} threads each had a core"
+        if setting.threads == most and shared:
+            return f"{busy}: {most} threads would wait on each other"
+        return None
 
     def _pipeline_cannot_win(self, setting: Setting) -> str | None:
         """A pipelined setting cannot win if its best possible time (`pipelined_time_bound`, from the
