@@ -1,6 +1,6 @@
 """`ranking`: the time one-vs-all ranking (`eval.ranking: all`) takes per test batch, by the chunked path
 and the factorised path of `CandidateRanker` (pipeline/run/ranking.py), alternating on the same batches,
-with how far their scores and ranks differ.
+with how far their scores and ranks differ, and each path's MRR and Hits@10 over the batches ranked.
 
 The model is not trained: what a ranking costs does not depend on the weights. The test batches are scored
 from an empty memory (no replay of training and validation), as evaluation scores them, and each is ranked
@@ -21,7 +21,7 @@ import torch
 from _cli import add_data_arguments, configure_process, load_data, positive_int
 from benchmarks.shared import add_parser, git_commit, library_versions, machine
 from pipeline.run.config import apply_overrides, load_config
-from pipeline.run.evaluation import ranks_against_candidates
+from pipeline.run.evaluation import ranking_summary, ranks_against_candidates
 from pipeline.run.ranking import CandidateRanker, true_destinations
 from pipeline.run.setup import build_setup, evaluation_stages
 
@@ -69,7 +69,9 @@ def rank_batches(config: str, events, batches: int, seed: int) -> list[dict]:
         rows.append({"config": config, "batch": i, "events": len(batch), "chunked_s": seconds["chunked"],
                      "factorised_s": seconds["factorised"], "speedup": seconds["chunked"] / seconds["factorised"],
                      "max_score_diff": float(score_diff), "ranks_differ": int(np.sum(rank_diff > 0)),
-                     "max_rank_diff": float(rank_diff.max())})
+                     "max_rank_diff": float(rank_diff.max()),
+                     **{f"{key}_{name}": value for name in ranks
+                        for key, value in ranking_summary(ranks[name]).items()}})
 
     stages.step.on_scored = rank_both
     for i in range(min(batches, len(stages.batches))):
@@ -92,7 +94,12 @@ def run(args: argparse.Namespace) -> dict:
     for config in args.configs.split(","):
         rows = [row for row in results if row["config"] == config.strip()]
         chunked, factorised = (statistics.median(row[k] for row in rows) for k in ("chunked_s", "factorised_s"))
-        summary[config.strip()] = {"median_chunked_s": chunked, "median_factorised_s": factorised,
-                                   "speedup_of_medians": chunked / factorised}
+        events = sum(row["events"] for row in rows)
+        summary[config.strip()] = {
+            "median_chunked_s": chunked, "median_factorised_s": factorised, "speedup_of_medians": chunked / factorised,
+            "total_chunked_s": sum(row["chunked_s"] for row in rows),
+            "total_factorised_s": sum(row["factorised_s"] for row in rows), "events": events,
+            **{f"{key}_{name}": sum(row[f"{key}_{name}"] * row["events"] for row in rows) / events
+               for key in ("mrr", "hits@10") for name in ("chunked", "factorised")}}
     return {"benchmark": "ranking", "dataset": args.data, "threads": args.threads, "machine": machine(),
             "commit": git_commit(), "versions": library_versions(), "summary": summary, "results": results}
