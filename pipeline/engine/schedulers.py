@@ -44,7 +44,8 @@ from pipeline.engine.profiler import SegmentTiming, StageProfiler, pipelined_tim
 
 logger = logging.getLogger(__name__)
 
-# Cores other processes may keep busy before `Auto` tries fewer train threads than the most it may use.
+# Cores other processes may keep busy, beyond those the most train threads leave free, before `Auto` counts
+# the machine as shared: then it tries fewer threads and not the most, else the most and not fewer.
 SHARED_CORES = 0.5
 
 
@@ -321,7 +322,10 @@ class Auto(Scheduler):
         return {setting: statistics.median(times) for setting, times in self._batch_s.items() if times}
 
     def _cannot_win(self, setting: Setting) -> bool:
-        """Whether `setting` cannot beat what has been measured (then `_not_tried` says why)."""
+        """Whether an unmeasured `setting` cannot beat what has been measured (then `_not_tried` says why);
+        one with a measurement in this trial phase is judged by it, as `_contenders` does."""
+        if self._batch_s.get(setting):
+            return False
         reason = self._thread_count_cannot_win(setting) or self._pipeline_cannot_win(setting)
         if reason:
             self._not_tried[setting] = reason
