@@ -191,7 +191,7 @@ def test_auto_mode_reports_its_choice_in_results_tensorboard_and_the_console(eve
     threads = torch.get_num_threads()
     fixed = threads + 1  # a count the process does not have: the run must give the caller its own back
     cfg = small_config(pipeline={"mode": "auto", "auto": {"threads": [fixed], "trial_batches": 3, "rounds": 1,
-                                                          "recheck_every": 400}})
+                                                          "probe_batches": 0, "recheck_every": 400}})
     results = run(cfg, events, tmp_path)
     assert torch.get_num_threads() == threads
     assert results["mode"] == "auto"
@@ -201,7 +201,10 @@ def test_auto_mode_reports_its_choice_in_results_tensorboard_and_the_console(eve
     assert f"sequential@{fixed}" in decision["ms_per_batch"]  # the others were tried or shown unable to pay
     assert set(decision["ms_per_batch"]) | set(decision["not_tried"]) == {
         f"sequential@{fixed}", f"presample@{fixed}", f"mspipe@{fixed}"}
-    assert all(h["auto_mode"] == decision["setting"] for h in results["history"])
+    # a change of speed during the run may start the trials again, so later epochs may keep a later choice
+    settings = [d["setting"] for d in results["auto"]["decisions"]]
+    assert all(h["auto_mode"] in settings for h in results["history"])
+    assert results["history"][-1]["auto_mode"] == settings[-1] == f"{results['auto']['mode']}@{fixed}"
     assert json.loads((tmp_path / "results.json").read_text())["auto"] == results["auto"]
     assert f"pipeline auto: {decision['setting']} from batch {decision['batch']}" in capsys.readouterr().out
     scalars = EventAccumulator(str(tmp_path)).Reload().Tags()["scalars"]
