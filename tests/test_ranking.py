@@ -225,3 +225,20 @@ def test_on_long_gaps_the_paths_differ_only_by_the_chunked_paths_float32_angles(
         np.testing.assert_allclose(fast_pos, pos, rtol=0, atol=1e-4)
         np.testing.assert_allclose(fast, scores, rtol=0, atol=1e-4)
     np.testing.assert_allclose(factorised.all_ranks(), chunked.all_ranks())
+
+
+def test_the_ranking_benchmark_ranks_a_stored_run_as_its_evaluation_does(events, tmp_path):
+    """`benchmark.py ranking --runs` replays training and validation with the checkpoint's best weights, so
+    its factorised path gives the MRR the run reported, and the chunked path the same ranks to rounding."""
+    from benchmarks.ranking import rank_batches, trained_test_stages
+
+    cfg = validate_config({**SMALL, "train": {**SMALL["train"], "epochs": 2}})
+    results = train(cfg, events, tmp_path, torch.device("cpu"), seed=0, show_progress=False)
+    stages = trained_test_stages(str(tmp_path), events)
+    rows = rank_batches("run", stages, events, batches=1000)
+    ranked = sum(row["events"] for row in rows)
+    assert ranked == sum(len(batch) for batch in stages.batches) > 0
+    mrr = {path: sum(row[f"mrr_{path}"] * row["events"] for row in rows) / ranked for path in ("chunked", "factorised")}
+    assert mrr["factorised"] == pytest.approx(results["test_mrr_all"], abs=1e-9)
+    assert mrr["chunked"] == pytest.approx(mrr["factorised"], abs=1e-3)
+    assert all(row["max_score_diff"] < 1e-4 for row in rows)

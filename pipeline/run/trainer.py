@@ -298,7 +298,15 @@ def evaluate_checkpoint(ckpt: dict[str, Any], events: EventStream, device: torch
                         show_progress: bool = True, *, path: Path = Path(CHECKPOINT_NAME),
                         plugins: tuple[str, ...] = ()) -> dict[str, float]:
     """Re-evaluate a checkpoint's best weights on a memory rebuilt by replaying the training events;
-    ranks the test split too when its config asks (`eval.ranking`).
+    ranks the test split too when its config asks (`eval.ranking`)."""
+    setup, best = checkpoint_setup(ckpt, events, device, path=path, plugins=plugins)
+    return replay_and_evaluate(setup, best, None, show_progress, setup.cfg.eval.ranking != "none")
+
+
+def checkpoint_setup(ckpt: dict[str, Any], events: EventStream, device: torch.device, *,
+                     path: Path = Path(CHECKPOINT_NAME),
+                     plugins: tuple[str, ...] = ()) -> tuple[RunSetup, dict[str, torch.Tensor]]:
+    """The run a checkpoint describes, built for `events`, and its best weights (not yet loaded).
 
     The checkpoint is data: the plugins its config records are never imported. `plugins` (resolved, what
     the user named) are, and must cover them; the weights must fit the model its config describes, which
@@ -312,8 +320,7 @@ def evaluate_checkpoint(ckpt: dict[str, Any], events: EventStream, device: torch
     setup = build_setup(cfg, events, device, ckpt["seed"])
     if shapes is None:
         check_contents(path, ckpt, setup.model.state_dict())
-    best = ckpt["training"]["best_model"] or ckpt["model"]
-    return replay_and_evaluate(setup, best, None, show_progress, setup.cfg.eval.ranking != "none")
+    return setup, ckpt["training"]["best_model"] or ckpt["model"]
 
 
 def _model_shapes(cfg: RunConfig, events: EventStream) -> dict[str, torch.Tensor] | None:
