@@ -124,6 +124,11 @@ class CommonNeighbourPredictor(nn.Module):
                 neighbourhoods: RootNeighbourhoods) -> tuple[Tensor, Tensor]:
         """Logits `(B,)` of the positives and `(B * num_neg,)` of the negatives; `h` and `neighbourhoods`
         rows are `[src (B), dst (B), negative dst (B * num_neg)]`, negative `k * B + j` paired with source `j`."""
+        return self.logits(self.hidden(h, num_pos, num_neg, neighbourhoods), num_pos)
+
+    def hidden(self, h: Tensor, num_pos: int, num_neg: int, neighbourhoods: RootNeighbourhoods) -> Tensor:
+        """The sum inside `relu` of every scored pair `(P, dim)`, pairs in `pair_rows` order (a subclass adds
+        terms of its own to it)."""
         u, v = pair_rows(num_pos, num_neg, h.device)
         pairs = pair_neighbourhoods(neighbourhoods, u, v)
         count = pairs.shared.sum(1, keepdim=True).to(h.dtype)
@@ -133,6 +138,10 @@ class CommonNeighbourPredictor(nn.Module):
                   + self.link_fc(torch.cat(links, 1)))
         if self.shared_fc is not None:
             hidden = hidden + self.shared_fc(pairs.pooled)
+        return hidden
+
+    def logits(self, hidden: Tensor, num_pos: int) -> tuple[Tensor, Tensor]:
+        """`out(relu(hidden))` of the pairs, split into the `num_pos` positives and the negatives."""
         logits = self.out_fc(F.relu(hidden)).squeeze(1)
         return logits[:num_pos], logits[num_pos:]
 

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,9 +64,16 @@ class EmbeddingConfig:
 @dataclass(frozen=True)
 class PredictorConfig:
     """`predictor`: the edge scorer over a pair of embeddings (and, for "common_neighbours", the pair's
-    sampled neighbourhoods)."""
+    sampled neighbourhoods; for "pair_history", also each node's decayed history over the whole past).
+
+    `history_dim` is the size of the random vectors of one direction of a node's history, `half_lives` the
+    half-life of each decay rate of it, in the stream's time units (`.inf`: never decays); only a predictor
+    that reads pair history reads them (`models/pair_history.py`).
+    """
 
     module: str = "mlp"
+    history_dim: int = 64
+    half_lives: tuple[float, ...] = (math.inf, 2592000.0, 86400.0)  # forever, 30 days and a day, in seconds
 
 
 class ModelSections(Protocol):

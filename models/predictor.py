@@ -5,7 +5,8 @@ A predictor is built from a `PredictorSpec` and is an `nn.Module` whose `forward
 returns the logits `(B,)` of the positives and `(B * num_neg,)` of the negatives, with `h`'s rows laid out
 as `[src (B), dst (B), negative dst (B * num_neg)]`. A predictor with `reads_neighbourhoods = True` also
 receives the roots' sampled neighbourhoods in the same row order, `forward(h, num_pos, num_neg,
-neighbourhoods)` (see `models/common_neighbours.py`).
+neighbourhoods)` (see `models/common_neighbours.py`); one with `reads_histories = True` then also the roots'
+pair histories, `forward(h, num_pos, num_neg, neighbourhoods, histories)` (see `models/pair_history.py`).
 """
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ from common.registry import Registry
 @dataclass(frozen=True)
 class PredictorSpec:
     """What a predictor is built from: the root-embedding size `dim`, the node-state size `dim_state`
-    (memory, or node features without memory) and `fanout`, the neighbours sampled per root in the
-    output layer (`sampler.fanouts[-1]`)."""
+    (memory, or node features without memory), `fanout`, the neighbours sampled per root in the
+    output layer (`sampler.fanouts[-1]`), and the config's `predictor.history_dim` and `predictor.half_lives`
+    (read by a predictor of pair history, `models/pair_history.py`)."""
 
     dim: int
     dim_state: int = 0
     fanout: int = 0
+    history_dim: int = 0
+    half_lives: tuple[float, ...] = ()
 
 
 PREDICTORS: Registry[Callable[[PredictorSpec], nn.Module]] = Registry("edge predictor", "predictor.module")

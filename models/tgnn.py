@@ -20,17 +20,21 @@ from models.embedding import build_embedding
 from models.interface import ModelInputs
 from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater, source_gap_scale
 from models.common_neighbours import RootNeighbourhoods
+from models.pair_history import RootHistories, history_contributions
 from models.predictor import PREDICTORS, PredictorSpec
 from models.write_back import memory_update, neighbour_deliveries
 
 @dataclass(frozen=True)
 class MemoryLayout:
-    """Shape of the per-node state a model keeps in the memory store, and where its mails go."""
+    """Shape of the per-node state a model keeps in the memory store, and where its mails go; with a
+    predictor of pair history, the width of a node's history row and its decay rates (else 0 and none)."""
 
     dim_memory: int
     dim_mail: int
     mailbox_size: int
     deliver_to_neighbours: bool
+    history_dim: int = 0
+    history_rates: tuple[float, ...] = ()
 
 
 class TemporalModel(nn.Module):
@@ -59,9 +63,12 @@ class TemporalModel(nn.Module):
         self.node_feat_map = node_feat_map
         self.uses_memory = updater is not None
         self.reads_neighbourhoods = getattr(predictor, "reads_neighbourhoods", False)
+        self.reads_histories = getattr(predictor, "reads_histories", False)
         self.dim_memory = layout.dim_memory if layout else 0
         self.dim_mail = layout.dim_mail if layout else 0
         self.mailbox_size = layout.mailbox_size if layout else 0
+        self.history_dim = layout.history_dim if layout else 0
+        self.history_rates = layout.history_rates if layout else ()
 
     def forward(self, inputs: ModelInputs) -> tuple[Tensor, Tensor, MemoryUpdate | None]:
         """Logits `(B,)` of the positive events, `(B * num_neg,)` of the negatives, and the batch's write-back."""
@@ -110,30 +117,37 @@ class TemporalModel(nn.Module):
 
     def _scores(self, embeddings: Tensor, state: Tensor, inputs: ModelInputs) -> tuple[Tensor, Tensor]:
         """The predictor's logits of the positives and the negatives (against their own sources, if given)."""
-        neighbourhoods = None
+        neighbourhoods, histories = None, None
+        roots = inputs.blocks[-1].dstdata
         if self.reads_neighbourhoods:
             neighbourhoods = RootNeighbourhoods.from_block(inputs.blocks[-1], state, self.predictor.width)
+        if self.reads_histories:
+            histories = RootHistories.at(inputs.memory, roots["ID"], roots["ts"], self.history_rates)
         if not inputs.negative_sources:
-            return self._predict(embeddings, neighbourhoods, inputs.num_pos, inputs.num_neg)
+            return self._predict(embeddings, neighbourhoods, histories, inputs.num_pos, inputs.num_neg)
         num_pos, count = inputs.num_pos, inputs.num_pos * inputs.num_neg
-        pos, _ = self._predict(embeddings, neighbourhoods, num_pos, 0)  # reads only the first 2 * num_pos rows
+        pos, _ = self._predict(embeddings, neighbourhoods, histories, num_pos, 0)  # reads only 2 * num_pos rows
         negatives = 2 * num_pos + torch.arange(2 * count, device=embeddings.device)
-        neg, _ = self._predict(embeddings, neighbourhoods, count, 0, torch.cat([negatives[count:], negatives[:count]]))
+        neg, _ = self._predict(embeddings, neighbourhoods, histories, count, 0,
+                               torch.cat([negatives[count:], negatives[:count]]))
         return pos, neg
 
-    def _predict(self, embeddings: Tensor, neighbourhoods: RootNeighbourhoods | None, num_pos: int, num_neg: int,
+    def _predict(self, embeddings: Tensor, neighbourhoods: RootNeighbourhoods | None,
+                 histories: RootHistories | None, num_pos: int, num_neg: int,
                  rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The predictor on the roots `rows` (all, in order, by default) laid out as it expects."""
-        h = embeddings if rows is None else embeddings[rows]
-        if neighbourhoods is None:
-            return self.predictor(h, num_pos, num_neg)
-        return self.predictor(h, num_pos, num_neg, neighbourhoods if rows is None else neighbourhoods.select(rows))
+        """The predictor on the roots `rows` (all, in order, by default) laid out as it expects, with what it
+        reads of them besides their embeddings (neighbourhoods, histories) in the same order."""
+        reads = [read for read in (neighbourhoods, histories) if read is not None]
+        if rows is not None:
+            embeddings, reads = embeddings[rows], [read.select(rows) for read in reads]
+        return self.predictor(embeddings, num_pos, num_neg, *reads)
 
     def predict(self, embeddings: Tensor, neighbourhoods: RootNeighbourhoods | None, num_pos: int,
                 num_neg: int) -> tuple[Tensor, Tensor]:
         """The predictor's logits of roots laid out `[src (B), dst (B), negative dst (B * num_neg)]`, with their
-        neighbourhoods in the same order if the predictor reads them (else None)."""
-        return self._predict(embeddings, neighbourhoods, num_pos, num_neg)
+        neighbourhoods in the same order if the predictor reads them (else None); not for a predictor of pair
+        history (`pipeline/run/ranking.py` scores it through `forward`)."""
+        return self._predict(embeddings, neighbourhoods, None, num_pos, num_neg)
 
     def _node_state(self, new_mem: Tensor | None, node_feat: Tensor | None, count: int, device: torch.device) -> Tensor:
         if node_feat is None:
@@ -150,8 +164,14 @@ class TemporalModel(nn.Module):
         if self.layout.deliver_to_neighbours:
             deliveries = neighbour_deliveries(inputs.blocks[-1], positives)
         partner = embeddings[:positives] if self.updater.mails_carry_embedding else None
-        return memory_update(new_mem[:positives], roots["ID"][:positives], roots["ts"][:positives],
-                             inputs.event_edge_feat(), deliveries, partner)
+        update = memory_update(new_mem[:positives], roots["ID"][:positives], roots["ts"][:positives],
+                               inputs.event_edge_feat(), deliveries, partner)
+        if not self.history_dim:
+            return update
+        src, dst = roots["ID"][:positives].chunk(2)
+        nodes, history, history_ts = history_contributions(src, dst, roots["ts"][:inputs.num_pos],
+                                                           self.history_dim // 2)
+        return replace(update, history_nodes=nodes, history=history, history_ts=history_ts)
 
 
 def build_model(cfg: ModelSections, dim_node_feat: int, dim_edge_feat: int) -> TemporalModel:
@@ -175,7 +195,10 @@ def build_model(cfg: ModelSections, dim_node_feat: int, dim_edge_feat: int) -> T
     if updater is not None and updater.mails_carry_embedding and embedding.dim_out != layout.dim_memory:
         raise UserError(f"memory updater '{mem_cfg.updater}' writes embeddings into mails: key "
                         f"'embedding.dim_out' ({embedding.dim_out}) must equal 'memory.dim' ({layout.dim_memory})")
-    predictor = PREDICTORS.get(cfg.predictor.module)(
-        PredictorSpec(embedding.dim_out, dim_state, cfg.sampler.fanouts[-1]))
+    pred_cfg = cfg.predictor
+    predictor = PREDICTORS.get(pred_cfg.module)(
+        PredictorSpec(embedding.dim_out, dim_state, cfg.sampler.fanouts[-1], pred_cfg.history_dim, pred_cfg.half_lives))
+    if getattr(predictor, "reads_histories", False):
+        layout = replace(layout, history_dim=predictor.history_dim, history_rates=predictor.history_rates)
     return TemporalModel(embedding, predictor, updater, layout, node_feat_map,
                          mem_cfg.update_time if mem_cfg is not None else MemoryConfig.update_time)

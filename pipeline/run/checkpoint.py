@@ -23,7 +23,7 @@ import torch
 from common.errors import CheckpointError, UserError, one_line, shorten
 from common.files import replacing
 from graph.events import EventStream
-from pipeline.run.config import RunConfig, check_bounds, shown
+from pipeline.run.config import DEFAULTS, RunConfig, check_bounds, shown
 from pipeline.run.plugins import describe_plugins, missing_plugins
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -47,6 +47,9 @@ PLAIN_DEPTH = 8  # how deeply a history entry may nest plain data
 # weights are ranked after training (they came after checkpoints were written without them)
 UNFINGERPRINTED_TRAIN_KEYS = ("epochs", "patience")
 UNFINGERPRINTED_EVAL_KEYS = ("ranking_negatives", "ranking_seed", "val_negatives_file", "test_negatives_file")
+# `predictor` keys that came after checkpoints were written without them, left out while at their defaults
+# (only a predictor of pair history may set them otherwise)
+DEFAULT_UNFINGERPRINTED_PREDICTOR_KEYS = ("history_dim", "half_lives")
 SHOWN_DIFFERENCES = 3  # how many differing config keys a refused --resume names
 
 
@@ -57,6 +60,9 @@ def _fingerprinted(config: Mapping[str, Any]) -> dict[str, Any]:
         relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in UNFINGERPRINTED_TRAIN_KEYS}
     if isinstance(relevant.get("eval"), Mapping):
         relevant["eval"] = {k: v for k, v in relevant["eval"].items() if k not in UNFINGERPRINTED_EVAL_KEYS}
+    if isinstance(relevant.get("predictor"), Mapping):
+        relevant["predictor"] = {k: v for k, v in relevant["predictor"].items()
+                                 if k not in DEFAULT_UNFINGERPRINTED_PREDICTOR_KEYS or v != DEFAULTS["predictor"][k]}
     return relevant
 
 

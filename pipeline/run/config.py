@@ -172,14 +172,15 @@ CHOICES: dict[str, tuple[str, ...] | Registry] = {
     "pipeline.mitigation.similarity": SIMILARITIES,
     **{registry.config_key: registry for registry in REGISTRIES},
 }
-STRING_LISTS = {"plugins", "eval.negatives", "pipeline.auto.candidates"}  # every other list holds integers
+STRING_LISTS = {"plugins", "eval.negatives", "pipeline.auto.candidates"}
+NUMBER_LISTS = {"predictor.half_lives"}  # numbers, `.inf` included; every other list holds integers
 
 POSITIVE = {
     "memory.dim", "memory.dim_time", "memory.mailbox_size", "embedding.layers", "embedding.heads",
     "embedding.dim_out", "train.batch_size", "train.epochs", "train.lr", "train.num_neg",
     "eval.batch_size", "eval.ranking_negatives", "pipeline.k", "pipeline.k_max", "pipeline.mitigation.top_k",
     "pipeline.mitigation.refresh_every", "pipeline.auto.rounds", "pipeline.auto.recheck_every",
-    "pipeline.feature_readers",
+    "pipeline.feature_readers", "predictor.history_dim",
 }
 NON_NEGATIVE = {"train.weight_decay", "eval.ranking_seed", "pipeline.auto.drop", "pipeline.auto.slowdown"}
 FRACTIONS = {
@@ -225,11 +226,10 @@ def _merge(defaults: Any, given: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: key '{key}' must be a finite number, got {shown(given)}")
         return given
     if isinstance(defaults, list):
-        strings = key in STRING_LISTS
-        if not isinstance(given, list) or not all(_is_list_item(v, strings) for v in given):
-            raise ConfigError(f"{source}: key '{key}' must be a list of {'strings' if strings else 'integers'}, "
-                              f"got {shown(given)}")
-        too_large = next((v for v in given if not strings and abs(v) > MAX_INTEGER), None)
+        kind = "strings" if key in STRING_LISTS else "numbers" if key in NUMBER_LISTS else "integers"
+        if not isinstance(given, list) or not all(_is_list_item(v, kind) for v in given):
+            raise ConfigError(f"{source}: key '{key}' must be a list of {kind}, got {shown(given)}")
+        too_large = next((v for v in given if kind == "integers" and abs(v) > MAX_INTEGER), None)
         if too_large is not None:
             raise ConfigError(f"{source}: key '{key}' must be a list of integers below 2**63, got {shown(too_large)}")
         return list(given)
@@ -245,10 +245,12 @@ def _finite(number: int | float) -> bool:
         return False
 
 
-def _is_list_item(value: Any, strings: bool) -> bool:
-    if strings:
+def _is_list_item(value: Any, kind: str) -> bool:
+    if kind == "strings":
         return isinstance(value, str)
-    return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "numbers" and isinstance(value, float):
+        return not math.isnan(value)
+    return isinstance(value, int) and not isinstance(value, bool) and (kind == "integers" or _finite(value))
 
 
 class _ShortRepr(reprlib.Repr):
@@ -465,6 +467,7 @@ def _check_values(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: key 'eval.mrr_negatives' must be 0 under 'eval.protocol' dyglib (DyGLib draws "
                           f"one negative per event), got {cfg.eval.mrr_negatives}")
     _check_tgb(cfg, source)
+    _check_pair_history(cfg, source)
     auto = cfg.pipeline.auto
     wrong = [mode for mode in auto.candidates if mode not in SCHEDULERS or mode == "auto"]
     if not auto.candidates or wrong:
@@ -523,6 +526,26 @@ def _check_tgb(cfg: RunConfig, source: str) -> None:
         if not given and ev.ranking == "tgb":
             raise ConfigError(f"{source}: key 'eval.{key}' must name TGB's {key.split('_')[0]} negatives pickle under "
                               f"'eval.ranking' tgb")
+
+
+def _check_pair_history(cfg: RunConfig, source: str) -> None:
+    """`predictor.history_dim` and `predictor.half_lives` size and decay the pair history a predictor that
+    reads it keeps in the memory store: for any other predictor a value of theirs would be silently unread,
+    and without memory there is no store to keep it in."""
+    pred = cfg.predictor
+    if not getattr(PREDICTORS.get(pred.module), "reads_histories", False):
+        for key in ("history_dim", "half_lives"):
+            if getattr(pred, key) != getattr(PredictorConfig, key):
+                raise ConfigError(f"{source}: key 'predictor.{key}' is read only by a predictor of pair history "
+                                  f"(pair_history), but 'predictor.module' is {shown(pred.module)}")
+        return
+    if cfg.memory is None:
+        raise ConfigError(f"{source}: key 'predictor.module' {shown(pred.module)} keeps each node's pair history in "
+                          f"the memory store, so it needs a 'memory' section (got memory: null)")
+    if not pred.half_lives or any(half_life <= 0 or not math.isfinite(math.log(2) / half_life)
+                                  for half_life in pred.half_lives):
+        raise ConfigError(f"{source}: key 'predictor.half_lives' must be a non-empty list of half-lives > 0 (.inf: "
+                          f"never decays; ln 2 / half-life must be a finite rate), got {shown(list(pred.half_lives))}")
 
 
 def validate_config(given: dict, source: str = "<config>", base_dir: Path | None = None) -> RunConfig:

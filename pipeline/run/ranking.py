@@ -99,8 +99,11 @@ class CandidateRanker:
 def factorised_path_refusal(stages: LinkPredictionStages) -> str | None:
     """Why `FactorisedScores` would not give a model's scores (None: it does). It needs a node's state to
     depend on the node alone within a batch (memory brought to the batch's time, or no memory), one layer of
-    temporal attention, and the most recent neighbours (a neighbourhood that changes only with new edges)."""
+    temporal attention, and the most recent neighbours (a neighbourhood that changes only with new edges); it
+    does not yet hand a predictor the pair history it reads (`models/pair_history.py`)."""
     model, sampler = stages.model, stages.sampler
+    if model.reads_histories:
+        return "the predictor reads pair history"
     if not isinstance(model.embedding, TemporalAttention) or len(model.embedding.layers) != 1:
         return "the embedding is not one layer of temporal attention"
     if model.updater is not None and model.update_time != "batch":

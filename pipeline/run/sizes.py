@@ -31,6 +31,7 @@ import numpy as np
 
 from common.errors import ConfigError
 from models.embedding import EMBEDDINGS
+from models.pair_history import FEATURES_PER_RATE
 from models.predictor import PREDICTORS
 
 if TYPE_CHECKING:
@@ -113,7 +114,19 @@ def parameters(cfg: RunConfig, data: StreamSizes) -> list[Size]:
     if getattr(PREDICTORS.get(cfg.predictor.module), "reads_neighbourhoods", False):
         sizes.append(Size("the neighbourhood predictor's link weights", ("sampler.fanouts", "embedding.dim_out"),
                           _product(2 * cfg.sampler.fanouts[-1] + dim_state + 17, dim_emb)))
+    if _reads_histories(cfg):
+        sizes.append(Size("the pair-history weights", ("predictor.half_lives", "embedding.dim_out"),
+                          _product(FEATURES_PER_RATE, len(cfg.predictor.half_lives), dim_emb)))
     return sizes
+
+
+def _reads_histories(cfg: RunConfig) -> bool:
+    return getattr(PREDICTORS.get(cfg.predictor.module), "reads_histories", False)
+
+
+def _history_floats(cfg: RunConfig) -> int:
+    """Floats of one node's pair history: both directions at every decay rate."""
+    return _product(2, cfg.predictor.history_dim, len(cfg.predictor.half_lives))
 
 
 @dataclass(frozen=True)
@@ -149,8 +162,9 @@ def _batches(cfg: RunConfig, data: StreamSizes) -> list[_Batch]:
 
 def tensors(cfg: RunConfig, data: StreamSizes) -> list[Size]:
     """The largest tensors a run allocates, in bytes: per batch, the rows of its sampled input nodes and
-    (a neighbourhood-reading predictor) its padded neighbour tables; per run, the mitigation's similarity
-    table, the evaluation negatives and the ranking's mask. The memory store (nodes x the memory and
+    (a neighbourhood-reading predictor) its padded neighbour tables and (a predictor of pair history) its
+    pairs' histories; per run, the mitigation's similarity table, the evaluation negatives, the ranking's
+    mask and the memory store's pair-history table. The rest of the memory store (nodes x the memory and
     mailbox row) is left out: it grows with the stream's nodes, and its row is bounded with a batch's rows."""
     memory, emb = cfg.memory, cfg.embedding
     dim_edge, sizes = data.dim_edge_feat, []
@@ -177,6 +191,14 @@ def tensors(cfg: RunConfig, data: StreamSizes) -> list[Size]:
             sizes.append(Size(f"the common-neighbour pair table of {batch.what} ({batch.pairs} pairs x {width} x "
                               f"{width} slots)", (*batch.keys, "sampler.fanouts"),
                               _product(batch.pairs, width, width, MASK_BYTES)))
+        if _reads_histories(cfg):
+            sizes.append(Size(f"the pair histories of {batch.what} ({batch.pairs} pairs x {_history_floats(cfg)} "
+                              f"floats)", (*batch.keys, "predictor.history_dim", "predictor.half_lives"),
+                              _product(batch.pairs, _history_floats(cfg), FLOAT_BYTES)))
+    if _reads_histories(cfg):
+        sizes.append(Size(f"the memory store's pair-history table ({data.num_nodes} nodes x {_history_floats(cfg)} "
+                          f"floats)", ("predictor.history_dim", "predictor.half_lives"),
+                          _product(data.num_nodes, _history_floats(cfg), FLOAT_BYTES)))
     if memory is not None and cfg.pipeline.mitigation.enabled:
         sizes.append(Size(f"the similarity table ({data.num_nodes} nodes)", ("pipeline.mitigation.top_k",),
                           _product(data.num_nodes, cfg.pipeline.mitigation.top_k, INDEX_BYTES)))

@@ -1,0 +1,134 @@
+"""Direction-aware pair history over the whole past, after TPNet (Lu et al. 2024), registered as the edge
+predictor "pair_history".
+
+The common-neighbour predictor reads only each root's most recent sampled edges, so a pair that met long
+ago reads as "never met", and it cannot tell `u -> v` from `v -> u`. Here every node `n` keeps, per decay
+rate, time-decayed sums of fixed random vectors over all of its past events, in the memory store beside its
+memory: an event `u -> v` at `t` adds `[r_v | 0]` to `u` (its "out" half) and `[0 | r_u]` to `v` (its "in"
+half), where `r_n` is a Rademacher vector of the node id (`node_signs`). Since `r_u . r_u = 1` and
+`r_u . r_v` is about 0, dot products of these sums estimate the pair's decayed walk counts: `out_a . r_c`
+the decayed number of `a -> c` events, `out_a . in_c` of paths `a -> x -> c`, and so on (`pair_features`).
+The store adds the contributions (`history_contributions`), so nothing is lost under staleness, and the
+model decays a root's sums to its query time (`RootHistories`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from memory.batch import MemoryBatch
+from models.common_neighbours import CommonNeighbourPredictor, RootNeighbourhoods
+from models.predictor import PREDICTORS, PredictorSpec, pair_rows
+
+FEATURES_PER_RATE = 12  # 4 direct-link, 2 two-step-path, 2 shared-neighbour and 4 activity estimates
+
+# splitmix64's constants (Steele et al. 2014) as signed int64; torch's int64 arithmetic wraps like uint64
+_GAMMA = 0x9E3779B97F4A7C15 - (1 << 64)
+_MIX1 = 0xBF58476D1CE4E5B9 - (1 << 64)
+_MIX2 = 0x94D049BB133111EB - (1 << 64)
+
+
+def _shift_right(x: Tensor, bits: int) -> Tensor:
+    """Logical right shift of int64 `x` (torch's `>>` is arithmetic: it copies the sign bit)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def node_signs(ids: Tensor, dim: int) -> Tensor:
+    """A fixed pseudo-random vector of `dim` entries `+-1/sqrt(dim)` per node id, `ids.shape + (dim,)` float32.
+
+    Entry `k` of node `n` is the sign of splitmix64 of `n * dim + k`, so the vectors need no table (ids of any
+    size work) and are the same on every process and device; `r_n . r_n = 1` and `r_u . r_v ~ N(0, 1/dim)`.
+    """
+    k = torch.arange(dim, dtype=torch.int64, device=ids.device)
+    z = (ids.to(torch.int64).unsqueeze(-1) * dim + k + 1) * _GAMMA
+    z = (z ^ _shift_right(z, 30)) * _MIX1
+    z = (z ^ _shift_right(z, 27)) * _MIX2
+    z = z ^ _shift_right(z, 31)
+    return torch.where(z < 0, -1.0, 1.0).to(torch.float32) / math.sqrt(dim)
+
+
+def decay_rates(half_lives: tuple[float, ...]) -> tuple[float, ...]:
+    """The rate `ln 2 / half_life` of each half-life (0 for an infinite one: it never decays)."""
+    return tuple(math.log(2) / half_life for half_life in half_lives)
+
+
+def history_contributions(src: Tensor, dst: Tensor, t: Tensor, dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """What the events `src[i] -> dst[i]` at `t[i]` add to the store's history: `(nodes, rows, times)`, where
+    `src[i]` gets `[r_dst | 0]` and `dst[i]` gets `[0 | r_src]` (rows `2 * dim` wide)."""
+    to_dst, from_src = node_signs(dst, dim), node_signs(src, dim)
+    zeros = torch.zeros_like(to_dst)
+    rows = torch.cat([torch.cat([to_dst, zeros], 1), torch.cat([zeros, from_src], 1)])
+    return torch.cat([src, dst]), rows, torch.cat([t, t])
+
+
+@dataclass(frozen=True)
+class RootHistories:
+    """Each root's history decayed to its query time: `state[r, k]` is `[out | in]` at rate `k` of root `r`
+    (node `node[r]`), zero for a node that never took part in an event."""
+
+    node: Tensor  # (R,) int64
+    state: Tensor  # (R, rates, 2 * dim) float32
+
+    @classmethod
+    def at(cls, memory: MemoryBatch, node: Tensor, ts: Tensor, rates: tuple[float, ...]) -> RootHistories:
+        """The histories of the first `len(node)` rows of `memory`, nodes `node` queried at times `ts`:
+        each sum `history * exp(-rate * (ts - history_ts))`."""
+        count = len(node)
+        rate = torch.tensor(rates, dtype=torch.float64, device=ts.device)
+        gap = ts.to(torch.float64) - memory.history_ts[:count]
+        decay = torch.exp(-rate * gap.unsqueeze(1)).to(memory.history.dtype)
+        return cls(node=node, state=memory.history[:count] * decay.unsqueeze(2))
+
+    def select(self, rows: Tensor) -> RootHistories:
+        """The histories of roots `rows`, in that order."""
+        return RootHistories(self.node[rows], self.state[rows])
+
+
+def signed_log(x: Tensor) -> Tensor:
+    """`sign(x) * log1p(|x|)`: counts of any size on one scale, the sign kept."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def pair_features(histories: RootHistories, a: Tensor, c: Tensor) -> Tensor:
+    """`(P, rates * FEATURES_PER_RATE)` estimates of each pair `(a[p] -> c[p])` of root rows, per rate: the
+    decayed count of `a -> c` twice (`out_a . r_c`, `in_c . r_a`) and of `c -> a` twice (`in_a . r_c`,
+    `out_c . r_a`), of paths `a -> x -> c` (`out_a . in_c`) and `c -> x -> a` (`in_a . out_c`), of common
+    targets (`out_a . out_c`) and sources (`in_a . in_c`), and the activity `|out_a|^2, |in_a|^2, |out_c|^2,
+    |in_c|^2`, each through `signed_log`."""
+    out_a, in_a = histories.state[a].chunk(2, -1)
+    out_c, in_c = histories.state[c].chunk(2, -1)
+    dim = out_a.shape[-1]
+    r_a, r_c = node_signs(histories.node[a], dim).unsqueeze(1), node_signs(histories.node[c], dim).unsqueeze(1)
+    pairs = ((out_a, r_c), (in_c, r_a), (in_a, r_c), (out_c, r_a), (out_a, in_c), (in_a, out_c), (out_a, out_c),
+             (in_a, in_c), (out_a, out_a), (in_a, in_a), (out_c, out_c), (in_c, in_c))
+    features = torch.stack([(x * y).sum(-1) for x, y in pairs], -1)
+    return signed_log(features).flatten(1)
+
+
+class PairHistoryPredictor(CommonNeighbourPredictor):
+    """The common-neighbour predictor with `history_fc(pair_features)` added into its hidden sum.
+
+    `history_dim` (the store's row width, `2 *` the config's per-direction size) and `history_rates` say
+    what the memory store keeps for it."""
+
+    reads_histories = True
+
+    def __init__(self, spec: PredictorSpec) -> None:
+        super().__init__(spec)
+        self.history_dim = 2 * spec.history_dim
+        self.history_rates = decay_rates(spec.half_lives)
+        self.history_fc = nn.Linear(FEATURES_PER_RATE * len(self.history_rates), spec.dim)
+
+    def forward(self, h: Tensor, num_pos: int, num_neg: int, neighbourhoods: RootNeighbourhoods,
+                histories: RootHistories) -> tuple[Tensor, Tensor]:
+        """Logits `(B,)` of the positives and `(B * num_neg,)` of the negatives; `h`, `neighbourhoods` and
+        `histories` rows are `[src (B), dst (B), negative dst (B * num_neg)]`."""
+        u, v = pair_rows(num_pos, num_neg, h.device)
+        hidden = self.hidden(h, num_pos, num_neg, neighbourhoods) + self.history_fc(pair_features(histories, u, v))
+        return self.logits(hidden, num_pos)
+
+
+PREDICTORS.register("pair_history")(PairHistoryPredictor)
