@@ -74,7 +74,8 @@ class SharedMemoryStore(MemoryStore):
     """
 
     def __init__(self, path: Path, create: bool, num_nodes: int, dim_memory: int, dim_mail: int,
-                 mailbox_size: int = 1, pin_memory: bool = False) -> None:
+                 mailbox_size: int = 1, pin_memory: bool = False, history_dim: int = 0,
+                 history_rates: tuple[float, ...] = ()) -> None:
         self.path = Path(path)
         self.creator = create
         if create:
@@ -82,15 +83,18 @@ class SharedMemoryStore(MemoryStore):
             (self.path / LOCK_NAME).touch()
         elif not (self.path / LOCK_NAME).exists():
             raise FileNotFoundError(f"shared memory store {self.path} does not exist (not created yet?)")
-        super().__init__(num_nodes, dim_memory, dim_mail, mailbox_size, pin_memory)
+        super().__init__(num_nodes, dim_memory, dim_mail, mailbox_size, pin_memory, history_dim, history_rates)
         self._lock = FileReadWriteLock(self.path / LOCK_NAME)
 
     def _allocate(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """Table `name` mapped from its file (created zero-filled by the creator)."""
+        """Table `name` mapped from its file (created zero-filled by the creator); an empty table (e.g. a
+        zero-width history) has no file and nothing to share."""
+        numel = int(torch.Size(shape).numel())
+        if numel == 0:
+            return torch.zeros(shape, dtype=dtype)
         file = self.path / name
         if not self.creator and not file.exists():
             raise FileNotFoundError(f"shared memory store {self.path}: table '{name}' is missing")
-        numel = int(torch.Size(shape).numel())
         return torch.from_file(str(file), shared=True, size=numel, dtype=dtype).view(shape)
 
     def _initialise(self) -> None:

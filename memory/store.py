@@ -1,9 +1,14 @@
 """The versioned node-memory store shared by the pipeline's stages (docs/method.md §3).
 
 Host tables hold each node's memory vector, its timestamp, a mailbox of the latest mails, the number
-of mails ever delivered and the batch index that last wrote the row. Updates commit in batch order,
-so a fetch can wait until the updates it depends on are written; readers and the writer may be
-different threads and a read always sees whole updates (a readers-writer lock guards the tables).
+of mails ever delivered, the batch index that last wrote the row and, for models that keep one, a
+history: per decay rate, the exponentially time-decayed sum of every contribution the node was ever
+given, with the time it is decayed to (`history`, `history_ts`; zero-width for other models). Memory
+rows and mails are overwritten by each update; history is added to, so a contribution is never lost,
+whichever version its writer read, and the rows of one update may come in any order. Updates commit
+in batch order, so a fetch can wait until the updates it depends on are written; readers and the
+writer may be different threads and a read always sees whole updates (a readers-writer lock guards
+the tables).
 """
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from common.errors import CheckpointError
 from memory.batch import MemoryBatch, MemoryUpdate, as_host_nodes
 from memory.rwlock import ReadWriteLock
 
-TABLE_NAMES = ("mem", "mem_ts", "mail", "mail_ts", "mail_count", "version")
+TABLE_NAMES = ("mem", "mem_ts", "mail", "mail_ts", "mail_count", "version", "history", "history_ts")
+HISTORY_TABLES = ("history", "history_ts")
 COMMITTED_KEY = "committed_version"
 
 
@@ -36,14 +42,24 @@ class MemoryStore:
     must arrive in batch order. Within one update the last occurrence of a node wins, for memory rows
     and for mails alike: a node gets at most one mail per update, appended to its ring buffer of
     `mailbox_size` slots (slot `mail_count % mailbox_size`).
+
+    History is additive instead: `history[n, r]` is the sum over every contribution `x` given to node n at
+    time `t` (this and earlier updates) of `exp(-history_rates[r] * (history_ts[n] - t)) * x`, where
+    `history_ts[n]` is n's latest contribution time (at least 0, the time of a row never added to).
+    Reading it at another time is the caller's business. Rates are per time unit; 0 never decays.
     """
 
     def __init__(self, num_nodes: int, dim_memory: int, dim_mail: int, mailbox_size: int = 1,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, history_dim: int = 0, history_rates: tuple[float, ...] = ()) -> None:
         self.num_nodes = num_nodes
         self.dim_memory = dim_memory
         self.dim_mail = dim_mail
         self.mailbox_size = mailbox_size
+        self.history_dim = history_dim
+        self.history_rates = tuple(history_rates)
+        self._rates = torch.tensor(self.history_rates, dtype=torch.float64)
+        if not (torch.isfinite(self._rates).all() and (self._rates >= 0).all()):
+            raise ValueError(f"history rates must be finite and >= 0, got {self.history_rates}")
         self.pinned = pin_memory and torch.cuda.is_available()
         self.mem = self._allocate("mem", (num_nodes, dim_memory), torch.float32)
         self.mem_ts = self._allocate("mem_ts", (num_nodes,), torch.float64)
@@ -51,6 +67,8 @@ class MemoryStore:
         self.mail_ts = self._allocate("mail_ts", (num_nodes, mailbox_size), torch.float64)
         self.mail_count = self._allocate("mail_count", (num_nodes,), torch.int64)
         self.version = self._allocate("version", (num_nodes,), torch.int64)
+        self.history = self._allocate("history", (num_nodes, len(self.history_rates), history_dim), torch.float32)
+        self.history_ts = self._allocate("history_ts", (num_nodes,), torch.float64)
         self._committed = self._allocate(COMMITTED_KEY, (1,), torch.int64)
         self._lock = ReadWriteLock()
         self._commit = threading.Condition()
@@ -102,12 +120,14 @@ class MemoryStore:
         return torch.index_select(rows, 0, inverse, out=out)
 
     def update(self, version: int, update: MemoryUpdate) -> None:
-        """Write batch `version`'s new memory and mails, then commit it and wake waiting fetches.
+        """Write batch `version`'s memory, mails and history, then commit it and wake waiting fetches.
 
-        Raises ValueError unless `version == committed_version + 1`. The update may live on any device
-        and may require grad: the store keeps detached host copies.
+        Raises ValueError unless `version == committed_version + 1`, or if the history rows do not fit
+        this store. The update may live on any device and may require grad: the store keeps detached
+        host copies.
         """
         update = update.to_host()
+        self._check_history(update)
         mem_nodes, mem_rows = last_occurrences(update.nodes)
         mailed_nodes, mail_rows = last_occurrences(update.mail_nodes)
         new_mail, new_mail_ts = update.mail[mail_rows], update.mail_ts[mail_rows]
@@ -120,7 +140,35 @@ class MemoryStore:
             self.mail[mailed_nodes, slots] = new_mail
             self.mail_ts[mailed_nodes, slots] = new_mail_ts
             self.mail_count.index_add_(0, mailed_nodes, torch.ones_like(mailed_nodes))
+            if len(update.history_nodes):
+                self._add_history(update.history_nodes, update.history, update.history_ts)
             self._set_committed(version)
+
+    def _check_history(self, update: MemoryUpdate) -> None:
+        rows = len(update.history_nodes)
+        if rows and (update.history.shape != (rows, self.history_dim) or update.history_ts.shape != (rows,)):
+            raise ValueError(
+                f"history update of {rows} nodes has rows {tuple(update.history.shape)} and times "
+                f"{tuple(update.history_ts.shape)}; this store needs ({rows}, {self.history_dim}) and ({rows},)"
+            )
+
+    def _add_history(self, nodes: torch.Tensor, contributions: torch.Tensor, times: torch.Tensor) -> None:
+        """Decay each touched row and its contributions to the node's latest time and add them (write lock held).
+
+        The reference time never goes back (it is the max of the stored and the new times), so every
+        decay factor lies in [0, 1]: a row never added to (zero, at time 0) stays harmless.
+        """
+        unique, inverse = torch.unique(nodes, return_inverse=True)
+        latest = torch.zeros(len(unique), dtype=torch.float64)
+        latest.scatter_reduce_(0, inverse, times, reduce="amax", include_self=False)
+        stored_ts = self.history_ts.index_select(0, unique)
+        reference = torch.maximum(stored_ts, latest)
+        kept = torch.exp(-(reference - stored_ts)[:, None] * self._rates).float()
+        added = torch.exp(-(reference[inverse] - times)[:, None] * self._rates).float()
+        rows = self.history.index_select(0, unique).mul_(kept[:, :, None])
+        rows.index_add_(0, inverse, added[:, :, None] * contributions[:, None, :])
+        self.history.index_copy_(0, unique, rows)
+        self.history_ts.index_copy_(0, unique, reference)
 
     def _check_next_version(self, version: int) -> None:
         expected = self.committed_version + 1
@@ -159,18 +207,28 @@ class MemoryStore:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Copy a saved state into the store; raises CheckpointError if it does not fit this store."""
+        """Copy a saved state into the store; raises CheckpointError if it does not fit this store.
+
+        A state without history tables (saved before they existed) fits a store whose history is
+        zero-width; its `history_ts` is then zeroed.
+        """
         self._check_state(state)
         with self._lock.write():
             for name in TABLE_NAMES:
-                getattr(self, name).copy_(state[name])
+                if name in state:
+                    getattr(self, name).copy_(state[name])
+                else:
+                    getattr(self, name).zero_()
             self._set_committed(int(state[COMMITTED_KEY]))
 
     def _check_state(self, state: dict) -> None:
+        optional = HISTORY_TABLES if self.history.numel() == 0 else ()
         for key in (*TABLE_NAMES, COMMITTED_KEY):
-            if key not in state:
+            if key not in state and key not in optional:
                 raise CheckpointError(f"memory store state: missing key '{key}'")
         for name in TABLE_NAMES:
+            if name not in state:
+                continue
             saved, table = state[name], getattr(self, name)
             if describe_table(saved) != describe_table(table):
                 raise CheckpointError(

@@ -385,7 +385,8 @@ def projection_inputs(root_ts: torch.Tensor, mem_ts: torch.Tensor, version: torc
     block.dstdata["ts"] = root_ts
     memory = MemoryBatch(nodes=torch.arange(n), row=torch.arange(n), mem=torch.zeros(n, DIM_MEM), mem_ts=mem_ts,
                          mail=torch.zeros(n, 1, 2 * DIM_MEM), mail_ts=torch.zeros(n, 1, dtype=torch.float64),
-                         mail_count=torch.ones(n, dtype=torch.int64), version=version, committed=0)
+                         mail_count=torch.ones(n, dtype=torch.int64), version=version,
+                         history=torch.zeros(n, 0, 0), history_ts=torch.zeros(n, dtype=torch.float64), committed=0)
     return ModelInputs(blocks=[block], memory=memory, edge_feat=[None], node_feat=None, root_edge_feat=None,
                        num_pos=n // 2)
 

@@ -11,10 +11,10 @@
 - memory: one store per machine in shared memory (`MachineMemoryStore`), written by local rank 0 and
   read by every local rank. Every update of batch i is all-gathered from all ranks and merged
   (`merge_updates`: per node the latest timestamp wins, ties go to the higher rank, then to the later
-  row of that rank's update) before version i is committed, so the staleness bound covers every
-  rank's updates and the stores of all machines stay identical. The gathers run on a gloo group of
-  their own ("host group"), because the update stage calls them from its thread while the train
-  stage's DDP all-reduce runs on the default group;
+  row of that rank's update; history rows, which add up, are concatenated) before version i is
+  committed, so the staleness bound covers every rank's updates and the stores of all machines stay
+  identical. The gathers run on a gloo group of their own ("host group"), because the update stage
+  calls them from its thread while the train stage's DDP all-reduce runs on the default group;
 - scheduler: before each epoch the ranks' stage times are combined (max per stage, min observation
   count) and the epoch's scheduler sees only those, so every rank uses the same staleness bound k and
   warm-up length (`AgreedScheduler`);
@@ -97,14 +97,19 @@ def merge_updates(updates: list[MemoryUpdate]) -> MemoryUpdate:
     global event order, so of two writes at the same time the later event wins, whichever rank held it.
     Mails delivered to the roots themselves follow the same layout. Mails also delivered to neighbours
     (APAN) are laid out by time within a rank; they are merged by time, equal times in rank order.
+    History contributions add up in any order, so the ranks' rows are concatenated (on the host).
     """
+    updates = [u.to_host() for u in updates]
     nodes, mem, mem_ts = _by_event([u.nodes for u in updates], [u.mem for u in updates], [u.mem_ts for u in updates])
     mails = ([u.mail_nodes for u in updates], [u.mail for u in updates], [u.mail_ts for u in updates])
     if all(torch.equal(u.mail_nodes, u.nodes) for u in updates):
         mail_nodes, mail, mail_ts = _by_event(*mails)
     else:
         mail_nodes, mail, mail_ts = _by_time(*mails)
-    return MemoryUpdate(nodes=nodes, mem=mem, mem_ts=mem_ts, mail_nodes=mail_nodes, mail=mail, mail_ts=mail_ts)
+    return MemoryUpdate(nodes=nodes, mem=mem, mem_ts=mem_ts, mail_nodes=mail_nodes, mail=mail, mail_ts=mail_ts,
+                        history_nodes=torch.cat([u.history_nodes for u in updates]),
+                        history=torch.cat([u.history for u in updates]),
+                        history_ts=torch.cat([u.history_ts for u in updates]))
 
 
 def _by_event(nodes: list[torch.Tensor], rows: list[torch.Tensor],
@@ -138,8 +143,10 @@ class MachineMemoryStore(SharedMemoryStore):
     """
 
     def __init__(self, path: Path, writer: bool, num_nodes: int, dim_memory: int, dim_mail: int,
-                 mailbox_size: int, pin_memory: bool, group: dist.ProcessGroup, timeout_s: float) -> None:
-        super().__init__(path, writer, num_nodes, dim_memory, dim_mail, mailbox_size, pin_memory)
+                 mailbox_size: int, pin_memory: bool, group: dist.ProcessGroup, timeout_s: float,
+                 history_dim: int = 0, history_rates: tuple[float, ...] = ()) -> None:
+        super().__init__(path, writer, num_nodes, dim_memory, dim_mail, mailbox_size, pin_memory, history_dim,
+                         history_rates)
         self.group = group
         self.timeout_s = timeout_s
 
@@ -267,7 +274,7 @@ class DistributedWorld:
         return self.shard.share(batch_len)
 
     def memory_store(self, num_nodes: int, dim_memory: int, dim_mail: int, mailbox_size: int,
-                     pin_memory: bool) -> MemoryStore:
+                     pin_memory: bool, history_dim: int = 0, history_rates: tuple[float, ...] = ()) -> MemoryStore:
         """This machine's shared store: local rank 0 creates it, then the other local ranks attach and the
         table files are unlinked (the memory stays mapped; a crash leaves nothing in /dev/shm)."""
         token: list[str | None] = [uuid.uuid4().hex if self.rank == 0 else None]
@@ -277,7 +284,7 @@ class DistributedWorld:
 
         def open_store() -> MachineMemoryStore:
             return MachineMemoryStore(path, writer, num_nodes, dim_memory, dim_mail, mailbox_size, pin_memory,
-                                      self.host_group, self.timeout_s)
+                                      self.host_group, self.timeout_s, history_dim, history_rates)
 
         store = open_store() if writer else None
         dist.barrier(group=self.host_group)

@@ -44,8 +44,8 @@ class World(Protocol):
         """Positions inside a global batch of `batch_len` events that this process takes, in order."""
 
     def memory_store(self, num_nodes: int, dim_memory: int, dim_mail: int, mailbox_size: int,
-                     pin_memory: bool) -> MemoryStore:
-        """The memory store the run's stages read and write."""
+                     pin_memory: bool, history_dim: int = 0, history_rates: tuple[float, ...] = ()) -> MemoryStore:
+        """The memory store the run's stages read and write (with a history table for models that keep one)."""
 
     def train_module(self, model: nn.Module) -> nn.Module:
         """The module the train stage calls (it steps the parameters of `model`)."""
@@ -93,8 +93,9 @@ class LocalWorld:
         return np.arange(batch_len)
 
     def memory_store(self, num_nodes: int, dim_memory: int, dim_mail: int, mailbox_size: int,
-                     pin_memory: bool) -> MemoryStore:
-        return MemoryStore(num_nodes, dim_memory, dim_mail, mailbox_size, pin_memory=pin_memory)
+                     pin_memory: bool, history_dim: int = 0, history_rates: tuple[float, ...] = ()) -> MemoryStore:
+        return MemoryStore(num_nodes, dim_memory, dim_mail, mailbox_size, pin_memory=pin_memory,
+                           history_dim=history_dim, history_rates=history_rates)
 
     def train_module(self, model: nn.Module) -> nn.Module:
         return model
