@@ -118,7 +118,8 @@ def build_setup(cfg: RunConfig, events: EventStream, device: torch.device, seed:
     store = None
     if model.uses_memory:
         store = world.memory_store(events.num_nodes, model.dim_memory, model.dim_mail, model.mailbox_size,
-                                   pin_memory=pins_host_memory(device))
+                                   pin_memory=pins_host_memory(device), history_dim=model.history_dim,
+                                   history_rates=model.history_rates)
     mitigation = None
     mit_cfg = cfg.pipeline.mitigation
     if mit_cfg.enabled and store is not None:
