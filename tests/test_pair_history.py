@@ -1,0 +1,184 @@
+"""The direction-aware pair history (`predictor.module: pair_history`, models/pair_history.py): its random
+vectors, its pair features against a direct computation, the store's history after training against a
+brute-force sum over the event list (sequential and pipelined alike), its direction, its config keys and
+one-vs-all ranking through the chunked path."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from common.errors import ConfigError
+from graph.synthetic import synthetic_events
+from memory.batch import MemoryUpdate
+from memory.store import MemoryStore
+from models.pair_history import RootHistories, history_contributions, node_signs, pair_features
+from pipeline.engine.runner import run_batches
+from pipeline.engine.schedulers import FixedK, Sequential
+from pipeline.run.config import read_yaml, validate_config
+from pipeline.run.ranking import CandidateRanker
+from pipeline.run.setup import build_setup, evaluation_stages, training_stages
+from pipeline.stages.link_prediction import Scoring
+from small import small_config
+from test_training import run
+
+DIM = 8
+HALF_LIVES = [math.inf, 2000.0, 200.0]  # the stream's mean gap is 10: decay matters within an epoch
+PH = {"predictor": {"module": "pair_history", "history_dim": DIM, "half_lives": HALF_LIVES}}
+
+
+@pytest.fixture(scope="module")
+def events():
+    return synthetic_events(num_nodes=40, num_events=500, seed=4, reciprocate_prob=0.7)
+
+
+def test_node_signs_are_fixed_unit_and_near_orthogonal():
+    ids = torch.arange(300)
+    signs = node_signs(ids, 256)
+    assert torch.equal(signs, node_signs(ids.to(torch.int32), 256)), "the same vector whatever the id's dtype"
+    assert torch.equal(signs[17], node_signs(torch.tensor([17]), 256)[0]), "a node's vector is its own"
+    assert set(signs.unique().tolist()) == {-1 / 16, 1 / 16}
+    gram = signs.double() @ signs.double().T
+    torch.testing.assert_close(gram.diagonal(), torch.ones(300, dtype=torch.float64))
+    off = gram[~torch.eye(300, dtype=torch.bool)]
+    assert abs(off.mean().item()) < 0.01 and off.std().item() == pytest.approx(1 / 16, rel=0.1)
+    assert off.abs().max().item() < 6 / 16
+    huge = node_signs(torch.tensor([2**62, 2**62 + 1, -5]), 64)
+    assert huge.abs().eq(1 / 8).all() and not torch.equal(huge[0], huge[1])
+
+
+def test_pair_features_equal_a_direct_computation():
+    torch.manual_seed(0)
+    nodes = torch.tensor([3, 11, 7])
+    histories = RootHistories(node=nodes, state=torch.randn(3, 2, 2 * DIM))
+    features = pair_features(histories, torch.tensor([0, 2]), torch.tensor([1, 0])).view(2, 2, 12)
+    r = node_signs(nodes, DIM)
+    for p, (a, c) in enumerate([(0, 1), (2, 0)]):
+        for rate in range(2):
+            out_a, in_a = histories.state[a, rate, :DIM], histories.state[a, rate, DIM:]
+            out_c, in_c = histories.state[c, rate, :DIM], histories.state[c, rate, DIM:]
+            dots = [out_a @ r[c], in_c @ r[a], in_a @ r[c], out_c @ r[a], out_a @ in_c, in_a @ out_c, out_a @ out_c,
+                    in_a @ in_c, out_a @ out_a, in_a @ in_a, out_c @ out_c, in_c @ in_c]
+            expected = torch.tensor([math.copysign(math.log1p(abs(x)), x) for x in dots])
+            torch.testing.assert_close(features[p, rate], expected)
+
+
+def test_a_pair_met_one_way_reads_differently_the_other_way():
+    """One event u -> v, written to a store and read back decayed: (u, v) has met forwards, (v, u) backwards."""
+    u, v, t = torch.tensor([4]), torch.tensor([9]), torch.tensor([100.0], dtype=torch.float64)
+    store = MemoryStore(12, 1, 1, history_dim=2 * DIM, history_rates=(0.0, 0.01))
+    nodes, rows, times = history_contributions(u, v, t, DIM)
+    empty = torch.zeros(0, dtype=torch.int64)
+    store.update(0, MemoryUpdate(empty, torch.zeros(0, 1), empty.double(), empty, torch.zeros(0, 1), empty.double(),
+                                 history_nodes=nodes, history=rows, history_ts=times))
+    both = torch.tensor([4, 9])
+    histories = RootHistories.at(store.fetch(both), both, torch.tensor([200.0, 200.0], dtype=torch.float64),
+                                 (0.0, 0.01))
+    forwards, backwards = pair_features(histories, torch.tensor([0, 1]), torch.tensor([1, 0])).view(2, 2, 12)
+    met, decayed = math.log1p(1.0), math.log1p(math.exp(-1.0))
+    torch.testing.assert_close(forwards[:, :4], torch.tensor([[met, met, 0, 0], [decayed, decayed, 0, 0]]))
+    torch.testing.assert_close(backwards[:, :4], torch.tensor([[0, 0, met, met], [0, 0, decayed, decayed]]))
+
+
+def brute_force_history(events, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per node, the float64 sum over the events `indices` of its decayed contributions, at its last event."""
+    src, dst, t = events.src[indices], events.dst[indices], events.t[indices]
+    rates = [math.log(2) / half_life for half_life in HALF_LIVES]
+    scale = math.sqrt(DIM)
+    history = torch.zeros(events.num_nodes, len(rates), 2 * DIM, dtype=torch.float64)
+    last = torch.zeros(events.num_nodes, dtype=torch.float64)
+    for n in range(events.num_nodes):
+        touching = (src == n) | (dst == n)
+        if not touching.any():
+            continue
+        last[n] = t[touching].max()
+        for i in np.flatnonzero(touching):
+            x = torch.zeros(2 * DIM, dtype=torch.float64)
+            if src[i] == n:
+                x[:DIM] += torch.sign(node_signs(torch.tensor(int(dst[i])), DIM)).double() / scale
+            if dst[i] == n:
+                x[DIM:] += torch.sign(node_signs(torch.tensor(int(src[i])), DIM)).double() / scale
+            for k, rate in enumerate(rates):
+                history[n, k] += math.exp(-rate * (last[n].item() - t[i])) * x
+    return history, last
+
+
+def train_one_epoch(events, scheduler):
+    """The store and run stats after one training epoch under `scheduler`."""
+    setup = build_setup(small_config(**PH, train={"batch_size": 50}), events, torch.device("cpu"), seed=0)
+    stages = training_stages(setup, epoch=0)
+    return setup, run_batches(len(stages.batches), stages, scheduler)
+
+
+def test_the_store_holds_every_training_event_whether_sequential_or_pipelined(events):
+    setup, _ = train_one_epoch(events, Sequential())
+    expected, last = brute_force_history(events, setup.split.train)
+    store = setup.store
+    torch.testing.assert_close(store.history.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(store.history_ts, last)
+    pipelined, stats = train_one_epoch(events, FixedK(3))
+    assert 0 < max(stats.staleness) <= 2, "fixed-k 3 reads memory up to 2 batches stale, never more"
+    assert torch.equal(pipelined.store.history, store.history), "additive: nothing lost or reordered"
+    assert torch.equal(pipelined.store.history_ts, store.history_ts)
+    snapshot = store.snapshot()
+    store.reset()
+    assert not store.history.any()
+    store.restore(snapshot)
+    torch.testing.assert_close(store.history.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_pair_scores_the_same_with_its_own_negative_source(events):
+    """DyGLib's negatives come with their own sources: the histories are reordered like the embeddings."""
+    setup, _ = train_one_epoch(events, Sequential())  # written history, so the pair features matter
+    scores = []
+    for own_sources in (False, True):
+        def negatives(i, batch, own_sources=own_sources):
+            return events.dst[batch][::-1].copy(), events.src[batch].copy() if own_sources else None
+
+        stages = dataclasses.replace(evaluation_stages(setup, "test", setup.split.test, 0), step=Scoring(),
+                                     negatives=negatives, num_neg=1)
+        ctx = stages.sample(0)
+        stages.fetch_features(0, ctx)
+        stages.fetch_memory(0, ctx, 0)
+        stages.train(0, ctx)
+        scores.append((stages.step.pos_scores[0], stages.step.neg_scores[0][:, 0]))
+    for shared, own in zip(*scores):
+        np.testing.assert_allclose(own, shared, rtol=1e-5, atol=1e-6)
+
+
+def test_one_vs_all_ranking_takes_the_chunked_path(events, tmp_path):
+    setup = build_setup(small_config(**PH), events, torch.device("cpu"), seed=0)
+    ranker = CandidateRanker(evaluation_stages(setup, "test", setup.split.test, 0), events)
+    assert (ranker.path, ranker.refusal) == ("chunked", "the predictor reads pair history")
+    cfg = small_config(**PH, train={"batch_size": 50, "epochs": 1}, eval={"batch_size": 50, "ranking": "all"},
+                       pipeline={"mode": "sequential"})
+    results = run(cfg, events, tmp_path)
+    assert 1 / len(np.unique(events.dst)) <= results["test_mrr_all"] <= 1
+
+
+def test_half_lives_read_from_yaml_with_inf():
+    cfg = validate_config(read_yaml("predictor: {module: pair_history, history_dim: 4, half_lives: [.inf, 3600]}",
+                                    "yaml"))
+    assert cfg.predictor.half_lives == (math.inf, 3600) and cfg.predictor.history_dim == 4
+    assert validate_config(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"predictor": {"history_dim": 8}}, "key 'predictor.history_dim' is read only by a predictor of pair history"),
+    ({"predictor": {"module": "common_neighbours", "half_lives": [60.0]}},
+     "key 'predictor.half_lives' is read only by a predictor of pair history"),
+    ({"predictor": {"module": "pair_history", "history_dim": 0}}, "key 'predictor.history_dim' must be > 0"),
+    ({"predictor": {"module": "pair_history", "half_lives": []}}, "key 'predictor.half_lives' must be a non-empty"),
+    ({"predictor": {"module": "pair_history", "half_lives": [60, -1]}}, "half-lives > 0"),
+    ({"predictor": {"module": "pair_history", "half_lives": [float("nan")]}}, "must be a list of numbers"),
+    ({"predictor": {"module": "pair_history", "half_lives": ["day"]}}, "must be a list of numbers"),
+    ({"memory": None, "predictor": {"module": "pair_history"}}, "needs a 'memory' section"),
+    ({"predictor": {"module": "pair_history", "history_dim": 2**40}}, "'predictor.history_dim'"),
+])
+def test_config_errors_name_the_key_in_one_line(given, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        validate_config(given)
+    assert "\n" not in str(err.value)
