@@ -73,7 +73,7 @@ class PredictorConfig:
 
     module: str = "mlp"
     history_dim: int = 64
-    half_lives: tuple[float, ...] = (math.inf, 2592000.0, 86400.0)  # forever, 30 days and a day, in seconds
+    half_lives: tuple[float, ...] = (math.inf, 86400.0)  # forever and a day, in seconds
 
 
 class ModelSections(Protocol):

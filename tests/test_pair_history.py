@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import numpy as np
 import pytest
@@ -106,10 +107,18 @@ def brute_force_history(events, indices: np.ndarray) -> tuple[torch.Tensor, torc
     return history, last
 
 
-def train_one_epoch(events, scheduler):
-    """The store and run stats after one training epoch under `scheduler`."""
+def train_one_epoch(events, scheduler, update_delay_s: float = 0.0):
+    """The store and run stats after one training epoch under `scheduler`; each memory update waits
+    `update_delay_s` first, so that a pipelined run's fetches get ahead of the writes however busy the machine."""
     setup = build_setup(small_config(**PH, train={"batch_size": 50}), events, torch.device("cpu"), seed=0)
     stages = training_stages(setup, epoch=0)
+    update = stages.update_memory
+
+    def delayed_update(*args, **kwargs):
+        time.sleep(update_delay_s)
+        return update(*args, **kwargs)
+
+    stages.update_memory = delayed_update
     return setup, run_batches(len(stages.batches), stages, scheduler)
 
 
@@ -119,7 +128,7 @@ def test_the_store_holds_every_training_event_whether_sequential_or_pipelined(ev
     store = setup.store
     torch.testing.assert_close(store.history.double(), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(store.history_ts, last)
-    pipelined, stats = train_one_epoch(events, FixedK(3))
+    pipelined, stats = train_one_epoch(events, FixedK(3), update_delay_s=0.02)
     assert 0 < max(stats.staleness) <= 2, "fixed-k 3 reads memory up to 2 batches stale, never more"
     assert torch.equal(pipelined.store.history, store.history), "additive: nothing lost or reordered"
     assert torch.equal(pipelined.store.history_ts, store.history_ts)
