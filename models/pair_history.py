@@ -64,6 +64,13 @@ def history_contributions(src: Tensor, dst: Tensor, t: Tensor, dim: int) -> tupl
     return torch.cat([src, dst]), rows, torch.cat([t, t])
 
 
+def decay(history_ts: Tensor, ts: Tensor, rates: tuple[float, ...]) -> Tensor:
+    """`exp(-rate * (ts - history_ts))` per rate, `ts.shape + (rates,)` float32: what brings a history row
+    written at `history_ts` to the time `ts` (the gap in float64, where times of a long stream are exact)."""
+    rate = torch.tensor(rates, dtype=torch.float64, device=ts.device)
+    return torch.exp(-rate * (ts.to(torch.float64) - history_ts).unsqueeze(-1)).to(torch.float32)
+
+
 @dataclass(frozen=True)
 class RootHistories:
     """Each root's history decayed to its query time: `state[r, k]` is `[out | in]` at rate `k` of root `r`
@@ -74,13 +81,16 @@ class RootHistories:
 
     @classmethod
     def at(cls, memory: MemoryBatch, node: Tensor, ts: Tensor, rates: tuple[float, ...]) -> RootHistories:
-        """The histories of the first `len(node)` rows of `memory`, nodes `node` queried at times `ts`:
-        each sum `history * exp(-rate * (ts - history_ts))`."""
+        """The histories of the first `len(node)` rows of `memory`, nodes `node` queried at times `ts`."""
         count = len(node)
-        rate = torch.tensor(rates, dtype=torch.float64, device=ts.device)
-        gap = ts.to(torch.float64) - memory.history_ts[:count]
-        decay = torch.exp(-rate * gap.unsqueeze(1)).to(memory.history.dtype)
-        return cls(node=node, state=memory.history[:count] * decay.unsqueeze(2))
+        return cls.of(node, memory.history[:count], memory.history_ts[:count], ts, rates)
+
+    @classmethod
+    def of(cls, node: Tensor, history: Tensor, history_ts: Tensor, ts: Tensor,
+           rates: tuple[float, ...]) -> RootHistories:
+        """The histories of nodes `node` at times `ts` from their stored rows `history` written at `history_ts`:
+        each sum `history * exp(-rate * (ts - history_ts))`."""
+        return cls(node=node, state=history * decay(history_ts, ts, rates).unsqueeze(2))
 
     def select(self, rows: Tensor) -> RootHistories:
         """The histories of roots `rows`, in that order."""
@@ -108,6 +118,33 @@ def pair_features(histories: RootHistories, a: Tensor, c: Tensor) -> Tensor:
     return signed_log(features).flatten(1)
 
 
+def pair_features_against(sources: RootHistories, times: Tensor, candidates: Tensor, history: Tensor,
+                          history_ts: Tensor, rates: tuple[float, ...]) -> Tensor:
+    """`pair_features` of every (candidate `k`, event `j`) pair, `(len(candidates) * B, features)` with row
+    `k * B + j` for `candidates[k]` as the destination of event `j`, whose source's history at the event's time
+    `times[j]` is `sources` row `j`; the candidates' stored rows are `history` written at `history_ts`.
+
+    The same numbers as `pair_features` up to float rounding, as matrix products: a candidate's history at an
+    event's time is its stored row times a scalar per rate, which multiplies the dot products instead."""
+    out_a, in_a = sources.state.chunk(2, -1)  # (B, R, d)
+    out_c, in_c = history.chunk(2, -1)  # (N, R, d)
+    dim = out_a.shape[-1]
+    r_a, r_c = node_signs(sources.node, dim), node_signs(candidates, dim)
+    scale = decay(history_ts.unsqueeze(0), times.unsqueeze(1), rates)  # (B, N, R): candidate rows to event times
+    stored = torch.stack([torch.einsum("nrd,bd->bnr", in_c, r_a), torch.einsum("nrd,bd->bnr", out_c, r_a),
+                          torch.einsum("brd,nrd->bnr", out_a, in_c), torch.einsum("brd,nrd->bnr", in_a, out_c),
+                          torch.einsum("brd,nrd->bnr", out_a, out_c), torch.einsum("brd,nrd->bnr", in_a, in_c)], -1)
+    stored = stored * scale.unsqueeze(-1)  # every feature above reads one decayed candidate row
+    signs = torch.stack([torch.einsum("brd,nd->bnr", out_a, r_c), torch.einsum("brd,nd->bnr", in_a, r_c)], -1)
+    own = torch.stack([(out_a * out_a).sum(-1), (in_a * in_a).sum(-1)], -1).unsqueeze(1).expand(-1, len(candidates),
+                                                                                                 -1, -1)
+    theirs = torch.stack([(out_c * out_c).sum(-1), (in_c * in_c).sum(-1)], -1).unsqueeze(0) * (scale * scale).unsqueeze(-1)
+    order = (signs[..., 0], stored[..., 0], signs[..., 1], stored[..., 1], *stored[..., 2:].unbind(-1),
+             *own.unbind(-1), *theirs.unbind(-1))  # the order of `pair_features`
+    features = torch.stack(order, -1)  # (B, N, R, FEATURES_PER_RATE)
+    return signed_log(features.transpose(0, 1).flatten(2).flatten(0, 1))
+
+
 class PairHistoryPredictor(CommonNeighbourPredictor):
     """The common-neighbour predictor with `history_fc(pair_features)` added into its hidden sum.
 
@@ -127,8 +164,13 @@ class PairHistoryPredictor(CommonNeighbourPredictor):
         """Logits `(B,)` of the positives and `(B * num_neg,)` of the negatives; `h`, `neighbourhoods` and
         `histories` rows are `[src (B), dst (B), negative dst (B * num_neg)]`."""
         u, v = pair_rows(num_pos, num_neg, h.device)
-        hidden = self.hidden(h, num_pos, num_neg, neighbourhoods) + self.history_fc(pair_features(histories, u, v))
-        return self.logits(hidden, num_pos)
+        return self.scores_with(h, num_pos, num_neg, neighbourhoods, pair_features(histories, u, v))
+
+    def scores_with(self, h: Tensor, num_pos: int, num_neg: int, neighbourhoods: RootNeighbourhoods,
+                    features: Tensor) -> tuple[Tensor, Tensor]:
+        """`forward` given the pair features of every scored pair (`pair_features` rows, in `pair_rows`
+        order), however they were computed (`pair_features_against` for one-vs-all ranking)."""
+        return self.logits(self.hidden(h, num_pos, num_neg, neighbourhoods) + self.history_fc(features), num_pos)
 
 
 PREDICTORS.register("pair_history")(PairHistoryPredictor)

@@ -143,10 +143,12 @@ class TemporalModel(nn.Module):
         return self.predictor(embeddings, num_pos, num_neg, *reads)
 
     def predict(self, embeddings: Tensor, neighbourhoods: RootNeighbourhoods | None, num_pos: int,
-                num_neg: int) -> tuple[Tensor, Tensor]:
+                num_neg: int, pair_features: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The predictor's logits of roots laid out `[src (B), dst (B), negative dst (B * num_neg)]`, with their
-        neighbourhoods in the same order if the predictor reads them (else None); not for a predictor of pair
-        history (`pipeline/run/ranking.py` scores it through `forward`)."""
+        neighbourhoods in the same order if the predictor reads them (else None) and, for a predictor of pair
+        history, the features of every scored pair in `pair_rows` order (`models/pair_history.py`)."""
+        if self.reads_histories:
+            return self.predictor.scores_with(embeddings, num_pos, num_neg, neighbourhoods, pair_features)
         return self._predict(embeddings, neighbourhoods, None, num_pos, num_neg)
 
     def _node_state(self, new_mem: Tensor | None, node_feat: Tensor | None, count: int, device: torch.device) -> Tensor:

@@ -158,12 +158,15 @@ def test_a_pair_scores_the_same_with_its_own_negative_source(events):
         np.testing.assert_allclose(own, shared, rtol=1e-5, atol=1e-6)
 
 
-def test_one_vs_all_ranking_takes_the_chunked_path(events, tmp_path):
-    setup = build_setup(small_config(**PH), events, torch.device("cpu"), seed=0)
+def test_one_vs_all_ranking_takes_the_factorised_path(events, tmp_path):
+    """Under `memory.update_time: batch`, as for the common-neighbour predictor; tests/test_ranking.py
+    compares its scores with the chunked path's."""
+    batch_time = {"memory": {"update_time": "batch"}}
+    setup = build_setup(small_config(**PH, **batch_time), events, torch.device("cpu"), seed=0)
     ranker = CandidateRanker(evaluation_stages(setup, "test", setup.split.test, 0), events)
-    assert (ranker.path, ranker.refusal) == ("chunked", "the predictor reads pair history")
-    cfg = small_config(**PH, train={"batch_size": 50, "epochs": 1}, eval={"batch_size": 50, "ranking": "all"},
-                       pipeline={"mode": "sequential"})
+    assert (ranker.path, ranker.refusal) == ("factorised", None)
+    cfg = small_config(**PH, **batch_time, train={"batch_size": 50, "epochs": 1},
+                       eval={"batch_size": 50, "ranking": "all"}, pipeline={"mode": "sequential"})
     results = run(cfg, events, tmp_path)
     assert 1 / len(np.unique(events.dst)) <= results["test_mrr_all"] <= 1
 

@@ -4,6 +4,7 @@ the ranking of its best weights."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from common.errors import ConfigError
 from graph.synthetic import synthetic_events
 from memory.batch import MemoryUpdate
+from models.pair_history import history_contributions
 from models.time_encoding import TimeEncoding
 from pipeline.stages.link_prediction import Scoring
 from pipeline.run.config import validate_config
@@ -107,13 +109,21 @@ def test_ranking_is_refused_in_a_data_parallel_run(events, tmp_path):
 
 def filled_store(setup, events, first_test_time: float) -> None:
     """Write random memories and mails into every row (version 0), stamped before the test split, so the
-    updater has work and every node's state differs."""
+    updater has work and every node's state differs; a model of pair history gets the history of the events
+    before the test split."""
     gen = torch.Generator().manual_seed(1)
     nodes = torch.arange(events.num_nodes)
     stamps = torch.rand(events.num_nodes, generator=gen, dtype=torch.float64) * first_test_time
+    history = {}
+    if setup.model.history_dim:
+        before = events.t < first_test_time
+        history = dict(zip(("history_nodes", "history", "history_ts"), history_contributions(
+            *(torch.from_numpy(column[before]) for column in (events.src, events.dst, events.t)),
+            setup.model.history_dim // 2)))
     setup.store.update(0, MemoryUpdate(
         nodes=nodes, mem=torch.randn(events.num_nodes, setup.model.dim_memory, generator=gen), mem_ts=stamps,
-        mail_nodes=nodes, mail=torch.randn(events.num_nodes, setup.model.dim_mail, generator=gen), mail_ts=stamps))
+        mail_nodes=nodes, mail=torch.randn(events.num_nodes, setup.model.dim_mail, generator=gen), mail_ts=stamps,
+        **history))
 
 
 def both_paths(events, settings: dict, roots_per_chunk: int = 120):
@@ -162,7 +172,8 @@ def featured_events():
     {"predictor": {"module": "common_neighbours"}},
     {"predictor": {"module": "common_neighbours"}, "memory": None, "embedding": {**SMALL["embedding"], "layers": 1}},
     {"memory": {**SMALL["memory"], "updater": "transformer", "mailbox_size": 3}},
-], ids=["tgn", "tgn_cn", "no_memory_cn", "mailbox_transformer"])
+    {"predictor": {"module": "pair_history", "history_dim": 8, "half_lives": [math.inf, 30.0]}},
+], ids=["tgn", "tgn_cn", "no_memory_cn", "mailbox_transformer", "tgn_pair_history"])
 def test_the_factorised_path_scores_and_ranks_as_the_chunked_path(featured_events, settings):
     """Memory, mails, edge and node features all enter the states; candidates with an edge inside the
     batch (their neighbourhood changes between its events) are among the cells compared."""

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 
 from graph.events import EventStream
+from memory.batch import MemoryBatch
 from models.attention import TemporalAttention
 from models.common_neighbours import RootNeighbourhoods
 from models.distinct import group
 from models.interface import ModelInputs
+from models.pair_history import RootHistories, pair_features, pair_features_against
 from pipeline.stages.device import to_device
 from pipeline.stages.link_prediction import BatchContext, LinkPredictionStages
 from pipeline.run.evaluation import ranks_against_candidates
@@ -99,11 +101,8 @@ class CandidateRanker:
 def factorised_path_refusal(stages: LinkPredictionStages) -> str | None:
     """Why `FactorisedScores` would not give a model's scores (None: it does). It needs a node's state to
     depend on the node alone within a batch (memory brought to the batch's time, or no memory), one layer of
-    temporal attention, and the most recent neighbours (a neighbourhood that changes only with new edges); it
-    does not yet hand a predictor the pair history it reads (`models/pair_history.py`)."""
+    temporal attention, and the most recent neighbours (a neighbourhood that changes only with new edges)."""
     model, sampler = stages.model, stages.sampler
-    if model.reads_histories:
-        return "the predictor reads pair history"
     if not isinstance(model.embedding, TemporalAttention) or len(model.embedding.layers) != 1:
         return "the embedding is not one layer of temporal attention"
     if model.updater is not None and model.update_time != "batch":
@@ -167,8 +166,9 @@ class FactorisedScores:
 
         model.eval()
         with torch.no_grad():
-            states = self._states(np.concatenate([src, nodes]), size, first)
+            states, memory = self._states(np.concatenate([src, nodes]), size, first)
             positives, positives_nb = self._embed_sampled(block, states)
+            histories = self._histories(memory, src, dst, t)
             moved_h = positives.new_empty((len(cell_event), positives.shape[1]))
             for start in range(0, len(version_column), per_chunk):
                 part = slice(start, start + per_chunk)
@@ -190,7 +190,8 @@ class FactorisedScores:
                     cell_nb.put(at, moved.take(cell_version[cells]))
                     nb = self._cell_neighbourhoods(positives_nb, np.repeat(candidates[part], size), cell_nb,
                                                    np.tile(t, count))
-                pos_chunk, neg = model.predict(torch.cat([positives, h]), nb, size, count)
+                features = None if histories is None else self._pair_features(histories, memory, candidates[part], t)
+                pos_chunk, neg = model.predict(torch.cat([positives, h]), nb, size, count, features)
                 pos = pos_chunk.float().cpu().numpy()
                 columns.append(neg.float().cpu().numpy().reshape(count, size).T)
         return pos, np.hstack(columns)
@@ -232,8 +233,10 @@ class FactorisedScores:
                                                        return_inverse=True)
         return event, column, cell_version.reshape(-1), versions[:, 0], t[event[first_cell]]
 
-    def _states(self, nodes: np.ndarray, num_sources: int, first: float) -> torch.Tensor:
-        """The node states of `nodes` (the batch's sources first) with every memory brought to `first`."""
+    def _states(self, nodes: np.ndarray, num_sources: int,
+                first: float) -> tuple[torch.Tensor, MemoryBatch | None]:
+        """The node states of `nodes` (the batch's sources first) with every memory brought to `first`, and
+        the memory read they come from (None without memory)."""
         stages, device = self.stages, self.stages.device
         ids = torch.from_numpy(nodes)
         memory = None if stages.store is None else stages.store.fetch(ids).to(device)
@@ -241,7 +244,32 @@ class FactorisedScores:
         if stages.stream.node_feat is not None:
             node_feat = to_device(stages.stream.node_feat.gather([ids])[0], device)
         time = torch.tensor(first, dtype=torch.float64, device=device)
-        return stages.model.node_states_at(memory, node_feat, time, num_sources, len(nodes), device)
+        return stages.model.node_states_at(memory, node_feat, time, num_sources, len(nodes), device), memory
+
+    def _histories(self, memory: MemoryBatch | None, src: np.ndarray, dst: np.ndarray,
+                   t: np.ndarray) -> RootHistories | None:
+        """The pair histories of the batch's sources, then destinations, at their events' times, if the
+        predictor reads them (None otherwise). The store is written after the batch, so they are those of every
+        candidate cell too, whatever the batch's own events."""
+        model, device = self.stages.model, self.stages.device
+        if not model.reads_histories:
+            return None
+        rows = torch.from_numpy(np.concatenate([np.arange(len(src)), self._rows(dst)])).to(device)
+        return RootHistories.of(torch.from_numpy(np.concatenate([src, dst])).to(device), memory.history[rows],
+                                memory.history_ts[rows], torch.from_numpy(np.concatenate([t, t])).to(device),
+                                model.history_rates)
+
+    def _pair_features(self, histories: RootHistories, memory: MemoryBatch, candidates: np.ndarray,
+                       t: np.ndarray) -> torch.Tensor:
+        """The pair features of the batch's positives, then of every (candidate, event) cell of `candidates`,
+        candidate-major, as the predictor reads them."""
+        size, device = len(t), self.stages.device
+        positives = pair_features(histories, torch.arange(size, device=device), torch.arange(size, 2 * size, device=device))
+        rows = torch.from_numpy(self._rows(candidates)).to(device)
+        sources = histories.select(torch.arange(size, device=device))
+        cells = pair_features_against(sources, torch.from_numpy(t).to(device), torch.from_numpy(candidates).to(device),
+                                      memory.history[rows], memory.history_ts[rows], self.stages.model.history_rates)
+        return torch.cat([positives, cells])
 
     def _edge_features(self, eid: np.ndarray) -> torch.Tensor:
         """Features of the edges `eid` (any shape) on the device, zero columns when the stream has none."""
