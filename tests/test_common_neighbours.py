@@ -64,9 +64,10 @@ def test_links_and_shared_neighbours_equal_a_brute_force_count(events):
         assert pairs.last_link_dt[p].item() == pytest.approx(expected_gap, rel=1e-5)
 
 
-def scores_of_first_test_batch(events, negatives):
-    """Positive and negative logits of the first test batch with the given negative function."""
-    setup = build_setup(small_config(**CN), events, torch.device("cpu"), seed=0)
+def scores_of_first_test_batch(events, negatives, setup=None):
+    """Positive and negative logits of the first test batch with the given negative function, by `setup`'s
+    model (default: an untrained TGN + common neighbours)."""
+    setup = setup or build_setup(small_config(**CN), events, torch.device("cpu"), seed=0)
     setup.model.eval()
     stages = dataclasses.replace(evaluation_stages(setup, "test", setup.split.test, 0), step=Scoring(),
                                  negatives=negatives, num_neg=1)

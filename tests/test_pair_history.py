@@ -4,7 +4,6 @@ brute-force sum over the event list (sequential and pipelined alike), its direct
 one-vs-all ranking through the chunked path."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 
@@ -22,8 +21,8 @@ from pipeline.engine.schedulers import FixedK, Sequential
 from pipeline.run.config import read_yaml, validate_config
 from pipeline.run.ranking import CandidateRanker
 from pipeline.run.setup import build_setup, evaluation_stages, training_stages
-from pipeline.stages.link_prediction import Scoring
 from small import small_config
+from test_common_neighbours import scores_of_first_test_batch
 from test_training import run
 
 DIM = 8
@@ -147,13 +146,7 @@ def test_a_pair_scores_the_same_with_its_own_negative_source(events):
         def negatives(i, batch, own_sources=own_sources):
             return events.dst[batch][::-1].copy(), events.src[batch].copy() if own_sources else None
 
-        stages = dataclasses.replace(evaluation_stages(setup, "test", setup.split.test, 0), step=Scoring(),
-                                     negatives=negatives, num_neg=1)
-        ctx = stages.sample(0)
-        stages.fetch_features(0, ctx)
-        stages.fetch_memory(0, ctx, 0)
-        stages.train(0, ctx)
-        scores.append((stages.step.pos_scores[0], stages.step.neg_scores[0][:, 0]))
+        scores.append(scores_of_first_test_batch(events, negatives, setup))
     for shared, own in zip(*scores):
         np.testing.assert_allclose(own, shared, rtol=1e-5, atol=1e-6)
 
@@ -194,3 +187,24 @@ def test_config_errors_name_the_key_in_one_line(given, message):
     with pytest.raises(ConfigError, match=message) as err:
         validate_config(given)
     assert "\n" not in str(err.value)
+
+
+def test_on_a_stream_that_answers_instead_of_repeating_it_is_not_below_tgn(tmp_path):
+    """A directed pair never repeats, but `u -> v` is often answered `v -> u` later (`reciprocate_prob`):
+    only a model that reads who wrote to whom predicts the answer. Under DyGLib's protocol, every negative
+    strategy, the pair history scores at least TGN's test AP (measured at this size: 13, 23 and 4 points
+    above it under random, historical and inductive negatives)."""
+    events = synthetic_events(num_nodes=250, num_events=6000, seed=11, reciprocate_prob=0.7)
+    sections = {"memory": {"dim": 32, "dim_time": 16, "update_time": "batch"},
+                "embedding": {"dim_out": 32, "dim_time": 16, "heads": 2, "dropout": 0.1},
+                "sampler": {"strategy": "recent", "fanouts": [10]},
+                "train": {"batch_size": 100, "epochs": 4, "lr": 0.001},
+                "eval": {"protocol": "dyglib", "batch_size": 100, "negatives": ["random", "historical", "inductive"]},
+                "pipeline": {"mode": "sequential"}}
+    results = {}
+    for name, predictor in (("tgn", {"module": "mlp"}),
+                            ("pair_history", {"module": "pair_history", "half_lives": [math.inf, 500.0]})):
+        cfg = validate_config({**sections, "predictor": predictor})
+        results[name] = run(cfg, events, tmp_path / name)
+    for key in ("test_ap", "test_ap@historical", "test_ap@inductive"):
+        assert results["pair_history"][key] >= results["tgn"][key], key
