@@ -15,6 +15,7 @@ of a million candidate pairs (`eval.ranking: all`) is scored without a loop over
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dgl
@@ -75,25 +76,31 @@ class PairNeighbourhoods:
     `u_links[p, f]` is 1 where `u`'s `f`-th neighbour is `v`, `v_links[p, f]` where `v`'s is `u`;
     `last_link_dt[p]` is how long before the pair's time `u` last met `v` among its sampled edges (0 if it
     did not); `shared[p, f]` is True where `u`'s `f`-th neighbour is also among `v`'s neighbours (counted
-    once per slot of `u`, so a neighbour `u` met twice counts twice); `pooled[p]` sums those slots' node states.
+    once per slot of `u`, so a neighbour `u` met twice counts twice); `pooled[p]` sums those slots' node states
+    (mapped as `pair_neighbourhoods` was asked to).
     """
 
     u_links: Tensor  # (P, width) float
     v_links: Tensor  # (P, width) float
     last_link_dt: Tensor  # (P,) float
     shared: Tensor  # (P, width) bool
-    pooled: Tensor  # (P, dim_state)
+    pooled: Tensor  # (P, dim_state), or the map's width
 
 
-def pair_neighbourhoods(nb: RootNeighbourhoods, u: Tensor, v: Tensor) -> PairNeighbourhoods:
-    """The direct links and shared neighbours of the pairs `(u[p], v[p])` of root rows."""
+def pair_neighbourhoods(nb: RootNeighbourhoods, u: Tensor, v: Tensor,
+                        state_map: Callable[[Tensor], Tensor] | None = None) -> PairNeighbourhoods:
+    """The direct links and shared neighbours of the pairs `(u[p], v[p])` of root rows; `pooled` sums the shared
+    slots' node states, each through the linear `state_map` if given (mapping the few shared slots rather than
+    every pair's sum: one-vs-all ranking scores millions of pairs that share nothing)."""
     u_ids, v_ids = nb.ids[u], nb.ids[v]
     u_links = (u_ids == nb.node[v].unsqueeze(1)).float()
     v_links = (v_ids == nb.node[u].unsqueeze(1)).float()
     shared = ((u_ids.unsqueeze(2) == v_ids.unsqueeze(1)).any(2)) & (u_ids >= 0)
     pair, column = shared.nonzero(as_tuple=True)
-    pooled = torch.zeros((len(u), nb.states.shape[1]), dtype=nb.states.dtype, device=nb.states.device)
-    pooled.index_add_(0, pair, nb.states[nb.slot[u][pair, column]])
+    slots = nb.states[nb.slot[u][pair, column]]
+    if state_map is not None:
+        slots = state_map(slots)
+    pooled = torch.zeros((len(u), slots.shape[1]), dtype=slots.dtype, device=slots.device).index_add_(0, pair, slots)
     newest = u_links.argmax(1, keepdim=True)
     last_link_dt = nb.dt[u].gather(1, newest).squeeze(1) * u_links.gather(1, newest).squeeze(1)
     return PairNeighbourhoods(u_links=u_links, v_links=v_links, last_link_dt=last_link_dt, shared=shared,
@@ -130,14 +137,14 @@ class CommonNeighbourPredictor(nn.Module):
         """The sum inside `relu` of every scored pair `(P, dim)`, pairs in `pair_rows` order (a subclass adds
         terms of its own to it)."""
         u, v = pair_rows(num_pos, num_neg, h.device)
-        pairs = pair_neighbourhoods(neighbourhoods, u, v)
+        pairs = pair_neighbourhoods(neighbourhoods, u, v, self.shared_fc)
         count = pairs.shared.sum(1, keepdim=True).to(h.dtype)
         met = pairs.u_links.amax(1, keepdim=True)
         links = [pairs.u_links, pairs.v_links, torch.log1p(count), met * self.link_time(pairs.last_link_dt)]
         hidden = (self.src_fc(h[:num_pos]).repeat(1 + num_neg, 1) + self.dst_fc(h[v])
                   + self.link_fc(torch.cat(links, 1)))
         if self.shared_fc is not None:
-            hidden = hidden + self.shared_fc(pairs.pooled)
+            hidden = hidden + pairs.pooled  # the shared slots' states through shared_fc, summed
         return hidden
 
     def logits(self, hidden: Tensor, num_pos: int) -> tuple[Tensor, Tensor]:
