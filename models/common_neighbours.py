@@ -138,11 +138,15 @@ class CommonNeighbourPredictor(nn.Module):
         terms of its own to it)."""
         u, v = pair_rows(num_pos, num_neg, h.device)
         pairs = pair_neighbourhoods(neighbourhoods, u, v, self.shared_fc)
-        count = pairs.shared.sum(1, keepdim=True).to(h.dtype)
-        met = pairs.u_links.amax(1, keepdim=True)
-        links = [pairs.u_links, pairs.v_links, torch.log1p(count), met * self.link_time(pairs.last_link_dt)]
-        hidden = (self.src_fc(h[:num_pos]).repeat(1 + num_neg, 1) + self.dst_fc(h[v])
-                  + self.link_fc(torch.cat(links, 1)))
+        hidden = self.src_fc(h[:num_pos]).repeat(1 + num_neg, 1) + self.dst_fc(h[v]) + self.link_fc.bias
+        # the link features are zero but where a pair met or shares a neighbour: a few rows of millions when
+        # every destination is a candidate, so only those go through link_fc's weight
+        linked = (pairs.u_links.any(1) | pairs.v_links.any(1) | pairs.shared.any(1)).nonzero().squeeze(1)
+        count = pairs.shared[linked].sum(1, keepdim=True).to(h.dtype)
+        met = pairs.u_links[linked].amax(1, keepdim=True)
+        links = [pairs.u_links[linked], pairs.v_links[linked], torch.log1p(count),
+                 met * self.link_time(pairs.last_link_dt[linked])]
+        hidden = hidden.index_add(0, linked, F.linear(torch.cat(links, 1), self.link_fc.weight))
         if self.shared_fc is not None:
             hidden = hidden + pairs.pooled  # the shared slots' states through shared_fc, summed
         return hidden
