@@ -168,7 +168,7 @@ class FactorisedScores:
         with torch.no_grad():
             states, memory = self._states(np.concatenate([src, nodes]), size, first)
             positives, positives_nb = self._embed_sampled(block, states)
-            histories = self._histories(memory, src, dst, t)
+            positive_histories = self._positive_histories(memory, src, dst, t)
             moved_h = positives.new_empty((len(cell_event), positives.shape[1]))
             for start in range(0, len(version_column), per_chunk):
                 part = slice(start, start + per_chunk)
@@ -190,7 +190,9 @@ class FactorisedScores:
                     cell_nb.put(at, moved.take(cell_version[cells]))
                     nb = self._cell_neighbourhoods(positives_nb, np.repeat(candidates[part], size), cell_nb,
                                                    np.tile(t, count))
-                features = None if histories is None else self._pair_features(histories, memory, candidates[part], t)
+                features = None
+                if positive_histories is not None:
+                    features = self._pair_features(positive_histories, memory, candidates[part], t)
                 pos_chunk, neg = model.predict(torch.cat([positives, h]), nb, size, count, features)
                 pos = pos_chunk.float().cpu().numpy()
                 columns.append(neg.float().cpu().numpy().reshape(count, size).T)
@@ -246,27 +248,29 @@ class FactorisedScores:
         time = torch.tensor(first, dtype=torch.float64, device=device)
         return stages.model.node_states_at(memory, node_feat, time, num_sources, len(nodes), device), memory
 
-    def _histories(self, memory: MemoryBatch | None, src: np.ndarray, dst: np.ndarray,
-                   t: np.ndarray) -> RootHistories | None:
-        """The pair histories of the batch's sources, then destinations, at their events' times, if the
-        predictor reads them (None otherwise). The store is written after the batch, so they are those of every
-        candidate cell too, whatever the batch's own events."""
+    def _positive_histories(self, memory: MemoryBatch | None, src: np.ndarray, dst: np.ndarray,
+                            t: np.ndarray) -> tuple[RootHistories, torch.Tensor] | None:
+        """If the predictor reads pair histories (else None): the batch's sources' histories at their events'
+        times, and the pair features of its positives, both computed once per batch. The store is written
+        after the batch, so a candidate's stored row is the same for every event of it."""
         model, device = self.stages.model, self.stages.device
         if not model.reads_histories:
             return None
-        rows = torch.from_numpy(np.concatenate([np.arange(len(src)), self._rows(dst)])).to(device)
-        return RootHistories.of(torch.from_numpy(np.concatenate([src, dst])).to(device), memory.history[rows],
-                                memory.history_ts[rows], torch.from_numpy(np.concatenate([t, t])).to(device),
-                                model.history_rates)
+        size = len(src)
+        rows = torch.from_numpy(np.concatenate([np.arange(size), self._rows(dst)])).to(device)
+        histories = RootHistories.of(torch.from_numpy(np.concatenate([src, dst])).to(device), memory.history[rows],
+                                     memory.history_ts[rows], torch.from_numpy(np.concatenate([t, t])).to(device),
+                                     model.history_rates)
+        sources = torch.arange(size, device=device)
+        return histories.select(sources), pair_features(histories, sources, sources + size)
 
-    def _pair_features(self, histories: RootHistories, memory: MemoryBatch, candidates: np.ndarray,
-                       t: np.ndarray) -> torch.Tensor:
+    def _pair_features(self, positive_histories: tuple[RootHistories, torch.Tensor], memory: MemoryBatch,
+                       candidates: np.ndarray, t: np.ndarray) -> torch.Tensor:
         """The pair features of the batch's positives, then of every (candidate, event) cell of `candidates`,
         candidate-major, as the predictor reads them."""
-        size, device = len(t), self.stages.device
-        positives = pair_features(histories, torch.arange(size, device=device), torch.arange(size, 2 * size, device=device))
+        sources, positives = positive_histories
+        device = self.stages.device
         rows = torch.from_numpy(self._rows(candidates)).to(device)
-        sources = histories.select(torch.arange(size, device=device))
         cells = pair_features_against(sources, torch.from_numpy(t).to(device), torch.from_numpy(candidates).to(device),
                                       memory.history[rows], memory.history_ts[rows], self.stages.model.history_rates)
         return torch.cat([positives, cells])
