@@ -57,20 +57,24 @@ class TemporalAttentionLayer(nn.Module):
         """`forward`'s embeddings `(T, R, dim_out)` of `R` roots, each over a neighbourhood that stays the same,
         queried at each of `times` `(T,)` (float64): root `r` at time `times[k]` attends over its neighbours
         `f` where `valid[r, f]`, with states `h_nbr[r, f]`, edge features `edge_nbr[r, f]` and edge times
-        `t_nbr[r, f]` (float64), and gets the gaps `times[k] - t_nbr[r, f]`.
+        `t_nbr[r, f]` (float64), and gets the gaps `times[k] - t_nbr[r, f]`. The result is a root-major
+        view: `.transpose(0, 1)` of it is contiguous.
 
-        Nothing is computed per (time, root, neighbour) but the attention's weighted sums. The query
+        Nothing is computed per (time, root, neighbour) but the attention's weights. The query
         `w_q([h_root || time_enc(0)])` does not depend on the time, and the time encoding splits as
         `cos(w (t - t_j) + b) = cos(w t + b) cos(w t_j) + sin(w t + b) sin(w t_j)`, so with `a = W_t^T q` a
         logit's time part is `[cos(w t + b), sin(w t + b)] . [a cos(w t_j), a sin(w t_j)]`, one matrix product
         of the times' and the neighbours' vectors, and the values' time part is `W_t (cos(w t + b) * sum_j
-        alpha_j cos(w t_j) + sin(w t + b) * sum_j alpha_j sin(w t_j))`. The angles are computed in float64;
+        alpha_j cos(w t_j) + sin(w t + b) * sum_j alpha_j sin(w t_j))`. Both value parts go through `w_out`
+        as one map per head, so the per-head messages are never laid out. The angles are computed in float64;
         `forward` rounds the gap to float32 and multiplies in float32, so the two agree to float rounding
         (closer where `w * gap` is small).
         """
         roots, width = valid.shape
+        steps = len(times)
         dim_node, dim_edge, dim_time = h_root.shape[1], edge_nbr.shape[-1], self.time_encoding.dim
         heads, head_dim = self.heads, self.head_dim
+        dim_out = heads * head_dim
         weight = torch.cat([self.w_k.weight, self.w_v.weight])
         weight_node, weight_edge, weight_time = weight.split([dim_node, dim_edge, dim_time], dim=1)
         fixed = F.linear(h_nbr, weight_node, torch.cat([self.w_k.bias, self.w_v.bias]))
@@ -80,26 +84,34 @@ class TemporalAttentionLayer(nn.Module):
         key_time, value_time = (w.reshape(heads, head_dim, dim_time) for w in weight_time.chunk(2, dim=0))
         query = self._query(h_root).view(roots, heads, head_dim)
         frequency, phase = self.time_encoding.frequency.double(), self.time_encoding.phase.double()
-        nbr_angle = t_nbr.unsqueeze(-1) * frequency  # (R, F, D)
-        nbr_cos, nbr_sin = nbr_angle.cos().to(h_root.dtype), nbr_angle.sin().to(h_root.dtype)
+        nbr_angle = t_nbr.unsqueeze(-1) * frequency
+        nbr_trig = torch.cat([nbr_angle.cos(), nbr_angle.sin()], -1).to(h_root.dtype)  # (R, F, 2D)
         time_angle = times.unsqueeze(-1) * frequency + phase  # (T, D)
         time_cos, time_sin = time_angle.cos().to(h_root.dtype), time_angle.sin().to(h_root.dtype)
         fixed_logit = torch.einsum("rhe,rfhe->rfh", query, key)
         a = torch.einsum("rhe,hed->rhd", query, key_time)  # W_t^T q per root and head
-        per_neighbour = torch.cat([a.unsqueeze(1) * nbr_cos.unsqueeze(2), a.unsqueeze(1) * nbr_sin.unsqueeze(2)], -1)
+        per_neighbour = a.unsqueeze(1).repeat(1, 1, 1, 2) * nbr_trig.unsqueeze(2)  # (R, F, H, 2D)
         per_time = torch.cat([time_cos, time_sin], dim=1)  # (T, 2D)
-        logits = fixed_logit + (per_time @ per_neighbour.view(-1, 2 * dim_time).t()).view(-1, roots, width, heads)
-        logits = F.leaky_relu(logits, 0.2).masked_fill(~valid.view(1, roots, width, 1), float("-inf"))
-        attention = torch.softmax(logits, dim=2).nan_to_num(0.0)  # a root without neighbours gets no message
+        logits = torch.addmm(fixed_logit.reshape(-1, 1), per_neighbour.view(-1, 2 * dim_time), per_time.t())
+        logits = F.leaky_relu(logits.view(roots, width, heads, steps), 0.2)
+        logits = logits.masked_fill_(~valid.view(roots, width, 1, 1), float("-inf"))
+        attention = torch.softmax(logits, dim=1).nan_to_num_(0.0)  # (R, F, H, T); no neighbours: no message
         attention = self.att_dropout(attention)
-        message = torch.einsum("trfh,rfhe->trhe", attention, value)
-        cos_sum = torch.einsum("trfh,rfd->trhd", attention, nbr_cos)
-        sin_sum = torch.einsum("trfh,rfd->trhd", attention, nbr_sin)
-        mixed = cos_sum.mul_(time_cos.view(-1, 1, 1, dim_time)).add_(sin_sum.mul_(time_sin.view(-1, 1, 1, dim_time)))
-        message = message + torch.einsum("trhd,hed->trhe", mixed, value_time)
-        weight_message, weight_own = self.w_out.weight.split([heads * head_dim, dim_node], dim=1)
-        out = F.linear(message.flatten(2), weight_message) + F.linear(h_root, weight_own, self.w_out.bias)
-        return self.layer_norm(F.relu(self.dropout(out)))
+        weight_message, weight_own = self.w_out.weight.split([dim_out, dim_node], dim=1)
+        weight_message = weight_message.view(dim_out, heads, head_dim)
+        value_out = torch.einsum("rfhe,ohe->rfho", value, weight_message)  # each neighbour's value through w_out
+        time_out = torch.einsum("hed,ohe->hdo", value_time, weight_message)  # W_t's value part through w_out
+        own = F.linear(h_root, weight_own, self.w_out.bias)
+        out = torch.baddbmm(own.unsqueeze(1), attention.view(roots, width * heads, steps).transpose(1, 2),
+                            value_out.reshape(roots, width * heads, dim_out))  # (R, T, dim_out)
+        by_time = attention.transpose(2, 3).contiguous().view(roots, width, steps * heads)
+        sums = torch.bmm(by_time.transpose(1, 2), nbr_trig).view(roots, steps, heads, 2 * dim_time)
+        mixed = sums[..., :dim_time].mul_(time_cos.unsqueeze(1)).addcmul_(sums[..., dim_time:], time_sin.unsqueeze(1))
+        out = out.view(-1, dim_out)
+        for head in range(heads):
+            out.addmm_(mixed[:, :, head].reshape(-1, dim_time), time_out[head])
+        out = self.layer_norm(F.relu(self.dropout(out.view(roots, steps, dim_out))))
+        return out.transpose(0, 1)
 
     def _query(self, h_dst: Tensor) -> Tensor:
         """`w_q([h_dst || time_enc(0)])`, with the constant time part computed once."""

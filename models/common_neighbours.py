@@ -76,22 +76,29 @@ class PairNeighbourhoods:
     `u_links[p, f]` is 1 where `u`'s `f`-th neighbour is `v`, `v_links[p, f]` where `v`'s is `u`;
     `last_link_dt[p]` is how long before the pair's time `u` last met `v` among its sampled edges (0 if it
     did not); `shared[p, f]` is True where `u`'s `f`-th neighbour is also among `v`'s neighbours (counted
-    once per slot of `u`, so a neighbour `u` met twice counts twice); `pooled[p]` sums those slots' node states
-    (mapped as `pair_neighbourhoods` was asked to).
+    once per slot of `u`, so a neighbour `u` met twice counts twice); `shared_states[i]` is the node state of
+    the `i`-th shared slot (mapped as `pair_neighbourhoods` was asked to), of pair `shared_pair[i]`.
     """
 
     u_links: Tensor  # (P, width) float
     v_links: Tensor  # (P, width) float
     last_link_dt: Tensor  # (P,) float
     shared: Tensor  # (P, width) bool
-    pooled: Tensor  # (P, dim_state), or the map's width
+    shared_pair: Tensor  # (S,) int64
+    shared_states: Tensor  # (S, dim_state), or the map's width
+
+    @property
+    def pooled(self) -> Tensor:
+        """`(P, dim)`: each pair's shared slots' states, summed."""
+        pooled = self.shared_states.new_zeros((len(self.shared), self.shared_states.shape[1]))
+        return pooled.index_add_(0, self.shared_pair, self.shared_states)
 
 
 def pair_neighbourhoods(nb: RootNeighbourhoods, u: Tensor, v: Tensor,
                         state_map: Callable[[Tensor], Tensor] | None = None) -> PairNeighbourhoods:
-    """The direct links and shared neighbours of the pairs `(u[p], v[p])` of root rows; `pooled` sums the shared
-    slots' node states, each through the linear `state_map` if given (mapping the few shared slots rather than
-    every pair's sum: one-vs-all ranking scores millions of pairs that share nothing)."""
+    """The direct links and shared neighbours of the pairs `(u[p], v[p])` of root rows, the shared slots' node
+    states each through `state_map` if given (the few shared slots, rather than a sum per pair: one-vs-all
+    ranking scores millions of pairs that share nothing)."""
     u_ids, v_ids = nb.ids[u], nb.ids[v]
     u_links = (u_ids == nb.node[v].unsqueeze(1)).float()
     v_links = (v_ids == nb.node[u].unsqueeze(1)).float()
@@ -100,11 +107,10 @@ def pair_neighbourhoods(nb: RootNeighbourhoods, u: Tensor, v: Tensor,
     slots = nb.states[nb.slot[u][pair, column]]
     if state_map is not None:
         slots = state_map(slots)
-    pooled = torch.zeros((len(u), slots.shape[1]), dtype=slots.dtype, device=slots.device).index_add_(0, pair, slots)
     newest = u_links.argmax(1, keepdim=True)
     last_link_dt = nb.dt[u].gather(1, newest).squeeze(1) * u_links.gather(1, newest).squeeze(1)
     return PairNeighbourhoods(u_links=u_links, v_links=v_links, last_link_dt=last_link_dt, shared=shared,
-                              pooled=pooled)
+                              shared_pair=pair, shared_states=slots)
 
 
 class CommonNeighbourPredictor(nn.Module):
@@ -138,7 +144,9 @@ class CommonNeighbourPredictor(nn.Module):
         terms of its own to it)."""
         u, v = pair_rows(num_pos, num_neg, h.device)
         pairs = pair_neighbourhoods(neighbourhoods, u, v, self.shared_fc)
-        hidden = self.src_fc(h[:num_pos]).repeat(1 + num_neg, 1) + self.dst_fc(h[v]) + self.link_fc.bias
+        hidden = F.linear(h[num_pos:num_pos * (2 + num_neg)], self.dst_fc.weight)  # the rows v, in order
+        sources = self.src_fc(h[:num_pos]) + self.dst_fc.bias + self.link_fc.bias
+        hidden.view(1 + num_neg, num_pos, -1).add_(sources)
         # the link features are zero but where a pair met or shares a neighbour: a few rows of millions when
         # every destination is a candidate, so only those go through link_fc's weight
         linked = (pairs.u_links.any(1) | pairs.v_links.any(1) | pairs.shared.any(1)).nonzero().squeeze(1)
@@ -146,9 +154,9 @@ class CommonNeighbourPredictor(nn.Module):
         met = pairs.u_links[linked].amax(1, keepdim=True)
         links = [pairs.u_links[linked], pairs.v_links[linked], torch.log1p(count),
                  met * self.link_time(pairs.last_link_dt[linked])]
-        hidden = hidden.index_add(0, linked, F.linear(torch.cat(links, 1), self.link_fc.weight))
+        hidden.index_add_(0, linked, F.linear(torch.cat(links, 1), self.link_fc.weight))
         if self.shared_fc is not None:
-            hidden = hidden + pairs.pooled  # the shared slots' states through shared_fc, summed
+            hidden.index_add_(0, pairs.shared_pair, pairs.shared_states)  # through shared_fc
         return hidden
 
     def logits(self, hidden: Tensor, num_pos: int) -> tuple[Tensor, Tensor]:
