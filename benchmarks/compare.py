@@ -117,9 +117,12 @@ def compare_events(case: dict, max_events: int | None, seed: int) -> EventStream
 
 
 def our_config(case: dict, epochs: int) -> dict:
-    """This project's TGN config of a `compare` case: sequential mode, every epoch (no early stopping)."""
+    """This project's TGN config of a `compare` case: sequential mode, every epoch (no early stopping),
+    evaluated as the PyG reference is (the native protocol's split and random negatives, whatever protocol
+    the case's config names)."""
     return apply_overrides(load_config(REPO / case["config"]), {
         "pipeline.mode": "sequential", "train.epochs": epochs, "train.patience": 0,
+        "eval.protocol": "native", "eval.negatives": ["random"],
         "train.batch_size": case["batch_size"], "eval.batch_size": case["batch_size"],
         "memory.dim": COMPARE_DIM, "memory.dim_time": COMPARE_DIM, "embedding.dim_out": COMPARE_DIM,
         "embedding.dim_time": COMPARE_DIM, "sampler.fanouts": [COMPARE_NEIGHBOURS]})

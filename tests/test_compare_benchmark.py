@@ -20,6 +20,7 @@ from benchmarks.train import train_variants
 from benchmarks.attention import attention_with_dgl, attention_with_torch
 from common.errors import UserError
 from graph.split import chronological_split
+from pipeline.run.setup import build_setup
 
 
 @pytest.fixture
@@ -79,6 +80,16 @@ def test_first_events_renumbers_the_nodes_that_occur(uci_events):
     assert head.num_events == 500 and head.num_nodes == len(np.unique(np.r_[head.src, head.dst]))
     np.testing.assert_array_equal(head.node_ids[head.src], uci_events.node_ids[uci_events.src[:500]])
     np.testing.assert_array_equal(head.t, uci_events.t[:500])
+
+
+@pytest.mark.parametrize("name", sorted(compare.COMPARE_CASES))
+def test_ours_trains_and_evaluates_on_the_split_the_pyg_reference_uses(uci_events, name):
+    events = compare.first_events(uci_events, 3000)
+    setup = build_setup(compare.our_config(compare.COMPARE_CASES[name], epochs=1), events, torch.device("cpu"), 0)
+    reference = chronological_split(events, seed=0)
+    for part in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(setup.split, part), getattr(reference, part))
+    assert setup.cfg.eval.negatives == ("random",)
 
 
 def test_compare_run_of_ours_prints_one_json_line(scripts_dir):
