@@ -7,7 +7,9 @@ the trainer reports it; PyG: after the last epoch), page faults and kernel CPU s
 and the ratios to PyG of the means. Each system runs twice over: `ours` with the allocator policy
 scripts/train.py sets (scripts/_allocator.py) and `ours-malloc-defaults` without it; `pyg` as PyG's
 users run it and `pyg+keep-freed` with our policy. So the table separates what the policy gives from what
-the rest of the training step does. `other_cpu_load`
+the rest of the training step does. `ours-query-batch` embeds each node once per batch from the events
+before it, as PyG's TGN does (`embedding.query_time: batch`), where `ours` embeds every root at its own
+event's time; it separates what the two systems compute from how fast each computes it. `other_cpu_load`
 is how many cores other processes kept busy during a run: well above 0 on a 2-core machine, the run was
 slowed by them and its events/s should not be trusted.
 
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -43,10 +46,21 @@ from graph.synthetic import with_random_edge_features
 from pipeline.run.config import apply_overrides, load_config
 from pipeline.run.trainer import train
 
-# system -> (this project's trainer, not PyG's reference; freed memory kept for reuse): ours as scripts/train.py
-# runs it and with glibc's default allocator, PyG's reference as its users run it and with our allocator policy
-COMPARE_SYSTEMS: dict[str, tuple[bool, bool]] = {
-    "ours": (True, True), "ours-malloc-defaults": (True, False), "pyg": (False, False), "pyg+keep-freed": (False, True),
+class CompareSystem(NamedTuple):
+    """One system `compare` times: this project's trainer or PyG's reference, with freed memory kept for reuse
+    or not, and (ours only) config settings over the case's config."""
+
+    ours: bool
+    keeps_freed: bool
+    settings: tuple[tuple[str, Any], ...] = ()
+
+
+# ours as scripts/train.py runs it, with glibc's default allocator, and embedding each node once per batch as
+# PyG does (`embedding.query_time: batch`); PyG's reference as its users run it and with our allocator policy
+COMPARE_SYSTEMS: dict[str, CompareSystem] = {
+    "ours": CompareSystem(True, True), "ours-malloc-defaults": CompareSystem(True, False),
+    "ours-query-batch": CompareSystem(True, True, (("embedding.query_time", "batch"),)),
+    "pyg": CompareSystem(False, False), "pyg+keep-freed": CompareSystem(False, True),
 }
 COMPARE_CASES: dict[str, dict] = {  # case -> data, random edge feature width, batch size, our config
     "uci": {"data": "uci", "edge_feat_dim": 0, "batch_size": 200, "config": "configs/dyglib/tgn.yml"},
@@ -73,6 +87,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--cases", default=",".join(COMPARE_CASES),
                         help=f"comma-separated cases: {', '.join(COMPARE_CASES)}")
     parser.add_argument("--repeat", type=int, default=3, help="runs per system and case, alternating systems")
+    parser.add_argument("--systems", default=",".join(COMPARE_SYSTEMS),
+                        help=f"comma-separated systems, pyg among them (the ratios' base): "
+                             f"{', '.join(COMPARE_SYSTEMS)}")
     add_compare_arguments(parser)
     parser.add_argument("--out", required=True, help="JSON file for the results")
     parser.set_defaults(run=run, table=TABLE)
@@ -116,11 +133,11 @@ def compare_events(case: dict, max_events: int | None, seed: int) -> EventStream
     return events
 
 
-def our_config(case: dict, epochs: int) -> dict:
+def our_config(case: dict, epochs: int, settings: tuple[tuple[str, Any], ...] = ()) -> dict:
     """This project's TGN config of a `compare` case: sequential mode, every epoch (no early stopping),
     evaluated as the PyG reference is (the native protocol's split and random negatives, whatever protocol
-    the case's config names)."""
-    return apply_overrides(load_config(REPO / case["config"]), {
+    the case's config names), then a system's `settings`."""
+    return apply_overrides(load_config(REPO / case["config"]), {**dict(settings),
         "pipeline.mode": "sequential", "train.epochs": epochs, "train.patience": 0,
         "eval.protocol": "native", "eval.negatives": ["random"],
         "train.batch_size": case["batch_size"], "eval.batch_size": case["batch_size"],
@@ -130,7 +147,7 @@ def our_config(case: dict, epochs: int) -> dict:
 
 def train_ours(case: dict, events: EventStream, args: argparse.Namespace) -> dict:
     """One run of this project's TGN in sequential mode, every epoch (no early stopping)."""
-    cfg = our_config(case, args.epochs)
+    cfg = our_config(case, args.epochs, COMPARE_SYSTEMS[args.system].settings)
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as scratch:
         results = train(cfg, events, Path(scratch), torch.device("cpu"), args.seed, show_progress=False)
     return {key: results[key] for key in ("train_events_per_s", "epoch_time_s", "val_ap", "test_ap")}
@@ -150,7 +167,7 @@ def compare_run(args: argparse.Namespace) -> dict:
     lines go to stderr, so stdout carries only the result line scripts/benchmark.py prints."""
     if args.epochs < 1 or (args.max_events is not None and args.max_events < 1):
         raise UserError(f"--epochs and --max-events must be positive, got {args.epochs} and {args.max_events}")
-    ours, keeps_freed = COMPARE_SYSTEMS[args.system]
+    ours, keeps_freed, _ = COMPARE_SYSTEMS[args.system]
     if not ours:
         pyg_tgn.require_pyg()
     case = COMPARE_CASES[args.case]
@@ -211,21 +228,25 @@ def run(args: argparse.Namespace) -> dict:
     unknown = [c for c in cases if c not in COMPARE_CASES]
     if not cases or unknown:
         raise UserError(f"--cases: unknown or no case '{','.join(unknown)}' (known: {', '.join(COMPARE_CASES)})")
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if "pyg" not in systems or any(s not in COMPARE_SYSTEMS for s in systems):
+        raise UserError(f"--systems: '{args.systems}' must name known systems, pyg among them "
+                        f"(known: {', '.join(COMPARE_SYSTEMS)})")
     if args.epochs < 1 or args.repeat < 1 or args.threads < 1:
         raise UserError(f"--epochs, --repeat and --threads must be positive, got {args.epochs}, {args.repeat} "
                         f"and {args.threads}")
     rows = []
     for case in cases:
-        runs: dict[str, list[dict]] = {system: [] for system in COMPARE_SYSTEMS}
+        runs: dict[str, list[dict]] = {system: [] for system in systems}
         for repeat in range(args.repeat):
-            for system in COMPARE_SYSTEMS:
+            for system in systems:
                 runs[system].append(launch_compare_run(system, case, args))
                 latest = runs[system][-1]
                 print(f"{case} {system} run {repeat + 1}/{args.repeat}: {latest['train_events_per_s']:.0f} events/s, "
                       f"peak RSS {latest['peak_rss_mb']:.0f} MB, test AP {latest['test_ap']:.4f}, "
                       f"other processes' CPU load {latest['other_cpu_load']:.2f} cores", flush=True)
-        summaries = {system: summarize_system(runs[system]) for system in COMPARE_SYSTEMS}
-        for system in COMPARE_SYSTEMS:
+        summaries = {system: summarize_system(runs[system]) for system in systems}
+        for system in systems:
             rows.append({
                 "case": case, "system": system, "dataset": runs[system][0]["dataset"],
                 "num_events": runs[system][0]["num_events"], "batch_size": COMPARE_CASES[case]["batch_size"],

@@ -13,6 +13,7 @@ from common.registry import Registry
 from sampler.config import SamplerConfig
 
 UPDATE_TIMES = ("query", "batch")
+QUERY_TIMES = ("event", "batch")
 DELIVERIES = ("self", "neighbours")
 
 # The names the top-level `model` key may take. It labels a run in its logs and results.json (the sections
@@ -51,7 +52,13 @@ class MemoryConfig:
 @dataclass(frozen=True)
 class EmbeddingConfig:
     """`embedding`: how root embeddings are computed from node states. The mailbox transformer updater
-    also reads `heads` and `dropout`."""
+    also reads `heads` and `dropout`.
+
+    `query_time` is the time a root is embedded at: "event", every root (source, destination, negative) at
+    its own event's time, from the neighbours before it (TGL); "batch", every distinct node of the batch
+    once, at the batch's first event time, from the neighbours before the batch (PyG's TGN), so a node that
+    fills several roots of a batch is sampled and embedded once.
+    """
 
     module: str = "attention"
     layers: int = 1
@@ -59,6 +66,7 @@ class EmbeddingConfig:
     dim_out: int = 100
     dim_time: int = 100
     dropout: float = 0.1
+    query_time: str = "event"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,9 @@ class ModelInputs:
     against negative source `i` instead. `memory` holds the rows of `blocks[0].srcdata["ID"]`.
     `input_states` groups the input slots whose node state is equal by construction (same memory row,
     same time); the model sets it for its embedding, which may compute per group instead of per slot.
+    Under `embedding.query_time: batch`, `blocks[-1]`'s destinations are the batch's distinct nodes at its
+    first event time instead: `root_rows[r]` is root `r`'s destination row and `root_ts` the roots' own
+    event times (None, the default, where the destinations are the roots themselves).
     """
 
     blocks: list[dgl.DGLBlock]
@@ -36,11 +39,26 @@ class ModelInputs:
     num_neg: int = 1
     negative_sources: bool = False
     input_states: Groups | None = None
+    root_rows: Tensor | None = None
+    root_ts: Tensor | None = None
 
     @property
     def num_roots(self) -> int:
-        """Number of roots scored in this batch (positive sources and destinations plus negatives)."""
+        """Number of roots the embedding computes: `blocks[-1]`'s destinations (the roots scored in this batch,
+        or their distinct nodes under `root_rows`)."""
         return self.blocks[-1].num_dst_nodes()
+
+    def per_root(self, rows: Tensor) -> Tensor:
+        """`rows` of `blocks[-1]`'s destinations (embeddings, say) for every root scored, in root order."""
+        return rows if self.root_rows is None else rows.index_select(0, self.root_rows)
+
+    def root_ids(self) -> Tensor:
+        """Node ids of the roots scored, in root order."""
+        return self.per_root(self.blocks[-1].dstdata["ID"])
+
+    def root_times(self) -> Tensor:
+        """Event times of the roots scored, in root order."""
+        return self.blocks[-1].dstdata["ts"] if self.root_rows is None else self.root_ts
 
     @property
     def num_input_nodes(self) -> int:

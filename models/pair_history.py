@@ -80,10 +80,13 @@ class RootHistories:
     state: Tensor  # (R, rates, 2 * dim) float32
 
     @classmethod
-    def at(cls, memory: MemoryBatch, node: Tensor, ts: Tensor, rates: tuple[float, ...]) -> RootHistories:
-        """The histories of the first `len(node)` rows of `memory`, nodes `node` queried at times `ts`."""
-        count = len(node)
-        return cls.of(node, memory.history[:count], memory.history_ts[:count], ts, rates)
+    def at(cls, memory: MemoryBatch, node: Tensor, ts: Tensor, rates: tuple[float, ...],
+           rows: Tensor | None = None) -> RootHistories:
+        """The histories of `memory`'s rows `rows` (by default its first `len(node)`), nodes `node` queried at
+        times `ts`."""
+        if rows is None:
+            return cls.of(node, memory.history[:len(node)], memory.history_ts[:len(node)], ts, rates)
+        return cls.of(node, memory.history.index_select(0, rows), memory.history_ts.index_select(0, rows), ts, rates)
 
     @classmethod
     def of(cls, node: Tensor, history: Tensor, history_ts: Tensor, ts: Tensor,

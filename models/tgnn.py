@@ -81,7 +81,7 @@ class TemporalModel(nn.Module):
             update_ts, states = self._update_times(inputs, count)
             new_mem = self._updated_memory(inputs.memory, update_ts, count, states, inputs.num_pos)
         state = self._node_state(new_mem, inputs.node_feat, count, inputs.blocks[0].device)
-        embeddings = self.embedding(state, replace(inputs, input_states=states))
+        embeddings = inputs.per_root(self.embedding(state, replace(inputs, input_states=states)))
         pos, neg = self._scores(embeddings, state, inputs)
         return pos, neg, None if new_mem is None else self._write_back(new_mem, embeddings, inputs)
 
@@ -112,17 +112,19 @@ class TemporalModel(nn.Module):
         rows = inputs.memory.row[:count]
         if self.update_time == "query":
             return slot_ts, group_pairs(rows, slot_ts)
-        first_event = inputs.blocks[-1].dstdata["ts"][:inputs.num_pos].min()
+        first_event = inputs.root_times()[:inputs.num_pos].min()
         return first_event.expand(count), group(rows)
 
     def _scores(self, embeddings: Tensor, state: Tensor, inputs: ModelInputs) -> tuple[Tensor, Tensor]:
         """The predictor's logits of the positives and the negatives (against their own sources, if given)."""
         neighbourhoods, histories = None, None
-        roots = inputs.blocks[-1].dstdata
         if self.reads_neighbourhoods:
             neighbourhoods = RootNeighbourhoods.from_block(inputs.blocks[-1], state, self.predictor.width)
+            if inputs.root_rows is not None:
+                neighbourhoods = neighbourhoods.select(inputs.root_rows)
         if self.reads_histories:
-            histories = RootHistories.at(inputs.memory, roots["ID"], roots["ts"], self.history_rates)
+            histories = RootHistories.at(inputs.memory, inputs.root_ids(), inputs.root_times(), self.history_rates,
+                                         inputs.root_rows)
         if not inputs.negative_sources:
             return self._predict(embeddings, neighbourhoods, histories, inputs.num_pos, inputs.num_neg)
         num_pos, count = inputs.num_pos, inputs.num_pos * inputs.num_neg
@@ -161,18 +163,17 @@ class TemporalModel(nn.Module):
 
     def _write_back(self, new_mem: Tensor, embeddings: Tensor, inputs: ModelInputs) -> MemoryUpdate:
         positives = 2 * inputs.num_pos
-        roots = inputs.blocks[-1].dstdata
+        ids, ts = inputs.root_ids()[:positives], inputs.root_times()[:positives]
         deliveries = None
         if self.layout.deliver_to_neighbours:
             deliveries = neighbour_deliveries(inputs.blocks[-1], positives)
         partner = embeddings[:positives] if self.updater.mails_carry_embedding else None
-        update = memory_update(new_mem[:positives], roots["ID"][:positives], roots["ts"][:positives],
-                               inputs.event_edge_feat(), deliveries, partner)
+        update = memory_update(inputs.per_root(new_mem)[:positives], ids, ts, inputs.event_edge_feat(), deliveries,
+                               partner)
         if not self.history_dim:
             return update
-        src, dst = roots["ID"][:positives].chunk(2)
-        nodes, history, history_ts = history_contributions(src, dst, roots["ts"][:inputs.num_pos],
-                                                           self.history_dim // 2)
+        src, dst = ids.chunk(2)
+        nodes, history, history_ts = history_contributions(src, dst, ts[:inputs.num_pos], self.history_dim // 2)
         return replace(update, history_nodes=nodes, history=history, history_ts=history_ts)
 
 

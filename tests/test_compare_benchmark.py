@@ -61,18 +61,43 @@ def test_compare_alternates_systems_and_reports_ratios_of_the_means(monkeypatch,
     monkeypatch.setattr(compare, "launch_compare_run", fake_run)
     out = tmp_path / "compare.json"
     assert benchmark.main(["compare", "--cases", "uci", "--repeat", "2", "--out", str(out)]) == 0
-    systems = ["ours", "ours-malloc-defaults", "pyg", "pyg+keep-freed"]
+    systems = ["ours", "ours-malloc-defaults", "ours-query-batch", "pyg", "pyg+keep-freed"]
     assert launched == systems * 2
     results = json.loads(out.read_text())
     assert [row["system"] for row in results["results"]] == systems
-    ours, _, pyg, pyg_keep_freed = results["results"]
-    assert ours["events_per_s_runs"] == [3001.0, 3005.0] and pyg["events_per_s_runs"] == [2003.0, 2007.0]
-    assert ours["events_per_s_vs_pyg"] == pytest.approx(3003.0 / 2005.0)
-    assert pyg_keep_freed["events_per_s_vs_pyg"] == pytest.approx(2006.0 / 2005.0)
-    assert ours["page_faults_runs"] == [1000, 5000] and pyg["page_faults"] == 5000
+    ours, _, _, pyg, pyg_keep_freed = results["results"]
+    assert ours["events_per_s_runs"] == [3001.0, 3006.0] and pyg["events_per_s_runs"] == [2004.0, 2009.0]
+    assert ours["events_per_s_vs_pyg"] == pytest.approx(3003.5 / 2006.5)
+    assert pyg_keep_freed["events_per_s_vs_pyg"] == pytest.approx(2007.5 / 2006.5)
+    assert ours["page_faults_runs"] == [1000, 6000] and pyg["page_faults"] == 6500
     assert ours["peak_rss_vs_pyg"] == pytest.approx(1.2) and pyg["peak_rss_vs_pyg"] == 1.0
     assert results["torch_threads"] == 2 and results["versions"]["torch_geometric"] == "x"
     assert results["command"] == " ".join(sys.argv)
+
+
+def test_compare_runs_the_systems_asked_for_and_needs_pyg_among_them(monkeypatch, tmp_path):
+    monkeypatch.setattr(pyg_tgn, "require_pyg", lambda: type("pyg", (), {"__version__": "x"}))
+    launched = []
+
+    def fake_run(system, case, args):
+        launched.append(system)
+        return {"dataset": case, "num_events": 100, "train_events_per_s": 1000.0, "peak_rss_mb": 1.0,
+                "train_rss_mb": 1.0, "test_ap": 0.9, "val_ap": 0.8, "page_faults": 1, "kernel_cpu_s": 0.1,
+                "other_cpu_load": 0.0}
+
+    monkeypatch.setattr(compare, "launch_compare_run", fake_run)
+    out = tmp_path / "compare.json"
+    assert benchmark.main(["compare", "--cases", "uci", "--repeat", "1", "--systems", "ours-query-batch,pyg",
+                           "--out", str(out)]) == 0
+    assert launched == ["ours-query-batch", "pyg"]
+    assert benchmark.main(["compare", "--cases", "uci", "--systems", "ours", "--out", str(out)]) == 2
+
+
+def test_ours_query_batch_embeds_once_per_node_and_batch_like_pyg():
+    settings = compare.COMPARE_SYSTEMS["ours-query-batch"].settings
+    cfg = compare.our_config(compare.COMPARE_CASES["uci"], epochs=1, settings=settings)
+    assert cfg.embedding.query_time == "batch" and cfg.pipeline.mode == "sequential"
+    assert compare.our_config(compare.COMPARE_CASES["uci"], epochs=1).embedding.query_time == "event"
 
 
 def test_first_events_renumbers_the_nodes_that_occur(uci_events):

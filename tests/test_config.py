@@ -75,6 +75,8 @@ def test_unknown_key_names_file_and_key(tmp_path, text, key):
     ("sampler: {fanouts: [-1]}\n", "sampler.fanouts"),
     ("embedding: {heads: 3}\n", "embedding.dim_out"),
     ("pipeline: {delayed_fetch: 1}\n", "pipeline.delayed_fetch"),
+    ("embedding: {query_time: query}\n", "embedding.query_time"),
+    ("memory: {deliver_to: neighbours}\nembedding: {query_time: batch}\n", "embedding.query_time"),
 ])
 def test_bad_values_are_refused(tmp_path, text, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

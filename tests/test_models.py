@@ -20,7 +20,7 @@ from models.embedding import JodieProjection
 from models.memory_updaters import MemoryRows, build_updater, source_gap_scale
 from models.predictor import EdgePredictor
 from models.time_encoding import TimeEncoding, elapsed
-from pipeline.stages.link_prediction import link_prediction_loss
+from pipeline.stages.link_prediction import embedded_roots, link_prediction_loss
 from pipeline.run.config import RunConfig, validate_config
 from sampler.tcsr import TCSR
 from sampler.temporal import TemporalSampler
@@ -58,13 +58,23 @@ def unix_stream(dim_edge_feat: int = DIM_EDGE, dim_node_feat: int = DIM_NODE) ->
 
 
 def batch_inputs(events: EventStream, batch: np.ndarray, cfg: dict, store: MemoryStore | None,
-                 negatives: np.ndarray) -> ModelInputs:
+                 negatives: np.ndarray, query_time: str = "event") -> ModelInputs:
     """What the pipeline hands the model for events `batch`: blocks, features and memory rows."""
     src, dst, t = events.src[batch], events.dst[batch], events.t[batch]
     num_neg = len(negatives) // len(batch)
+    root_ts = np.concatenate([t, t, np.tile(t, num_neg)])
+    nodes, times, rows = embedded_roots(np.concatenate([src, dst, negatives]), root_ts, query_time)
+    return sampled_inputs(events, batch, cfg, store, nodes, times, num_neg,
+                          root_rows=None if rows is None else torch.from_numpy(rows),
+                          root_ts=None if rows is None else torch.from_numpy(root_ts))
+
+
+def sampled_inputs(events: EventStream, batch: np.ndarray, cfg: dict, store: MemoryStore | None,
+                   nodes: np.ndarray, times: np.ndarray, num_neg: int, **scored_roots) -> ModelInputs:
+    """The model's inputs for events `batch` whose embedded roots are `nodes` at `times`."""
     sampler = TemporalSampler(TCSR.from_events(events.src, events.dst, events.t, events.num_nodes),
                               cfg.sampler.fanouts)
-    blocks = sampler.sample(np.concatenate([src, dst, negatives]), np.concatenate([t, t, np.tile(t, num_neg)]))
+    blocks = sampler.sample(nodes, times)
     as_tensor = (lambda table, rows: None if table is None else torch.from_numpy(table[rows]))
     return ModelInputs(
         blocks=blocks,
@@ -74,6 +84,7 @@ def batch_inputs(events: EventStream, batch: np.ndarray, cfg: dict, store: Memor
         root_edge_feat=as_tensor(events.edge_feat, batch),
         num_pos=len(batch),
         num_neg=num_neg,
+        **scored_roots,
     )
 
 
@@ -155,6 +166,37 @@ def test_forward_shapes_and_update_layout(model: str) -> None:
     assert update.mem_ts.tolist() == np.repeat(events.t[40:50], 2).tolist()
     assert update.mail.shape == (len(update.mail_nodes), 2 * DIM_MEM + DIM_EDGE)
     assert update.mail_ts.dtype == torch.float64 and len(update.mail_ts) == len(update.mail_nodes)
+
+
+@pytest.mark.parametrize("predictor", ["mlp", "common_neighbours", "pair_history"])
+def test_batch_query_time_scores_each_root_as_its_node_embedded_once_at_the_first_event_time(predictor: str) -> None:
+    """Under `embedding.query_time: batch` the batch's distinct nodes are sampled and embedded once; every root
+    scores as if it were embedded at the batch's first event time, and the write-back keeps the events' times.
+    (A pair history is read at each event's own time; without decay that time does not change it.)"""
+    events = unix_stream()
+    cfg = replace(tiny_config("tgn"), predictor=replace(tiny_config("tgn").predictor, module=predictor,
+                                                        half_lives=(math.inf,)))
+    torch.manual_seed(0)
+    net = build_model(cfg, events.dim_node_feat, events.dim_edge_feat)
+    store = MemoryStore(events.num_nodes, net.dim_memory, net.dim_mail, net.mailbox_size,
+                        history_dim=net.history_dim, history_rates=net.history_rates)
+    rng = np.random.default_rng(0)
+    for index, batch in enumerate((np.arange(20, 30), np.arange(30, 40))):
+        store.update(index, net(batch_inputs(events, batch, cfg, store, rng.integers(0, 12, len(batch))))[2])
+    batch, negatives = np.arange(40, 50), rng.integers(0, 12, 20)
+    once = batch_inputs(events, batch, cfg, store, negatives, query_time="batch")
+    roots = np.concatenate([events.src[batch], events.dst[batch], negatives])
+    assert once.num_roots == len(np.unique(roots)) < len(roots)
+    assert torch.equal(once.root_ids(), torch.from_numpy(roots))
+    first_event = np.full(len(roots), events.t[batch].min())
+    every_root = sampled_inputs(events, batch, cfg, store, roots, first_event, num_neg=2)
+
+    (pos, neg, update), (pos_ref, neg_ref, update_ref) = net(once), net(every_root)
+    torch.testing.assert_close(pos, pos_ref)
+    torch.testing.assert_close(neg, neg_ref)
+    torch.testing.assert_close(update.mem, update_ref.mem)
+    assert torch.equal(update.nodes, update_ref.nodes)
+    assert update.mem_ts.tolist() == np.repeat(events.t[batch], 2).tolist()
 
 
 def gru_by_hand(cell: torch.nn.GRUCell, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

@@ -79,10 +79,12 @@ def final_model(out):
     return torch.load(out / CHECKPOINT_NAME, weights_only=False)["model"]
 
 
-def test_fixed_k1_and_presample_equal_sequential(events, tmp_path):
-    reference = run(small_config(pipeline={"mode": "sequential"}), events, tmp_path / "seq")
+@pytest.mark.parametrize("query_time", ["event", "batch"])
+def test_fixed_k1_and_presample_equal_sequential(events, tmp_path, query_time):
+    embedding = {"query_time": query_time}
+    reference = run(small_config(pipeline={"mode": "sequential"}, embedding=embedding), events, tmp_path / "seq")
     for mode, extra in (("fixed-k", {"k": 1}), ("presample", {})):
-        results = run(small_config(pipeline={"mode": mode, **extra}), events, tmp_path / mode)
+        results = run(small_config(pipeline={"mode": mode, **extra}, embedding=embedding), events, tmp_path / mode)
         assert results["test_ap"] == reference["test_ap"], mode
         assert [h["loss"] for h in results["history"]] == [h["loss"] for h in reference["history"]], mode
         assert results["staleness"]["max_seen"] == 0
@@ -146,6 +148,22 @@ class DeviceOnlyBlock:
 
     def __getattr__(self, name):
         raise AssertionError(f"the memory fetch read blocks[0].{name} instead of the host ids")
+
+
+def test_batch_query_time_samples_each_distinct_node_once_from_before_the_batch(events):
+    setup = build_setup(small_config(embedding={"query_time": "batch"}), events, torch.device("cpu"), seed=0)
+    ctx = training_stages(setup, epoch=0).sample(3)
+    first_event = events.t[ctx.events].min()
+    block = ctx.blocks[-1]
+    assert len(np.unique(ctx.roots)) == len(ctx.roots) == block.num_dst_nodes()
+    assert torch.equal(block.dstdata["ID"], torch.from_numpy(ctx.roots)) and (ctx.root_ts == first_event).all()
+    assert (block.srcdata["ts"][block.num_dst_nodes():] < first_event).all()
+    rows, root_ts = ctx.scored_roots
+    positives = 2 * len(ctx.events)
+    positive_roots = np.concatenate([events.src[ctx.events], events.dst[ctx.events]])
+    assert ctx.roots[rows[:positives]].tolist() == positive_roots.tolist()
+    assert root_ts[:positives].tolist() == np.tile(events.t[ctx.events], 2).tolist()
+    assert len(rows) == positives + len(ctx.events) * setup.cfg.train.num_neg
 
 
 def test_memory_fetch_reads_the_host_ids_kept_at_sampling(events):

@@ -31,7 +31,7 @@ from common.registry import Registry
 from graph.loaders import open_regular_file, path_status
 from graph.negatives import NEGATIVE_STRATEGIES
 from models.edgebank import EDGEBANK_MEMORIES
-from models.config import DELIVERIES, MODELS, UPDATE_TIMES, EmbeddingConfig, MemoryConfig, PredictorConfig
+from models.config import DELIVERIES, MODELS, QUERY_TIMES, UPDATE_TIMES, EmbeddingConfig, MemoryConfig, PredictorConfig
 from models.embedding import EMBEDDINGS
 from models.memory_updaters import UPDATERS
 from models.predictor import PREDICTORS
@@ -166,6 +166,7 @@ REGISTRIES: tuple[Registry, ...] = (MODELS, STRATEGIES, UPDATERS, EMBEDDINGS, PR
 CHOICES: dict[str, tuple[str, ...] | Registry] = {
     "memory.deliver_to": DELIVERIES,
     "memory.update_time": UPDATE_TIMES,
+    "embedding.query_time": QUERY_TIMES,
     "edgebank.memory": EDGEBANK_MEMORIES,
     "eval.ranking": RANKINGS,
     "eval.protocol": PROTOCOLS,
@@ -503,6 +504,10 @@ def _check_values(cfg: RunConfig, source: str) -> None:
         raise ConfigError(f"{source}: key 'embedding.dim_out' must be divisible by 'embedding.heads'")
     if cfg.memory is None and cfg.embedding.module != "attention":
         raise ConfigError(f"{source}: key 'embedding.module' must be 'attention' for a model without memory")
+    if cfg.embedding.query_time == "batch" and cfg.memory is not None and cfg.memory.deliver_to == "neighbours":
+        raise ConfigError(f"{source}: key 'embedding.query_time' batch samples each node once per batch, but "
+                          "'memory.deliver_to' neighbours delivers mails to each positive event's own sampled "
+                          "neighbours; use 'embedding.query_time' event")
     if cfg.eval.val_ratio + cfg.eval.test_ratio >= 1:
         raise ConfigError(f"{source}: keys 'eval.val_ratio' + 'eval.test_ratio' must be < 1")
 

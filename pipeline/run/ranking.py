@@ -101,7 +101,8 @@ class CandidateRanker:
 def factorised_path_refusal(stages: LinkPredictionStages) -> str | None:
     """Why `FactorisedScores` would not give a model's scores (None: it does). It needs a node's state to
     depend on the node alone within a batch (memory brought to the batch's time, or no memory), one layer of
-    temporal attention, and the most recent neighbours (a neighbourhood that changes only with new edges)."""
+    temporal attention, the most recent neighbours (a neighbourhood that changes only with new edges), and
+    roots embedded at their own event's time."""
     model, sampler = stages.model, stages.sampler
     if not isinstance(model.embedding, TemporalAttention) or len(model.embedding.layers) != 1:
         return "the embedding is not one layer of temporal attention"
@@ -109,6 +110,8 @@ def factorised_path_refusal(stages: LinkPredictionStages) -> str | None:
         return f"memory.update_time is '{model.update_time}', not 'batch'"
     if sampler.strategy != "recent" or len(sampler.fanouts) != 1:
         return "the sampler does not take the most recent neighbours in one layer"
+    if stages.query_time != "event":
+        return f"embedding.query_time is '{stages.query_time}', not 'event'"
     return None
 
 

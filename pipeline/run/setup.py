@@ -175,7 +175,7 @@ def training_stages(setup: RunSetup, epoch: int) -> LinkPredictionStages:
         batches=batches, stream=setup.stream, sampler=setup.train_sampler, negatives=negatives,
         num_neg=num_neg, model=setup.train_module, store=setup.store, device=setup.device,
         step=GradientStep(setup.optimizer), sample_seed=lambda i: batch_seed(setup.seed + 1, epoch, i),
-        mitigation=setup.mitigation,
+        mitigation=setup.mitigation, query_time=setup.cfg.embedding.query_time,
     )
 
 
@@ -193,4 +193,5 @@ def evaluation_stages(setup: RunSetup, split_name: str, indices: np.ndarray, ver
         batches=batches, stream=setup.stream, sampler=setup.eval_sampler, negatives=negatives,
         num_neg=neg_dst.shape[1], model=setup.model, store=setup.store, device=setup.device,
         step=Scoring(), version_offset=version_offset, sample_seed=lambda i: batch_seed(setup.seed + 2, 0, i),
+        query_time=setup.cfg.embedding.query_time,
     )

@@ -38,10 +38,11 @@ class BatchContext:
 
     index: int
     events: np.ndarray
-    roots: np.ndarray
+    roots: np.ndarray  # the (node, time) roots sampled and embedded: blocks[-1]'s destinations
     root_ts: np.ndarray
     input_nodes: torch.Tensor  # host ids of the input layer's nodes: the memory fetch reads them, not the blocks
     negative_sources: bool = False  # the roots end with a source for each negative (ModelInputs)
+    scored_roots: tuple[torch.Tensor, torch.Tensor] | None = None  # ModelInputs' root_rows and root_ts, if any
     blocks: list = field(default_factory=list)
     edge_feat: list = field(default_factory=list)
     node_feat: torch.Tensor | None = None
@@ -158,6 +159,7 @@ class LinkPredictionStages:
     version_offset: int = 0
     sample_seed: Callable[[int], int] = lambda i: i
     mitigation: Mitigation | None = None
+    query_time: str = "event"  # embedding.query_time
     mitigated_roots: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -171,9 +173,11 @@ class LinkPredictionStages:
         negatives = [neg_dst] if neg_src is None else [neg_dst, neg_src]
         roots = np.concatenate([src, dst, *negatives])
         root_ts = np.concatenate([t, t, *[np.tile(t, self.num_neg)] * len(negatives)])
-        blocks = self.sampler.sample(roots, root_ts, seed=self.sample_seed(i))
-        return BatchContext(index=i, events=events, roots=roots, root_ts=root_ts, input_nodes=blocks[0].srcdata["ID"],
-                            blocks=blocks, negative_sources=neg_src is not None)
+        nodes, times, rows = embedded_roots(roots, root_ts, self.query_time)
+        blocks = self.sampler.sample(nodes, times, seed=self.sample_seed(i))
+        return BatchContext(index=i, events=events, roots=nodes, root_ts=times, input_nodes=blocks[0].srcdata["ID"],
+                            blocks=blocks, negative_sources=neg_src is not None,
+                            scored_roots=None if rows is None else (torch.from_numpy(rows), torch.from_numpy(root_ts)))
 
     def fetch_features(self, i: int, ctx: BatchContext) -> None:
         """Stage 2: gather the sub-graph's edge and node features and move them with the blocks."""
@@ -189,6 +193,8 @@ class LinkPredictionStages:
             if node_feat is not None:
                 ctx.node_feat = to_device(node_feat.gather([ctx.blocks[0].srcdata["ID"]])[0], self.device)
             ctx.blocks = [b.to(self.device, non_blocking=True) for b in ctx.blocks]
+            if ctx.scored_roots is not None:
+                ctx.scored_roots = tuple(to_device(part, self.device) for part in ctx.scored_roots)
             for block in ctx.blocks:
                 block.materialize_data()
         ctx.features_ready = self.copies.done()
@@ -230,10 +236,11 @@ class LinkPredictionStages:
         self.mitigation.last_refresh = i
 
     def _inputs(self, ctx: BatchContext) -> ModelInputs:
+        root_rows, root_ts = (None, None) if ctx.scored_roots is None else ctx.scored_roots
         return ModelInputs(
             blocks=ctx.blocks, memory=ctx.memory, edge_feat=ctx.edge_feat, node_feat=ctx.node_feat,
             root_edge_feat=ctx.root_edge_feat, num_pos=len(ctx.events), num_neg=self.num_neg,
-            negative_sources=ctx.negative_sources,
+            negative_sources=ctx.negative_sources, root_rows=root_rows, root_ts=root_ts,
         )
 
     def train(self, i: int, ctx: BatchContext) -> None:
@@ -241,7 +248,7 @@ class LinkPredictionStages:
         self.copies.wait(ctx.features_ready)
         self.copies.wait(ctx.memory_ready)
         ctx.update = self.step(self.model, self._inputs(ctx), i, ctx)
-        ctx.blocks, ctx.edge_feat, ctx.node_feat, ctx.memory = [], [], None, None
+        ctx.blocks, ctx.edge_feat, ctx.node_feat, ctx.memory, ctx.scored_roots = [], [], None, None, None
 
     def update_memory(self, i: int, ctx: BatchContext) -> None:
         """Stage 5: write the batch's new memory and mails back to the store (commits its version)."""
@@ -249,6 +256,18 @@ class LinkPredictionStages:
             return
         self.store.update(self.version_offset + i, ctx.update)
         ctx.update = None
+
+
+def embedded_roots(roots: np.ndarray, root_ts: np.ndarray,
+                   query_time: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The (node, time) roots the sampler and the embedding see for the scored `roots` at `root_ts`, and
+    each scored root's row among them: the roots themselves under `embedding.query_time` "event"; under
+    "batch", the batch's distinct nodes, all at its first event time (PyG's TGN embeds each node once per
+    batch from what came before the batch)."""
+    if query_time == "event":
+        return roots, root_ts, None
+    nodes, rows = np.unique(roots, return_inverse=True)
+    return nodes, np.full(len(nodes), root_ts.min()), rows
 
 
 def link_prediction_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
