@@ -3,9 +3,13 @@ of each stage (an unprofiled pass), and the train stage split into forward, back
 the proportions torch.profiler measures on the following batches. From the same profile, per train step:
 the aten ops dispatched, the host synchronisations (ops whose result the host must wait for on a GPU:
 `.item()`, `nonzero`, `unique`, ...), the GFLOP of its matrix products and the rate they ran at (their
-FLOPs over their own CPU time). The JSON names the commit it measured.
+FLOPs over their own CPU time). With `--scaling 0.25,0.5,1,2`, also the train stage's median milliseconds
+at those multiples of each case's batch size (sizes alternating, `--scaling-rounds` times) and the
+least-squares line through them: the fixed part of a step (Python, op dispatch, the optimizer, DGL's per-call work) and the part per
+event, so a change can be judged by which of the two it cuts. The JSON names the commit it measured.
 
     python scripts/benchmark.py breakdown --cases uci,wikipedia172 --batches 50 --out runs/bench_breakdown.json
+    python scripts/benchmark.py breakdown --batches 40 --scaling 0.125,0.25,0.5,1,2 --out runs/bench_scaling.json
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from pipeline.run.setup import build_setup, training_stages
 from pipeline.stages.link_prediction import TRAIN_STEP_PARTS, LinkPredictionStages
 
 TABLE = ["case", "events_per_s", *(f"{stage}_ms" for stage in STAGES), "forward_ms", "backward_ms", "optimizer_ms",
-         "aten_ops", "host_syncs", "matmul_gflop", "matmul_gflop_per_s"]
+         "aten_ops", "host_syncs", "matmul_gflop", "matmul_gflop_per_s", "fixed_train_ms", "train_us_per_event"]
 MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm"})
 # Ops whose output the host must read before going on: a device synchronisation on a GPU.
 SYNC_OPS = frozenset({"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::_unique2",
@@ -43,6 +47,10 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches first")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scaling", default="", metavar="MULTIPLES",
+                        help="comma-separated multiples of each case's batch size to time the train stage at "
+                             "(none: skip)")
+    parser.add_argument("--scaling-rounds", type=int, default=3, help="times each --scaling size is timed")
     parser.add_argument("--out", required=True, help="JSON file for the results")
     parser.set_defaults(run=run, table=TABLE)
 
@@ -92,16 +100,52 @@ def train_step_counts(events, batches: int) -> dict:
             "matmul_gflop": flops / batches / 1e9, "matmul_gflop_per_s": flops / seconds / 1e9 if seconds else 0.0}
 
 
+def case_stages(case: dict, args: argparse.Namespace, batch_size: int | None = None) -> LinkPredictionStages:
+    """The first training epoch's stage functions of a `compare` case (at `batch_size`, if given), memory reset."""
+    if batch_size is not None:
+        case = {**case, "batch_size": batch_size}
+    setup = build_setup(our_config(case, epochs=1), compare_events(case, None, args.seed), torch.device("cpu"),
+                        args.seed)
+    setup.store.reset()
+    return training_stages(setup, epoch=0)
+
+
+def train_ms_median(stages: LinkPredictionStages, warmup: int, batches: int) -> float:
+    """Median milliseconds of the train stage over `batches` batches after `warmup` untimed ones."""
+    return 1000 * float(np.median([timed_stages(stages, b)[STAGES.index("train")]
+                                   for b in range(warmup + batches)][warmup:]))
+
+
+def fixed_and_per_event(sizes: list[int], train_ms: list[float]) -> tuple[float, float]:
+    """The least-squares line `train_ms = fixed + per_event * size`: (fixed ms, per-event microseconds)."""
+    per_event_ms, fixed = np.polyfit(np.asarray(sizes, dtype=float), np.asarray(train_ms, dtype=float), 1)
+    return float(fixed), 1000 * float(per_event_ms)
+
+
+def train_time_scaling(case: dict, sizes: list[int], args: argparse.Namespace) -> dict:
+    """The train stage's median ms at each batch size (sizes alternating, `--scaling-rounds` rounds, each
+    size's median over rounds) and the line through them. Each round times about 2,000 events per size."""
+    rounds: dict[int, list[float]] = {size: [] for size in sizes}
+    for _ in range(args.scaling_rounds):
+        for size in sizes:
+            stages = case_stages(case, args, size)
+            batches = min(max(10, 2000 // size), len(stages.batches) - args.warmup)
+            if batches < 1:
+                raise UserError(f"--scaling: batch size {size} leaves no batch after --warmup {args.warmup}")
+            rounds[size].append(train_ms_median(stages, args.warmup, batches))
+    medians = [float(np.median(rounds[size])) for size in sizes]
+    fixed, per_event = fixed_and_per_event(sizes, medians)
+    return {"fixed_train_ms": fixed, "train_us_per_event": per_event,
+            "scaling": {"batch_sizes": sizes, "train_ms": medians, "train_ms_rounds": [rounds[s] for s in sizes]}}
+
+
 def breakdown_case(name: str, args: argparse.Namespace) -> dict:
     """Per-stage milliseconds per batch of sequential training on one `compare` case, and the train stage
     split into forward, backward and optimizer step."""
     case = COMPARE_CASES[name]
-    setup = build_setup(our_config(case, epochs=1), compare_events(case, None, args.seed), torch.device("cpu"),
-                        args.seed)
-    stages = training_stages(setup, epoch=0)
+    stages = case_stages(case, args)
     if args.warmup + 2 * args.batches > len(stages.batches):
         raise UserError(f"{name}: --warmup + 2 * --batches must be at most {len(stages.batches)} batches")
-    setup.store.reset()
     for batch in range(args.warmup):
         timed_stages(stages, batch)
     clean = np.array([timed_stages(stages, args.warmup + b) for b in range(args.batches)]).mean(axis=0)
@@ -111,20 +155,39 @@ def breakdown_case(name: str, args: argparse.Namespace) -> dict:
     part_us = {event.key: event.cpu_time_total for event in profiler.key_averages() if event.key in TRAIN_STEP_PARTS}
     train_ms = 1000 * clean[STAGES.index("train")]
     share = {part: part_us.get(part, 0.0) / sum(part_us.values()) for part in TRAIN_STEP_PARTS}
+    sizes = scaling_sizes(args.scaling, case["batch_size"])
     return {"case": name, "batch_size": case["batch_size"], "events_per_s": case["batch_size"] / clean.sum(),
             **{f"{stage}_ms": 1000 * seconds for stage, seconds in zip(STAGES, clean)},
             **{f"{part.split('/')[1]}_ms": train_ms * share[part] for part in TRAIN_STEP_PARTS},
-            **train_step_counts(profiler.events(), args.batches)}
+            **train_step_counts(profiler.events(), args.batches),
+            **(train_time_scaling(case, sizes, args) if sizes else {})}
+
+
+def scaling_sizes(text: str, batch_size: int) -> list[int]:
+    """The batch sizes `--scaling` names as multiples of `batch_size` (empty: none), at least two distinct
+    ones of at least one event each."""
+    try:
+        multiples = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--scaling: expected comma-separated multiples of the batch size, got '{text}'") from None
+    sizes = sorted({round(multiple * batch_size) for multiple in multiples if math.isfinite(multiple)})
+    if multiples and (len(sizes) < len(multiples) or len(sizes) < 2 or sizes[0] < 1):
+        raise UserError(f"--scaling: a line needs at least two distinct batch sizes of at least one event, got "
+                        f"'{text}' of batch size {batch_size}")
+    return sizes
 
 
 def run(args: argparse.Namespace) -> dict:
     """Where the time of a sequential training step goes, for each requested case."""
-    if args.batches < 1 or args.warmup < 0:
-        raise UserError(f"--batches must be positive and --warmup non-negative, got {args.batches}, {args.warmup}")
+    if args.batches < 1 or args.warmup < 0 or args.scaling_rounds < 1:
+        raise UserError(f"--batches and --scaling-rounds must be positive and --warmup non-negative, got "
+                        f"{args.batches}, {args.scaling_rounds}, {args.warmup}")
     names = [name.strip() for name in args.cases.split(",") if name.strip()]
     unknown = [name for name in names if name not in COMPARE_CASES]
     if unknown or not names:
         raise UserError(f"--cases: unknown case '{','.join(unknown)}' (known: {', '.join(COMPARE_CASES)})")
+    for name in names:  # a bad --scaling fails before any case is timed
+        scaling_sizes(args.scaling, COMPARE_CASES[name]["batch_size"])
     plan = configure_process(args.threads)
     return {
         "benchmark": "breakdown", "dataset": ",".join(names), "command": " ".join(sys.argv),
@@ -132,7 +195,8 @@ def run(args: argparse.Namespace) -> dict:
         "note": "stage times from an unprofiled pass; forward/backward/optimizer split the train time in the "
                 "proportions torch.profiler measured on the following batches; aten_ops, host_syncs and "
                 "matmul_gflop are per train step, matmul_gflop_per_s is their FLOPs over their own CPU time, "
-                "all from that profile",
+                "all from that profile; fixed_train_ms and train_us_per_event, with --scaling, are the line "
+                "through the train stage's median ms at those batch sizes",
         "versions": library_versions(),
         "machine": machine(),
         "results": [breakdown_case(name, args) for name in names],

@@ -3,6 +3,7 @@ against the PyTorch Geometric reference (benchmarks/pyg_tgn.py). torch_geometric
 reference's own test needs it."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -291,3 +292,34 @@ def test_breakdown_counts_the_train_steps_dispatched_ops_syncs_and_matrix_produc
     assert 6 <= counts["aten_ops"] <= 9
     assert breakdown.matmul_flops([[7], [6, 4], [4, 7], [], []]) == 2 * 6 * 4 * 7  # addmm: bias first
     assert breakdown.matmul_flops([[3, 6, 4], [3, 4, 7]]) == 2 * 3 * 6 * 4 * 7  # bmm
+
+
+def test_breakdown_scaling_alternates_sizes_and_fits_the_fixed_and_per_event_parts(monkeypatch):
+    order = []
+    monkeypatch.setattr(breakdown, "case_stages", lambda case, args, size: type("stages", (), {"batches": [0] * 500,
+                                                                                               "size": size})())
+
+    def train_ms(stages, warmup, batches):
+        order.append(stages.size)
+        return 8.0 + 0.075 * stages.size + (0.5 if len(order) == 1 else 0.0)  # one slow first round
+
+    monkeypatch.setattr(breakdown, "train_ms_median", train_ms)
+    args = argparse.Namespace(scaling_rounds=3, warmup=2)
+    result = breakdown.train_time_scaling(breakdown.COMPARE_CASES["uci"], [50, 100, 200], args)
+    assert order == [50, 100, 200] * 3
+    assert result["fixed_train_ms"] == pytest.approx(8.0) and result["train_us_per_event"] == pytest.approx(75.0)
+    assert result["scaling"]["train_ms_rounds"][0] == [pytest.approx(12.25), 11.75, 11.75]
+
+
+@pytest.mark.parametrize("text", ["1", "1,1.001", "0.001,1", "a,b", "nan,1"])
+def test_breakdown_scaling_needs_two_distinct_batch_sizes_of_at_least_one_event(text):
+    with pytest.raises(UserError, match="--scaling"):
+        breakdown.scaling_sizes(text, 200)
+    assert breakdown.scaling_sizes("", 200) == [] and breakdown.scaling_sizes("2, 0.125", 200) == [25, 400]
+
+
+def test_breakdown_refuses_a_bad_scaling_in_one_line_before_timing_anything(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(breakdown, "breakdown_case", lambda name, args: pytest.fail("timed a case"))
+    out = tmp_path / "breakdown.json"
+    assert benchmark.main(["breakdown", "--cases", "uci", "--scaling", "1,1", "--out", str(out)]) == 2
+    assert "--scaling" in capsys.readouterr().err and not out.exists()
