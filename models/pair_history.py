@@ -10,6 +10,9 @@ half), where `r_n` is a Rademacher vector of the node id (`node_signs`). Since `
 the decayed number of `a -> c` events, `out_a . in_c` of paths `a -> x -> c`, and so on (`pair_features`).
 The store adds the contributions (`history_contributions`), so nothing is lost under staleness, and the
 model decays a root's sums to its query time (`RootHistories`).
+
+"pair_walks" adds TPNet's relative encodings: each root's sampled neighbours `w` are encoded by the pair
+features of `w` with both endpoints, which reach paths one step longer (`u -> w`, then `w`'s walks to `v`).
 """
 from __future__ import annotations
 
@@ -111,14 +114,26 @@ def pair_features(histories: RootHistories, a: Tensor, c: Tensor) -> Tensor:
     `out_c . r_a`), of paths `a -> x -> c` (`out_a . in_c`) and `c -> x -> a` (`in_a . out_c`), of common
     targets (`out_a . out_c`) and sources (`in_a . in_c`), and the activity `|out_a|^2, |in_a|^2, |out_c|^2,
     |in_c|^2`, each through `signed_log`."""
-    out_a, in_a = histories.state[a].chunk(2, -1)
-    out_c, in_c = histories.state[c].chunk(2, -1)
-    dim = out_a.shape[-1]
-    r_a, r_c = node_signs(histories.node[a], dim).unsqueeze(1), node_signs(histories.node[c], dim).unsqueeze(1)
-    pairs = ((out_a, r_c), (in_c, r_a), (in_a, r_c), (out_c, r_a), (out_a, in_c), (in_a, out_c), (out_a, out_c),
-             (in_a, in_c), (out_a, out_a), (in_a, in_a), (out_c, out_c), (in_c, in_c))
-    features = torch.stack([(x * y).sum(-1) for x, y in pairs], -1)
-    return signed_log(features).flatten(1)
+    return signed_log(gram_features(history_vectors(histories.node[a], histories.state[a]),
+                                    history_vectors(histories.node[c], histories.state[c]))).flatten(1)
+
+
+def history_vectors(node: Tensor, state: Tensor) -> Tensor:
+    """`[out, in, r]` of nodes `node` (any shape `S`) with histories `state` `S + (rates, 2 * dim)`, stacked as
+    `S + (rates, 3, dim)` (`r`, the node's own random vector, is the same at every rate)."""
+    out, into = state.chunk(2, -1)
+    own = node_signs(node, out.shape[-1]).unsqueeze(-2).expand_as(out)
+    return torch.stack([out, into, own], -2)
+
+
+def gram_features(a: Tensor, c: Tensor) -> Tensor:
+    """`pair_features` before `signed_log`, `S + (rates, FEATURES_PER_RATE)`, from `history_vectors` of the
+    pairs' first and second nodes (leading shapes broadcast): their products as one batched matrix product."""
+    gram = a @ c.transpose(-1, -2)  # [i, j] = a_i . c_j over i, j in (out, in, r)
+    own, theirs = (x[..., :2, :].square().sum(-1) for x in (a, c))
+    shape = torch.broadcast_shapes(gram.shape[:-2], own.shape[:-1], theirs.shape[:-1])
+    return torch.cat([gram[..., [0, 2, 1, 2, 0, 1, 0, 1], [2, 1, 2, 0, 1, 0, 0, 1]].expand(*shape, 8),
+                      own.expand(*shape, 2), theirs.expand(*shape, 2)], -1)
 
 
 def pair_features_against(sources: RootHistories, times: Tensor, candidates: Tensor, history: Tensor,
@@ -177,3 +192,56 @@ class PairHistoryPredictor(CommonNeighbourPredictor):
 
 
 PREDICTORS.register("pair_history")(PairHistoryPredictor)
+
+
+def neighbour_histories(nb: RootNeighbourhoods, memory: MemoryBatch, root_ts: Tensor,
+                        rates: tuple[float, ...]) -> RootHistories:
+    """The histories of each root's sampled neighbours at the root's time `root_ts`, from `memory`'s rows of
+    their input slots: node `(R, W)`, state `(R, W, rates, 2 * dim)`, zero where the neighbourhood is padded."""
+    width = nb.ids.shape[1]
+    slots = nb.slot.flatten()
+    ts = root_ts.repeat_interleave(width)
+    state = memory.history.index_select(0, slots) * decay(memory.history_ts.index_select(0, slots), ts,
+                                                           rates).unsqueeze(2)
+    state = state * (nb.ids.flatten() >= 0).to(state.dtype)[:, None, None]
+    return RootHistories(node=nb.ids.clamp(min=0), state=state.view(len(nb.ids), width, *state.shape[1:]))
+
+
+class NeighbourPairHistoryPredictor(PairHistoryPredictor):
+    """The pair-history predictor plus TPNet's relative encodings (Lu et al. 2024): each sampled neighbour `w`
+    of `u` is encoded by `mlp([pair_features(w, u) || pair_features(w, v)])`, averaged over `u`'s neighbours,
+    and the same, with an MLP of its own, for `v`'s neighbours; both add into the hidden sum. One-vs-all
+    ranking scores it on the chunked path."""
+
+    reads_neighbour_histories = True
+
+    def __init__(self, spec: PredictorSpec) -> None:
+        super().__init__(spec)
+        width = 2 * FEATURES_PER_RATE * len(self.history_rates)
+        self.relative_src = nn.Sequential(nn.Linear(width, spec.dim), nn.ReLU(), nn.Linear(spec.dim, spec.dim))
+        self.relative_dst = nn.Sequential(nn.Linear(width, spec.dim), nn.ReLU(), nn.Linear(spec.dim, spec.dim))
+
+    def forward(self, h: Tensor, num_pos: int, num_neg: int, neighbourhoods: RootNeighbourhoods,
+                histories: RootHistories, nbr: RootHistories) -> tuple[Tensor, Tensor]:
+        """Logits `(B,)` of the positives and `(B * num_neg,)` of the negatives; every argument's rows are
+        `[src (B), dst (B), negative dst (B * num_neg)]`, `nbr` the roots' `neighbour_histories`."""
+        u, v = pair_rows(num_pos, num_neg, h.device)
+        hidden = self.hidden(h, num_pos, num_neg, neighbourhoods) + self.history_fc(pair_features(histories, u, v))
+        hidden = hidden + self.relative(self.relative_src, histories, nbr, u, v)
+        hidden = hidden + self.relative(self.relative_dst, histories, nbr, v, u)
+        return self.logits(hidden, num_pos)
+
+    @staticmethod
+    def relative(fc: nn.Module, histories: RootHistories, nbr: RootHistories, a: Tensor, c: Tensor) -> Tensor:
+        """`(P, dim)`: per pair `(a[p], c[p])` of root rows, the mean of `fc([features(w, a) || features(w, c)])`
+        over the neighbours `w` of `a` with a history (none yet: padding, or known only from events the store
+        has not been written with)."""
+        neighbours = history_vectors(nbr.node[a], nbr.state[a])  # (P, W, rates, 3, dim)
+        ends = [history_vectors(histories.node[x], histories.state[x]).unsqueeze(1) for x in (a, c)]
+        features = torch.cat([signed_log(gram_features(neighbours, end)).flatten(2) for end in ends], -1)
+        valid = (nbr.state[a].abs().sum((2, 3)) > 0).to(features.dtype)  # (P, W)
+        encoded = fc(features) * valid.unsqueeze(2)
+        return encoded.sum(1) / valid.sum(1).clamp(min=1).unsqueeze(1)
+
+
+PREDICTORS.register("pair_walks")(NeighbourPairHistoryPredictor)

@@ -20,7 +20,7 @@ from models.embedding import build_embedding
 from models.interface import ModelInputs
 from models.memory_updaters import MemoryRows, MemoryUpdater, build_updater, source_gap_scale
 from models.common_neighbours import RootNeighbourhoods
-from models.pair_history import RootHistories, history_contributions
+from models.pair_history import RootHistories, history_contributions, neighbour_histories
 from models.predictor import PREDICTORS, PredictorSpec
 from models.write_back import memory_update, neighbour_deliveries
 
@@ -64,6 +64,7 @@ class TemporalModel(nn.Module):
         self.uses_memory = updater is not None
         self.reads_neighbourhoods = getattr(predictor, "reads_neighbourhoods", False)
         self.reads_histories = getattr(predictor, "reads_histories", False)
+        self.reads_neighbour_histories = getattr(predictor, "reads_neighbour_histories", False)
         self.dim_memory = layout.dim_memory if layout else 0
         self.dim_mail = layout.dim_mail if layout else 0
         self.mailbox_size = layout.mailbox_size if layout else 0
@@ -117,29 +118,32 @@ class TemporalModel(nn.Module):
 
     def _scores(self, embeddings: Tensor, state: Tensor, inputs: ModelInputs) -> tuple[Tensor, Tensor]:
         """The predictor's logits of the positives and the negatives (against their own sources, if given)."""
-        neighbourhoods, histories = None, None
+        neighbourhoods, histories, neighbours_histories = None, None, None
         if self.reads_neighbourhoods:
             neighbourhoods = RootNeighbourhoods.from_block(inputs.blocks[-1], state, self.predictor.width)
-            if inputs.root_rows is not None:
-                neighbourhoods = neighbourhoods.select(inputs.root_rows)
+            if self.reads_neighbour_histories:
+                neighbours_histories = neighbour_histories(neighbourhoods, inputs.memory,
+                                                           inputs.blocks[-1].dstdata["ts"], self.history_rates)
         if self.reads_histories:
             histories = RootHistories.at(inputs.memory, inputs.root_ids(), inputs.root_times(), self.history_rates,
                                          inputs.root_rows)
+        reads = [neighbourhoods, histories, neighbours_histories]
+        if inputs.root_rows is not None:  # the neighbourhoods are those of blocks[-1]'s destinations
+            reads[0::2] = [None if read is None else read.select(inputs.root_rows) for read in reads[0::2]]
+        reads = [read for read in reads if read is not None]
         if not inputs.negative_sources:
-            return self._predict(embeddings, neighbourhoods, histories, inputs.num_pos, inputs.num_neg)
+            return self._predict(embeddings, reads, inputs.num_pos, inputs.num_neg)
         num_pos, count = inputs.num_pos, inputs.num_pos * inputs.num_neg
-        pos, _ = self._predict(embeddings, neighbourhoods, histories, num_pos, 0)  # reads only 2 * num_pos rows
+        pos, _ = self._predict(embeddings, reads, num_pos, 0)  # reads only 2 * num_pos rows
         negatives = 2 * num_pos + torch.arange(2 * count, device=embeddings.device)
-        neg, _ = self._predict(embeddings, neighbourhoods, histories, count, 0,
-                               torch.cat([negatives[count:], negatives[:count]]))
+        neg, _ = self._predict(embeddings, reads, count, 0, torch.cat([negatives[count:], negatives[:count]]))
         return pos, neg
 
-    def _predict(self, embeddings: Tensor, neighbourhoods: RootNeighbourhoods | None,
-                 histories: RootHistories | None, num_pos: int, num_neg: int,
+    def _predict(self, embeddings: Tensor, reads: list, num_pos: int, num_neg: int,
                  rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The predictor on the roots `rows` (all, in order, by default) laid out as it expects, with what it
-        reads of them besides their embeddings (neighbourhoods, histories) in the same order."""
-        reads = [read for read in (neighbourhoods, histories) if read is not None]
+        reads of them besides their embeddings (neighbourhoods, histories, the neighbours' histories) in the
+        same order."""
         if rows is not None:
             embeddings, reads = embeddings[rows], [read.select(rows) for read in reads]
         return self.predictor(embeddings, num_pos, num_neg, *reads)
@@ -151,7 +155,7 @@ class TemporalModel(nn.Module):
         history, the features of every scored pair in `pair_rows` order (`models/pair_history.py`)."""
         if self.reads_histories:
             return self.predictor.scores_with(embeddings, num_pos, num_neg, neighbourhoods, pair_features)
-        return self._predict(embeddings, neighbourhoods, None, num_pos, num_neg)
+        return self._predict(embeddings, [] if neighbourhoods is None else [neighbourhoods], num_pos, num_neg)
 
     def _node_state(self, new_mem: Tensor | None, node_feat: Tensor | None, count: int, device: torch.device) -> Tensor:
         if node_feat is None:

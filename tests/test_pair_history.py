@@ -15,7 +15,10 @@ from common.errors import ConfigError
 from graph.synthetic import synthetic_events
 from memory.batch import MemoryUpdate
 from memory.store import MemoryStore
-from models.pair_history import RootHistories, history_contributions, node_signs, pair_features
+from models.common_neighbours import RootNeighbourhoods
+from models.pair_history import (NeighbourPairHistoryPredictor, RootHistories, decay, history_contributions,
+                                 neighbour_histories, node_signs, pair_features)
+from models.predictor import PredictorSpec
 from pipeline.engine.runner import run_batches
 from pipeline.engine.schedulers import FixedK, Sequential
 from pipeline.run.config import read_yaml, validate_config
@@ -64,6 +67,48 @@ def test_pair_features_equal_a_direct_computation():
                     in_a @ in_c, out_a @ out_a, in_a @ in_a, out_c @ out_c, in_c @ in_c]
             expected = torch.tensor([math.copysign(math.log1p(abs(x)), x) for x in dots])
             torch.testing.assert_close(features[p, rate], expected)
+
+
+def test_neighbour_histories_are_the_neighbours_rows_decayed_to_the_roots_time():
+    torch.manual_seed(0)
+    rates = (0.0, 0.01)
+    memory = type("memory", (), {"history": torch.randn(6, 2, 2 * DIM),
+                                 "history_ts": torch.tensor([0.0, 5.0, 10.0, 20.0, 30.0, 40.0], dtype=torch.float64)})
+    nb = RootNeighbourhoods(node=torch.tensor([1, 2]), ids=torch.tensor([[7, 8, -1], [9, -1, -1]]),
+                            dt=torch.zeros(2, 3), slot=torch.tensor([[2, 3, 0], [5, 0, 0]]), states=torch.zeros(6, 1))
+    root_ts = torch.tensor([50.0, 60.0], dtype=torch.float64)
+    nbr = neighbour_histories(nb, memory, root_ts, rates)
+    assert nbr.node.tolist() == [[7, 8, 0], [9, 0, 0]] and nbr.state.shape == (2, 3, 2, 2 * DIM)
+    for root, column, slot in ((0, 0, 2), (0, 1, 3), (1, 0, 5)):
+        expected = memory.history[slot] * decay(memory.history_ts[slot], root_ts[root], rates).unsqueeze(1)
+        torch.testing.assert_close(nbr.state[root, column], expected)
+    assert nbr.state[0, 2].eq(0).all() and nbr.state[1, 1:].eq(0).all(), "padding reads nothing"
+
+
+def test_neighbour_encodings_equal_a_pair_by_pair_computation():
+    """`relative` against a loop: for each pair (a, c), the mean over a's neighbours w that have a history of
+    fc([pair_features(w, a) || pair_features(w, c)])."""
+    torch.manual_seed(0)
+    rates = 2
+    predictor = NeighbourPairHistoryPredictor(PredictorSpec(dim=6, fanout=3, history_dim=DIM,
+                                                            half_lives=(math.inf, 100.0)))
+    histories = RootHistories(node=torch.tensor([3, 11, 7, 5]), state=torch.randn(4, rates, 2 * DIM))
+    nbr_state = torch.randn(4, 3, rates, 2 * DIM)
+    nbr_state[1, 2] = 0  # padding, or a neighbour without history yet
+    nbr = RootHistories(node=torch.tensor([[1, 2, 4], [6, 8, 0], [9, 10, 12], [13, 1, 2]]), state=nbr_state)
+    a, c = torch.tensor([0, 1, 1]), torch.tensor([2, 3, 0])
+    fast = predictor.relative(predictor.relative_src, histories, nbr, a, c)
+    for p in range(len(a)):
+        rows = []
+        for w in range(3):
+            if nbr.state[a[p], w].abs().sum() == 0:
+                continue
+            pair = RootHistories(torch.stack([nbr.node[a[p], w], histories.node[a[p]], histories.node[c[p]]]),
+                                 torch.stack([nbr.state[a[p], w], histories.state[a[p]], histories.state[c[p]]]))
+            features = torch.cat([pair_features(pair, torch.tensor([0]), torch.tensor([1])),
+                                  pair_features(pair, torch.tensor([0]), torch.tensor([2]))], 1)
+            rows.append(predictor.relative_src(features)[0])
+        torch.testing.assert_close(fast[p], torch.stack(rows).mean(0))
 
 
 def test_a_pair_met_one_way_reads_differently_the_other_way():
@@ -202,9 +247,9 @@ def test_on_a_stream_that_answers_instead_of_repeating_it_is_not_below_tgn(tmp_p
                 "eval": {"protocol": "dyglib", "batch_size": 100, "negatives": ["random", "historical", "inductive"]},
                 "pipeline": {"mode": "sequential"}}
     results = {}
-    for name, predictor in (("tgn", {"module": "mlp"}),
-                            ("pair_history", {"module": "pair_history", "half_lives": [math.inf, 500.0]})):
-        cfg = validate_config({**sections, "predictor": predictor})
-        results[name] = run(cfg, events, tmp_path / name)
+    for name in ("mlp", "pair_history", "pair_walks"):
+        predictor = {"module": name} if name == "mlp" else {"module": name, "half_lives": [math.inf, 500.0]}
+        results[name] = run(validate_config({**sections, "predictor": predictor}), events, tmp_path / name)
     for key in ("test_ap", "test_ap@historical", "test_ap@inductive"):
-        assert results["pair_history"][key] >= results["tgn"][key], key
+        assert results["pair_history"][key] >= results["mlp"][key], key
+        assert results["pair_walks"][key] >= results["mlp"][key], key

@@ -209,7 +209,8 @@ def test_the_factorised_path_does_not_depend_on_the_chunk_size(featured_events):
     ({"embedding": {"module": "jodie"}, "memory": {**SMALL["memory"], "updater": "rnn"}}, "temporal attention"),
     ({"sampler": {"strategy": "uniform"}}, "most recent"),
     ({"embedding": {**SMALL["embedding"], "query_time": "batch"}}, "query_time"),
-], ids=["update_time_query", "two_layers", "jodie", "uniform_sampler", "query_time_batch"])
+    ({"predictor": {"module": "pair_walks"}}, "neighbours' pair histories"),
+], ids=["update_time_query", "two_layers", "jodie", "uniform_sampler", "query_time_batch", "pair_walks"])
 def test_the_chunked_path_is_kept_where_the_factorisation_does_not_hold(events, settings, reason):
     setup = build_setup(validate_config({**SMALL, **settings}), events, torch.device("cpu"), seed=0)
     stages = evaluation_stages(setup, "test", setup.split.test, 0)

@@ -110,6 +110,8 @@ def factorised_path_refusal(stages: LinkPredictionStages) -> str | None:
         return f"memory.update_time is '{model.update_time}', not 'batch'"
     if sampler.strategy != "recent" or len(sampler.fanouts) != 1:
         return "the sampler does not take the most recent neighbours in one layer"
+    if model.reads_neighbour_histories:
+        return "the predictor reads its neighbours' pair histories"
     if stages.query_time != "event":
         return f"embedding.query_time is '{stages.query_time}', not 'event'"
     return None
