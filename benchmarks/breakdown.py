@@ -25,6 +25,7 @@ from _cli import configure_process
 from benchmarks.shared import add_parser, git_commit, library_versions, machine
 from benchmarks.compare import COMPARE_CASES, compare_events, our_config
 from common.errors import UserError
+from graph.events import EventStream
 from pipeline.engine.runner import STAGES
 from pipeline.run.setup import build_setup, training_stages
 from pipeline.stages.link_prediction import TRAIN_STEP_PARTS, LinkPredictionStages
@@ -100,12 +101,13 @@ def train_step_counts(events, batches: int) -> dict:
             "matmul_gflop": flops / batches / 1e9, "matmul_gflop_per_s": flops / seconds / 1e9 if seconds else 0.0}
 
 
-def case_stages(case: dict, args: argparse.Namespace, batch_size: int | None = None) -> LinkPredictionStages:
-    """The first training epoch's stage functions of a `compare` case (at `batch_size`, if given), memory reset."""
+def case_stages(case: dict, events: EventStream, args: argparse.Namespace,
+                batch_size: int | None = None) -> LinkPredictionStages:
+    """The first training epoch's stage functions of a `compare` case on its `events` (at `batch_size`, if
+    given), memory reset."""
     if batch_size is not None:
         case = {**case, "batch_size": batch_size}
-    setup = build_setup(our_config(case, epochs=1), compare_events(case, None, args.seed), torch.device("cpu"),
-                        args.seed)
+    setup = build_setup(our_config(case, epochs=1), events, torch.device("cpu"), args.seed)
     setup.store.reset()
     return training_stages(setup, epoch=0)
 
@@ -122,13 +124,13 @@ def fixed_and_per_event(sizes: list[int], train_ms: list[float]) -> tuple[float,
     return float(fixed), 1000 * float(per_event_ms)
 
 
-def train_time_scaling(case: dict, sizes: list[int], args: argparse.Namespace) -> dict:
+def train_time_scaling(case: dict, events: EventStream, sizes: list[int], args: argparse.Namespace) -> dict:
     """The train stage's median ms at each batch size (sizes alternating, `--scaling-rounds` rounds, each
     size's median over rounds) and the line through them. Each round times about 2,000 events per size."""
     rounds: dict[int, list[float]] = {size: [] for size in sizes}
     for _ in range(args.scaling_rounds):
         for size in sizes:
-            stages = case_stages(case, args, size)
+            stages = case_stages(case, events, args, size)
             batches = min(max(10, 2000 // size), len(stages.batches) - args.warmup)
             if batches < 1:
                 raise UserError(f"--scaling: batch size {size} leaves no batch after --warmup {args.warmup}")
@@ -143,7 +145,8 @@ def breakdown_case(name: str, args: argparse.Namespace) -> dict:
     """Per-stage milliseconds per batch of sequential training on one `compare` case, and the train stage
     split into forward, backward and optimizer step."""
     case = COMPARE_CASES[name]
-    stages = case_stages(case, args)
+    events = compare_events(case, None, args.seed)
+    stages = case_stages(case, events, args)
     if args.warmup + 2 * args.batches > len(stages.batches):
         raise UserError(f"{name}: --warmup + 2 * --batches must be at most {len(stages.batches)} batches")
     for batch in range(args.warmup):
@@ -160,7 +163,7 @@ def breakdown_case(name: str, args: argparse.Namespace) -> dict:
             **{f"{stage}_ms": 1000 * seconds for stage, seconds in zip(STAGES, clean)},
             **{f"{part.split('/')[1]}_ms": train_ms * share[part] for part in TRAIN_STEP_PARTS},
             **train_step_counts(profiler.events(), args.batches),
-            **(train_time_scaling(case, sizes, args) if sizes else {})}
+            **(train_time_scaling(case, events, sizes, args) if sizes else {})}
 
 
 def scaling_sizes(text: str, batch_size: int) -> list[int]:

@@ -137,12 +137,12 @@ def our_config(case: dict, epochs: int, settings: tuple[tuple[str, Any], ...] = 
     """This project's TGN config of a `compare` case: sequential mode, every epoch (no early stopping),
     evaluated as the PyG reference is (the native protocol's split and random negatives, whatever protocol
     the case's config names), then a system's `settings`."""
-    return apply_overrides(load_config(REPO / case["config"]), {**dict(settings),
+    return apply_overrides(load_config(REPO / case["config"]), {
         "pipeline.mode": "sequential", "train.epochs": epochs, "train.patience": 0,
         "eval.protocol": "native", "eval.negatives": ["random"],
         "train.batch_size": case["batch_size"], "eval.batch_size": case["batch_size"],
         "memory.dim": COMPARE_DIM, "memory.dim_time": COMPARE_DIM, "embedding.dim_out": COMPARE_DIM,
-        "embedding.dim_time": COMPARE_DIM, "sampler.fanouts": [COMPARE_NEIGHBOURS]})
+        "embedding.dim_time": COMPARE_DIM, "sampler.fanouts": [COMPARE_NEIGHBOURS], **dict(settings)})
 
 
 def train_ours(case: dict, events: EventStream, args: argparse.Namespace) -> dict:

@@ -198,13 +198,13 @@ def neighbour_histories(nb: RootNeighbourhoods, memory: MemoryBatch, root_ts: Te
                         rates: tuple[float, ...]) -> RootHistories:
     """The histories of each root's sampled neighbours at the root's time `root_ts`, from `memory`'s rows of
     their input slots: node `(R, W)`, state `(R, W, rates, 2 * dim)`, zero where the neighbourhood is padded."""
-    width = nb.ids.shape[1]
     slots = nb.slot.flatten()
-    ts = root_ts.repeat_interleave(width)
-    state = memory.history.index_select(0, slots) * decay(memory.history_ts.index_select(0, slots), ts,
-                                                           rates).unsqueeze(2)
-    state = state * (nb.ids.flatten() >= 0).to(state.dtype)[:, None, None]
-    return RootHistories(node=nb.ids.clamp(min=0), state=state.view(len(nb.ids), width, *state.shape[1:]))
+    decayed = RootHistories.of(nb.ids.clamp(min=0), memory.history.index_select(0, slots),
+                               memory.history_ts.index_select(0, slots), root_ts.repeat_interleave(nb.ids.shape[1]),
+                               rates).state
+    padded = (nb.ids < 0).flatten()[:, None, None]
+    return RootHistories(node=nb.ids.clamp(min=0), state=decayed.masked_fill(padded, 0).view(*nb.ids.shape,
+                                                                                            *decayed.shape[1:]))
 
 
 class NeighbourPairHistoryPredictor(PairHistoryPredictor):
@@ -236,10 +236,11 @@ class NeighbourPairHistoryPredictor(PairHistoryPredictor):
         """`(P, dim)`: per pair `(a[p], c[p])` of root rows, the mean of `fc([features(w, a) || features(w, c)])`
         over the neighbours `w` of `a` with a history (none yet: padding, or known only from events the store
         has not been written with)."""
-        neighbours = history_vectors(nbr.node[a], nbr.state[a])  # (P, W, rates, 3, dim)
+        state = nbr.state[a]  # (P, W, rates, 2 * dim)
+        neighbours = history_vectors(nbr.node[a], state)  # (P, W, rates, 3, dim)
         ends = [history_vectors(histories.node[x], histories.state[x]).unsqueeze(1) for x in (a, c)]
         features = torch.cat([signed_log(gram_features(neighbours, end)).flatten(2) for end in ends], -1)
-        valid = (nbr.state[a].abs().sum((2, 3)) > 0).to(features.dtype)  # (P, W)
+        valid = (state.abs().sum((2, 3)) > 0).to(features.dtype)  # (P, W)
         encoded = fc(features) * valid.unsqueeze(2)
         return encoded.sum(1) / valid.sum(1).clamp(min=1).unsqueeze(1)
 

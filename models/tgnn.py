@@ -127,10 +127,11 @@ class TemporalModel(nn.Module):
         if self.reads_histories:
             histories = RootHistories.at(inputs.memory, inputs.root_ids(), inputs.root_times(), self.history_rates,
                                          inputs.root_rows)
-        reads = [neighbourhoods, histories, neighbours_histories]
-        if inputs.root_rows is not None:  # the neighbourhoods are those of blocks[-1]'s destinations
-            reads[0::2] = [None if read is None else read.select(inputs.root_rows) for read in reads[0::2]]
-        reads = [read for read in reads if read is not None]
+        def per_root(read):  # the sampled neighbourhoods are those of blocks[-1]'s destinations
+            return read if read is None or inputs.root_rows is None else read.select(inputs.root_rows)
+
+        reads = [read for read in (per_root(neighbourhoods), histories, per_root(neighbours_histories))
+                 if read is not None]
         if not inputs.negative_sources:
             return self._predict(embeddings, reads, inputs.num_pos, inputs.num_neg)
         num_pos, count = inputs.num_pos, inputs.num_pos * inputs.num_neg

@@ -296,8 +296,8 @@ def test_breakdown_counts_the_train_steps_dispatched_ops_syncs_and_matrix_produc
 
 def test_breakdown_scaling_alternates_sizes_and_fits_the_fixed_and_per_event_parts(monkeypatch):
     order = []
-    monkeypatch.setattr(breakdown, "case_stages", lambda case, args, size: type("stages", (), {"batches": [0] * 500,
-                                                                                               "size": size})())
+    monkeypatch.setattr(breakdown, "case_stages", lambda case, events, args, size: type(
+        "stages", (), {"batches": [0] * 500, "size": size})())
 
     def train_ms(stages, warmup, batches):
         order.append(stages.size)
@@ -305,7 +305,7 @@ def test_breakdown_scaling_alternates_sizes_and_fits_the_fixed_and_per_event_par
 
     monkeypatch.setattr(breakdown, "train_ms_median", train_ms)
     args = argparse.Namespace(scaling_rounds=3, warmup=2)
-    result = breakdown.train_time_scaling(breakdown.COMPARE_CASES["uci"], [50, 100, 200], args)
+    result = breakdown.train_time_scaling(breakdown.COMPARE_CASES["uci"], None, [50, 100, 200], args)
     assert order == [50, 100, 200] * 3
     assert result["fixed_train_ms"] == pytest.approx(8.0) and result["train_us_per_event"] == pytest.approx(75.0)
     assert result["scaling"]["train_ms_rounds"][0] == [pytest.approx(12.25), 11.75, 11.75]
