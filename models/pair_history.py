@@ -45,12 +45,14 @@ def node_signs(ids: Tensor, dim: int) -> Tensor:
     Entry `k` of node `n` is the sign of splitmix64 of `n * dim + k`, so the vectors need no table (ids of any
     size work) and are the same on every process and device; `r_n . r_n = 1` and `r_u . r_v ~ N(0, 1/dim)`.
     """
-    k = torch.arange(dim, dtype=torch.int64, device=ids.device)
-    z = (ids.to(torch.int64).unsqueeze(-1) * dim + k + 1) * _GAMMA
-    z = (z ^ _shift_right(z, 30)) * _MIX1
-    z = (z ^ _shift_right(z, 27)) * _MIX2
-    z = z ^ _shift_right(z, 31)
-    return torch.where(z < 0, -1.0, 1.0).to(torch.float32) / math.sqrt(dim)
+    k = torch.arange(1, dim + 1, dtype=torch.int64, device=ids.device)
+    z = (ids.to(torch.int64).unsqueeze(-1) * dim + k) * _GAMMA
+    z ^= _shift_right(z, 30)
+    z *= _MIX1
+    z ^= _shift_right(z, 27)
+    z *= _MIX2
+    # splitmix64's last step, z ^ (z >>> 31), keeps the sign bit, the only one used: -1 | 1 = -1, 0 | 1 = 1
+    return ((z >> 63) | 1).to(torch.float32) / math.sqrt(dim)
 
 
 def decay_rates(half_lives: tuple[float, ...]) -> tuple[float, ...]:
@@ -114,8 +116,9 @@ def pair_features(histories: RootHistories, a: Tensor, c: Tensor) -> Tensor:
     `out_c . r_a`), of paths `a -> x -> c` (`out_a . in_c`) and `c -> x -> a` (`in_a . out_c`), of common
     targets (`out_a . out_c`) and sources (`in_a . in_c`), and the activity `|out_a|^2, |in_a|^2, |out_c|^2,
     |in_c|^2`, each through `signed_log`."""
-    return signed_log(gram_features(history_vectors(histories.node[a], histories.state[a]),
-                                    history_vectors(histories.node[c], histories.state[c]))).flatten(1)
+    vectors, active = history_vectors(histories.node, histories.state), activity(histories.state)
+    gram = vectors[a] @ vectors[c].mT  # [i, j] = a_i . c_j over i, j in (out, in, r)
+    return signed_log(features_of(gram, active[a], active[c])).flatten(1)
 
 
 def history_vectors(node: Tensor, state: Tensor) -> Tensor:
@@ -126,14 +129,18 @@ def history_vectors(node: Tensor, state: Tensor) -> Tensor:
     return torch.stack([out, into, own], -2)
 
 
-def gram_features(a: Tensor, c: Tensor) -> Tensor:
-    """`pair_features` before `signed_log`, `S + (rates, FEATURES_PER_RATE)`, from `history_vectors` of the
-    pairs' first and second nodes (leading shapes broadcast): their products as one batched matrix product."""
-    gram = a @ c.transpose(-1, -2)  # [i, j] = a_i . c_j over i, j in (out, in, r)
-    own, theirs = (x[..., :2, :].square().sum(-1) for x in (a, c))
-    shape = torch.broadcast_shapes(gram.shape[:-2], own.shape[:-1], theirs.shape[:-1])
+def activity(state: Tensor) -> Tensor:
+    """`|out|^2, |in|^2`, `S + (rates, 2)`, of histories `state` `S + (rates, 2 * dim)`."""
+    return state.unflatten(-1, (2, state.shape[-1] // 2)).square().sum(-1)
+
+
+def features_of(gram: Tensor, first: Tensor, second: Tensor) -> Tensor:
+    """`pair_features` before `signed_log`, `S + (rates, FEATURES_PER_RATE)`, from the pairs' Gram matrices
+    `S + (rates, 3, 3)` of `history_vectors` and the `activity` of their first and second nodes (leading shapes
+    broadcast)."""
+    shape = torch.broadcast_shapes(gram.shape[:-2], first.shape[:-1], second.shape[:-1])
     return torch.cat([gram[..., [0, 2, 1, 2, 0, 1, 0, 1], [2, 1, 2, 0, 1, 0, 0, 1]].expand(*shape, 8),
-                      own.expand(*shape, 2), theirs.expand(*shape, 2)], -1)
+                      first.expand(*shape, 2), second.expand(*shape, 2)], -1)
 
 
 def pair_features_against(sources: RootHistories, times: Tensor, candidates: Tensor, history: Tensor,
@@ -199,12 +206,59 @@ def neighbour_histories(nb: RootNeighbourhoods, memory: MemoryBatch, root_ts: Te
     """The histories of each root's sampled neighbours at the root's time `root_ts`, from `memory`'s rows of
     their input slots: node `(R, W)`, state `(R, W, rates, 2 * dim)`, zero where the neighbourhood is padded."""
     slots = nb.slot.flatten()
-    decayed = RootHistories.of(nb.ids.clamp(min=0), memory.history.index_select(0, slots),
-                               memory.history_ts.index_select(0, slots), root_ts.repeat_interleave(nb.ids.shape[1]),
-                               rates).state
-    padded = (nb.ids < 0).flatten()[:, None, None]
-    return RootHistories(node=nb.ids.clamp(min=0), state=decayed.masked_fill(padded, 0).view(*nb.ids.shape,
-                                                                                            *decayed.shape[1:]))
+    scale = decay(memory.history_ts.index_select(0, slots), root_ts.repeat_interleave(nb.ids.shape[1]), rates)
+    scale = scale.masked_fill((nb.ids < 0).flatten().unsqueeze(1), 0)  # (R * W, rates)
+    state = memory.history.index_select(0, slots) * scale.unsqueeze(2)
+    return RootHistories(node=nb.ids.clamp(min=0), state=state.view(*nb.ids.shape, *state.shape[1:]))
+
+
+@dataclass(frozen=True)
+class NeighbourPairs:
+    """What the relative encodings of a batch's pairs share, computed once per root rather than per pair: the
+    roots' and their neighbours' histories, random vectors and activity, and each neighbour's pair features
+    with its own root."""
+
+    ends: RootHistories  # the roots' histories, state (R, rates, 2 * dim)
+    end_signs: Tensor  # (R, dim): the roots' `node_signs`
+    neighbours: RootHistories  # their sampled neighbours' histories, state (R, W, rates, 2 * dim)
+    signs: Tensor  # (R, W, dim): the neighbours' `node_signs`
+    activity: Tensor  # (R, W, rates, 2): the neighbours' `|out|^2, |in|^2`
+    valid: Tensor  # (R, W) float: 1 where the neighbour has a history (padding and new nodes have none)
+    own: Tensor  # (R, W, rates * FEATURES_PER_RATE): `pair_features(w, root)` of each neighbour `w`
+
+    @classmethod
+    def of(cls, histories: RootHistories, nbr: RootHistories) -> NeighbourPairs:
+        """From the roots' `histories` and their `neighbour_histories` `nbr`."""
+        dim = histories.state.shape[-1] // 2
+        end_signs, signs = node_signs(histories.node, dim), node_signs(nbr.node, dim)
+        nbr_activity = activity(nbr.state)
+        valid = (nbr_activity.sum((2, 3)) > 0).to(nbr.state.dtype)
+        own = _against(nbr.state, signs, nbr_activity, histories.state, end_signs)
+        return cls(histories, end_signs, nbr, signs, nbr_activity, valid, own)
+
+    def against(self, a: Tensor, c: Tensor) -> Tensor:
+        """`(P, W, rates * FEATURES_PER_RATE)`: `pair_features(w, c[p])` of each neighbour `w` of root row
+        `a[p]`."""
+        return _against(self.neighbours.state[a], self.signs[a], self.activity[a], self.ends.state[c],
+                        self.end_signs[c])
+
+
+def _against(state: Tensor, signs: Tensor, nbr_activity: Tensor, end_state: Tensor, end_signs: Tensor) -> Tensor:
+    """`pair_features` of each neighbour (history `state` `(P, W, rates, 2 * dim)`, random vector `signs`
+    `(P, W, dim)`, `activity` `(P, W, rates, 2)`) with its row's node (`end_state` `(P, rates, 2 * dim)`,
+    `end_signs` `(P, dim)`): the Gram matrices of `history_vectors` from two matrix products per row, which read
+    the neighbours' histories in place."""
+    rows, width, rates = state.shape[:3]
+    dim = signs.shape[-1]
+    halves = end_state.reshape(rows, 2 * rates, dim)  # (out, in) per rate
+    products = (state.view(rows, width * rates * 2, dim) @ torch.cat([halves, end_signs.unsqueeze(1)], 1).mT)
+    products = products.view(rows, width, rates, 2, 2 * rates + 1)  # every rate against every rate, then r_c
+    same_rate = products[..., :2 * rates].unflatten(-1, (rates, 2)).diagonal(dim1=2, dim2=4).movedim(-1, 2)
+    from_sign = (signs @ halves.mT).view(rows, width, rates, 1, 2)  # r_w . (out, in) of the end
+    gram = torch.cat([torch.cat([same_rate, products[..., 2 * rates:]], -1),
+                      torch.cat([from_sign, torch.zeros_like(from_sign[..., :1])], -1)], -2)
+    end_activity = activity(end_state).unsqueeze(1)
+    return signed_log(features_of(gram, nbr_activity, end_activity)).flatten(2)
 
 
 class NeighbourPairHistoryPredictor(PairHistoryPredictor):
@@ -226,23 +280,26 @@ class NeighbourPairHistoryPredictor(PairHistoryPredictor):
         """Logits `(B,)` of the positives and `(B * num_neg,)` of the negatives; every argument's rows are
         `[src (B), dst (B), negative dst (B * num_neg)]`, `nbr` the roots' `neighbour_histories`."""
         u, v = pair_rows(num_pos, num_neg, h.device)
+        pairs = NeighbourPairs.of(histories, nbr)
         hidden = self.hidden(h, num_pos, num_neg, neighbourhoods) + self.history_fc(pair_features(histories, u, v))
-        hidden = hidden + self.relative(self.relative_src, histories, nbr, u, v)
-        hidden = hidden + self.relative(self.relative_dst, histories, nbr, v, u)
+        hidden = hidden + self.relative(self.relative_src, pairs, u, v)
+        hidden = hidden + self.relative(self.relative_dst, pairs, v, u)
         return self.logits(hidden, num_pos)
 
     @staticmethod
-    def relative(fc: nn.Module, histories: RootHistories, nbr: RootHistories, a: Tensor, c: Tensor) -> Tensor:
-        """`(P, dim)`: per pair `(a[p], c[p])` of root rows, the mean of `fc([features(w, a) || features(w, c)])`
-        over the neighbours `w` of `a` with a history (none yet: padding, or known only from events the store
-        has not been written with)."""
-        state = nbr.state[a]  # (P, W, rates, 2 * dim)
-        neighbours = history_vectors(nbr.node[a], state)  # (P, W, rates, 3, dim)
-        ends = [history_vectors(histories.node[x], histories.state[x]).unsqueeze(1) for x in (a, c)]
-        features = torch.cat([signed_log(gram_features(neighbours, end)).flatten(2) for end in ends], -1)
-        valid = (state.abs().sum((2, 3)) > 0).to(features.dtype)  # (P, W)
-        encoded = fc(features) * valid.unsqueeze(2)
-        return encoded.sum(1) / valid.sum(1).clamp(min=1).unsqueeze(1)
+    def relative(mlp: nn.Sequential, pairs: NeighbourPairs, a: Tensor, c: Tensor) -> Tensor:
+        """`(P, dim)`: per pair `(a[p], c[p])` of root rows, the mean of `mlp([features(w, a) || features(w, c)])`
+        over the neighbours `w` of `a` with a history, 0 where none has one. `mlp` is `Linear, ReLU, Linear`:
+        its first layer runs as one product per input block, and its second after the mean, which it commutes
+        with, so that it runs once per pair instead of once per neighbour."""
+        first, _, second = mlp
+        own_width = pairs.own.shape[-1]
+        hidden = torch.relu(nn.functional.linear(pairs.own[a], first.weight[:, :own_width], first.bias)
+                            + nn.functional.linear(pairs.against(a, c), first.weight[:, own_width:]))
+        valid = pairs.valid[a].unsqueeze(2)  # (P, W, 1)
+        count = valid.sum(1)
+        mean = (hidden * valid).sum(1) / count.clamp(min=1)
+        return second(mean) * (count > 0).to(mean.dtype)
 
 
 PREDICTORS.register("pair_walks")(NeighbourPairHistoryPredictor)
