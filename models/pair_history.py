@@ -233,32 +233,33 @@ class NeighbourPairs:
         end_signs, signs = node_signs(histories.node, dim), node_signs(nbr.node, dim)
         nbr_activity = activity(nbr.state)
         valid = (nbr_activity.sum((2, 3)) > 0).to(nbr.state.dtype)
-        own = _against(nbr.state, signs, nbr_activity, histories.state, end_signs)
-        return cls(histories, end_signs, nbr, signs, nbr_activity, valid, own)
+        own = _against(nbr.state, signs, nbr_activity, histories.state.unsqueeze(1), end_signs.unsqueeze(1))
+        return cls(histories, end_signs, nbr, signs, nbr_activity, valid, own.squeeze(1))
 
-    def against(self, a: Tensor, c: Tensor) -> Tensor:
-        """`(P, W, rates * FEATURES_PER_RATE)`: `pair_features(w, c[p])` of each neighbour `w` of root row
-        `a[p]`."""
-        return _against(self.neighbours.state[a], self.signs[a], self.activity[a], self.ends.state[c],
-                        self.end_signs[c])
+    def against(self, rows: slice, partners: Tensor) -> Tensor:
+        """`(n, m, W, rates * FEATURES_PER_RATE)`: `pair_features(w, partners[i, j])` of each neighbour `w` of
+        root row `rows` `i`, for `partners` `(n, m)` root rows."""
+        return _against(self.neighbours.state[rows], self.signs[rows], self.activity[rows], self.ends.state[partners],
+                        self.end_signs[partners])
 
 
 def _against(state: Tensor, signs: Tensor, nbr_activity: Tensor, end_state: Tensor, end_signs: Tensor) -> Tensor:
-    """`pair_features` of each neighbour (history `state` `(P, W, rates, 2 * dim)`, random vector `signs`
-    `(P, W, dim)`, `activity` `(P, W, rates, 2)`) with its row's node (`end_state` `(P, rates, 2 * dim)`,
-    `end_signs` `(P, dim)`): the Gram matrices of `history_vectors` from two matrix products per row, which read
-    the neighbours' histories in place."""
+    """`pair_features` `(n, m, W, features)` of each neighbour of a root (history `state` `(n, W, rates, 2 * dim)`,
+    random vector `signs` `(n, W, dim)`, `activity` `(n, W, rates, 2)`) with each of the root's `m` partners
+    (`end_state` `(n, m, rates, 2 * dim)`, `end_signs` `(n, m, dim)`): the Gram matrices of `history_vectors`
+    from two matrix products per root, which read its neighbours' histories once, in place."""
     rows, width, rates = state.shape[:3]
-    dim = signs.shape[-1]
-    halves = end_state.reshape(rows, 2 * rates, dim)  # (out, in) per rate
-    products = (state.view(rows, width * rates * 2, dim) @ torch.cat([halves, end_signs.unsqueeze(1)], 1).mT)
-    products = products.view(rows, width, rates, 2, 2 * rates + 1)  # every rate against every rate, then r_c
-    same_rate = products[..., :2 * rates].unflatten(-1, (rates, 2)).diagonal(dim1=2, dim2=4).movedim(-1, 2)
-    from_sign = (signs @ halves.mT).view(rows, width, rates, 1, 2)  # r_w . (out, in) of the end
+    partners, dim = end_state.shape[1], signs.shape[-1]
+    halves = end_state.reshape(rows, partners, 2 * rates, dim)  # (out, in) per rate
+    ends = torch.cat([halves, end_signs.unsqueeze(2)], 2).view(rows, -1, dim)
+    products = (state.view(rows, width * rates * 2, dim) @ ends.mT).view(rows, width, rates, 2, partners, -1)
+    products = products.movedim(4, 1)  # (n, m, W, rates, 2, 2 * rates + 1): every rate against every rate, then r_c
+    same_rate = products[..., :2 * rates].unflatten(-1, (rates, 2)).diagonal(dim1=3, dim2=5).movedim(-1, 3)
+    from_sign = (signs @ halves.reshape(rows, -1, dim).mT).view(rows, width, partners, rates, 1, 2).movedim(2, 1)
     gram = torch.cat([torch.cat([same_rate, products[..., 2 * rates:]], -1),
                       torch.cat([from_sign, torch.zeros_like(from_sign[..., :1])], -1)], -2)
-    end_activity = activity(end_state).unsqueeze(1)
-    return signed_log(features_of(gram, nbr_activity, end_activity)).flatten(2)
+    end_activity = activity(end_state).unsqueeze(2)
+    return signed_log(features_of(gram, nbr_activity.unsqueeze(1), end_activity)).flatten(-2)
 
 
 class NeighbourPairHistoryPredictor(PairHistoryPredictor):
@@ -282,24 +283,28 @@ class NeighbourPairHistoryPredictor(PairHistoryPredictor):
         u, v = pair_rows(num_pos, num_neg, h.device)
         pairs = NeighbourPairs.of(histories, nbr)
         hidden = self.hidden(h, num_pos, num_neg, neighbourhoods) + self.history_fc(pair_features(histories, u, v))
-        hidden = hidden + self.relative(self.relative_src, pairs, u, v)
-        hidden = hidden + self.relative(self.relative_dst, pairs, v, u)
+        # source j's pairs are (j, v[k * B + j]) for k = 0 (its destination), 1, ... (its negatives); the
+        # destination rows v are all distinct, each paired with its source u
+        hidden = hidden + self.relative(self.relative_src, pairs, slice(0, num_pos), v.view(-1, num_pos).T)
+        hidden = hidden + self.relative(self.relative_dst, pairs, slice(num_pos, num_pos + len(v)), u.unsqueeze(1))
         return self.logits(hidden, num_pos)
 
     @staticmethod
-    def relative(mlp: nn.Sequential, pairs: NeighbourPairs, a: Tensor, c: Tensor) -> Tensor:
-        """`(P, dim)`: per pair `(a[p], c[p])` of root rows, the mean of `mlp([features(w, a) || features(w, c)])`
-        over the neighbours `w` of `a` with a history, 0 where none has one. `mlp` is `Linear, ReLU, Linear`:
-        its first layer runs as one product per input block, and its second after the mean, which it commutes
-        with, so that it runs once per pair instead of once per neighbour."""
+    def relative(mlp: nn.Sequential, pairs: NeighbourPairs, rows: slice, partners: Tensor) -> Tensor:
+        """`(m * n, dim)`: for each pair `(a, c)` of a root row `a` of `rows` (`n` of them) and one of its
+        `partners` `(n, m)` root rows, the mean of `mlp([features(w, a) || features(w, c)])` over the neighbours
+        `w` of `a` with a history (0 where none has one), pair `(rows[i], partners[i, j])` at row `j * n + i`.
+
+        `mlp` is `Linear, ReLU, Linear`: its first layer runs as one product per input block, the `a` block
+        once per root, and its second after the mean, which it commutes with, once per pair."""
         first, _, second = mlp
         own_width = pairs.own.shape[-1]
-        hidden = torch.relu(nn.functional.linear(pairs.own[a], first.weight[:, :own_width], first.bias)
-                            + nn.functional.linear(pairs.against(a, c), first.weight[:, own_width:]))
-        valid = pairs.valid[a].unsqueeze(2)  # (P, W, 1)
-        count = valid.sum(1)
-        mean = (hidden * valid).sum(1) / count.clamp(min=1)
-        return second(mean) * (count > 0).to(mean.dtype)
+        own = nn.functional.linear(pairs.own[rows], first.weight[:, :own_width], first.bias).unsqueeze(1)
+        hidden = torch.relu(own + nn.functional.linear(pairs.against(rows, partners), first.weight[:, own_width:]))
+        valid = pairs.valid[rows][:, None, :, None]  # (n, 1, W, 1)
+        count = valid.sum(2)
+        mean = (hidden * valid).sum(2) / count.clamp(min=1)  # (n, m, dim)
+        return (second(mean) * (count > 0).to(mean.dtype)).transpose(0, 1).flatten(0, 1)
 
 
 PREDICTORS.register("pair_walks")(NeighbourPairHistoryPredictor)

@@ -18,7 +18,7 @@ from memory.store import MemoryStore
 from models.common_neighbours import RootNeighbourhoods
 from models.pair_history import (NeighbourPairHistoryPredictor, NeighbourPairs, RootHistories, decay,
                                  history_contributions, neighbour_histories, node_signs, pair_features)
-from models.predictor import PredictorSpec
+from models.predictor import PredictorSpec, pair_rows
 from pipeline.engine.runner import run_batches
 from pipeline.engine.schedulers import FixedK, Sequential
 from pipeline.run.config import read_yaml, validate_config
@@ -85,30 +85,69 @@ def test_neighbour_histories_are_the_neighbours_rows_decayed_to_the_roots_time()
     assert nbr.state[0, 2].eq(0).all() and nbr.state[1, 1:].eq(0).all(), "padding reads nothing"
 
 
-def test_neighbour_encodings_equal_a_pair_by_pair_computation():
-    """`relative` against a loop: for each pair (a, c), the mean over a's neighbours w that have a history of
-    fc([pair_features(w, a) || pair_features(w, c)])."""
-    torch.manual_seed(0)
-    rates = 2
-    predictor = NeighbourPairHistoryPredictor(PredictorSpec(dim=6, fanout=3, history_dim=DIM,
-                                                            half_lives=(math.inf, 100.0)))
-    histories = RootHistories(node=torch.tensor([3, 11, 7, 5]), state=torch.randn(4, rates, 2 * DIM))
-    nbr_state = torch.randn(4, 3, rates, 2 * DIM)
-    nbr_state[1, 2] = 0  # padding, or a neighbour without history yet
-    nbr = RootHistories(node=torch.tensor([[1, 2, 4], [6, 8, 0], [9, 10, 12], [13, 1, 2]]), state=nbr_state)
-    a, c = torch.tensor([0, 1, 1]), torch.tensor([2, 3, 0])
-    fast = predictor.relative(predictor.relative_src, NeighbourPairs.of(histories, nbr), a, c)
-    for p in range(len(a)):
+def relative_by_loop(mlp: torch.nn.Module, histories: RootHistories, nbr: RootHistories, pairs: list) -> torch.Tensor:
+    """Each pair (a, c)'s relative encoding, one neighbour at a time: the mean over a's neighbours w that have
+    a history of mlp([pair_features(w, a) || pair_features(w, c)]), 0 where none has one."""
+    encoded = []
+    for a, c in pairs:
         rows = []
-        for w in range(3):
-            if nbr.state[a[p], w].abs().sum() == 0:
+        for w in range(nbr.state.shape[1]):
+            if nbr.state[a, w].abs().sum() == 0:
                 continue
-            pair = RootHistories(torch.stack([nbr.node[a[p], w], histories.node[a[p]], histories.node[c[p]]]),
-                                 torch.stack([nbr.state[a[p], w], histories.state[a[p]], histories.state[c[p]]]))
+            pair = RootHistories(torch.stack([nbr.node[a, w], histories.node[a], histories.node[c]]),
+                                 torch.stack([nbr.state[a, w], histories.state[a], histories.state[c]]))
             features = torch.cat([pair_features(pair, torch.tensor([0]), torch.tensor([1])),
                                   pair_features(pair, torch.tensor([0]), torch.tensor([2]))], 1)
-            rows.append(predictor.relative_src(features)[0])
-        torch.testing.assert_close(fast[p], torch.stack(rows).mean(0))
+            rows.append(mlp(features)[0])
+        encoded.append(torch.stack(rows).mean(0) if rows else torch.zeros(mlp[-1].out_features))
+    return torch.stack(encoded)
+
+
+def random_neighbour_histories(roots: int, width: int, rates: int) -> tuple[RootHistories, RootHistories]:
+    """Random histories of `roots` roots and of their `width` neighbours each; root 1's last neighbour and every
+    neighbour of root 2 have none (padding, or no event written yet)."""
+    histories = RootHistories(node=torch.randint(0, 50, (roots,)), state=torch.randn(roots, rates, 2 * DIM))
+    nbr_state = torch.randn(roots, width, rates, 2 * DIM)
+    nbr_state[1, -1] = 0
+    nbr_state[2] = 0
+    return histories, RootHistories(node=torch.randint(0, 50, (roots, width)), state=nbr_state)
+
+
+def test_neighbour_encodings_equal_a_pair_by_pair_computation():
+    """`relative` of root rows `rows` with their `partners`, pair (rows[i], partners[i, j]) at row j * n + i,
+    against the loop."""
+    torch.manual_seed(0)
+    predictor = NeighbourPairHistoryPredictor(PredictorSpec(dim=6, fanout=3, history_dim=DIM,
+                                                            half_lives=(math.inf, 100.0)))
+    histories, nbr = random_neighbour_histories(4, 3, 2)
+    partners = torch.tensor([[2, 0], [3, 1], [0, 0]])
+    fast = predictor.relative(predictor.relative_src, NeighbourPairs.of(histories, nbr), slice(1, 4), partners)
+    pairs = [(1 + i, int(partners[i, j])) for j in range(2) for i in range(3)]
+    torch.testing.assert_close(fast, relative_by_loop(predictor.relative_src, histories, nbr, pairs))
+
+
+def test_pair_walks_adds_both_relative_encodings_of_every_scored_pair():
+    """The logits: the pair-history predictor's hidden sum plus, for each pair (u, v) in `pair_rows` order,
+    the encoding of u's neighbours against (u, v) and of v's neighbours against (v, u)."""
+    torch.manual_seed(0)
+    num_pos, num_neg, width = 3, 2, 4
+    roots = num_pos * (2 + num_neg)
+    predictor = NeighbourPairHistoryPredictor(PredictorSpec(dim=6, fanout=width, history_dim=DIM,
+                                                            half_lives=(math.inf, 100.0)))
+    histories, nbr = random_neighbour_histories(roots, width, 2)
+    h = torch.randn(roots, 6)
+    ids = torch.randint(0, 50, (roots, width))
+    nb = RootNeighbourhoods(node=histories.node, ids=ids, dt=torch.rand(roots, width),
+                            slot=torch.arange(roots * width).view(roots, width), states=torch.zeros(roots * width, 0))
+    pos, neg = predictor(h, num_pos, num_neg, nb, histories, nbr)
+    u, v = pair_rows(num_pos, num_neg)
+    pairs = list(zip(u.tolist(), v.tolist()))
+    hidden = (predictor.hidden(h, num_pos, num_neg, nb) + predictor.history_fc(pair_features(histories, u, v))
+              + relative_by_loop(predictor.relative_src, histories, nbr, pairs)
+              + relative_by_loop(predictor.relative_dst, histories, nbr, [(c, a) for a, c in pairs]))
+    expected_pos, expected_neg = predictor.logits(hidden, num_pos)
+    torch.testing.assert_close(pos, expected_pos)
+    torch.testing.assert_close(neg, expected_neg)
 
 
 def test_a_pair_met_one_way_reads_differently_the_other_way():
