@@ -190,10 +190,12 @@ def brute_force_history(events, indices: np.ndarray) -> tuple[torch.Tensor, torc
     return history, last
 
 
-def train_one_epoch(events, scheduler, update_delay_s: float = 0.0):
-    """The store and run stats after one training epoch under `scheduler`; each memory update waits
-    `update_delay_s` first, so that a pipelined run's fetches get ahead of the writes however busy the machine."""
-    setup = build_setup(small_config(**PH, train={"batch_size": 50}), events, torch.device("cpu"), seed=0)
+def train_one_epoch(events, scheduler, update_delay_s: float = 0.0, predictor: str = "pair_history"):
+    """The store and run stats after one training epoch under `scheduler` of a TGN with `predictor`; each memory
+    update waits `update_delay_s` first, so that a pipelined run's fetches get ahead of the writes however busy
+    the machine."""
+    sections = {"predictor": {**PH["predictor"], "module": predictor}, "train": {"batch_size": 50}}
+    setup = build_setup(small_config(**sections), events, torch.device("cpu"), seed=0)
     stages = training_stages(setup, epoch=0)
     update = stages.update_memory
 
@@ -222,9 +224,11 @@ def test_the_store_holds_every_training_event_whether_sequential_or_pipelined(ev
     torch.testing.assert_close(store.history.double(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_pair_scores_the_same_with_its_own_negative_source(events):
-    """DyGLib's negatives come with their own sources: the histories are reordered like the embeddings."""
-    setup, _ = train_one_epoch(events, Sequential())  # written history, so the pair features matter
+@pytest.mark.parametrize("predictor", ["pair_history", "pair_walks"])
+def test_a_pair_scores_the_same_with_its_own_negative_source(events, predictor):
+    """DyGLib's negatives come with their own sources: the histories (and the neighbours' histories) are
+    reordered like the embeddings, and only the rows of the scored pairs are read."""
+    setup, _ = train_one_epoch(events, Sequential(), predictor=predictor)  # written history: the features matter
     scores = []
     for own_sources in (False, True):
         def negatives(i, batch, own_sources=own_sources):
