@@ -55,7 +55,7 @@ def scored_batches(events, num_batches: int, roots_per_chunk: int, predictor: st
     return setup, stages, ranker, kept
 
 
-@pytest.mark.parametrize("predictor", ["mlp", "common_neighbours"])
+@pytest.mark.parametrize("predictor", ["mlp", "common_neighbours", "pair_history", "pair_walks"])
 def test_a_candidate_scores_as_the_negative_of_its_event(events, predictor):
     setup, stages, ranker, kept = scored_batches(events, num_batches=1, roots_per_chunk=120, predictor=predictor)
     pos, scores = kept[0]
