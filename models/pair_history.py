@@ -215,8 +215,7 @@ def neighbour_histories(nb: RootNeighbourhoods, memory: MemoryBatch, root_ts: Te
 @dataclass(frozen=True)
 class NeighbourPairs:
     """What the relative encodings of a batch's pairs share, computed once per root rather than per pair: the
-    roots' and their neighbours' histories, random vectors and activity, and each neighbour's pair features
-    with its own root."""
+    roots' and their neighbours' histories, random vectors and activity."""
 
     ends: RootHistories  # the roots' histories, state (R, rates, 2 * dim)
     end_signs: Tensor  # (R, dim): the roots' `node_signs`
@@ -224,7 +223,6 @@ class NeighbourPairs:
     signs: Tensor  # (R, W, dim): the neighbours' `node_signs`
     activity: Tensor  # (R, W, rates, 2): the neighbours' `|out|^2, |in|^2`
     valid: Tensor  # (R, W) float: 1 where the neighbour has a history (padding and new nodes have none)
-    own: Tensor  # (R, W, rates * FEATURES_PER_RATE): `pair_features(w, root)` of each neighbour `w`
 
     @classmethod
     def of(cls, histories: RootHistories, nbr: RootHistories) -> NeighbourPairs:
@@ -233,8 +231,7 @@ class NeighbourPairs:
         end_signs, signs = node_signs(histories.node, dim), node_signs(nbr.node, dim)
         nbr_activity = activity(nbr.state)
         valid = (nbr_activity.sum((2, 3)) > 0).to(nbr.state.dtype)
-        own = _against(nbr.state, signs, nbr_activity, histories.state.unsqueeze(1), end_signs.unsqueeze(1))
-        return cls(histories, end_signs, nbr, signs, nbr_activity, valid, own.squeeze(1))
+        return cls(histories, end_signs, nbr, signs, nbr_activity, valid)
 
     def against(self, rows: slice, partners: Tensor) -> Tensor:
         """`(n, m, W, rates * FEATURES_PER_RATE)`: `pair_features(w, partners[i, j])` of each neighbour `w` of
@@ -295,12 +292,15 @@ class NeighbourPairHistoryPredictor(PairHistoryPredictor):
         `partners` `(n, m)` root rows, the mean of `mlp([features(w, a) || features(w, c)])` over the neighbours
         `w` of `a` with a history (0 where none has one), pair `(rows[i], partners[i, j])` at row `j * n + i`.
 
-        `mlp` is `Linear, ReLU, Linear`: its first layer runs as one product per input block, the `a` block
-        once per root, and its second after the mean, which it commutes with, once per pair."""
+        A root's neighbours are read once, against the root itself and its partners together. `mlp` is
+        `Linear, ReLU, Linear`: its first layer runs as one product per input block, the `a` block once per
+        root, and its second after the mean, which it commutes with, once per pair."""
         first, _, second = mlp
-        own_width = pairs.own.shape[-1]
-        own = nn.functional.linear(pairs.own[rows], first.weight[:, :own_width], first.bias).unsqueeze(1)
-        hidden = torch.relu(own + nn.functional.linear(pairs.against(rows, partners), first.weight[:, own_width:]))
+        itself = torch.arange(rows.start, rows.stop, device=partners.device).unsqueeze(1)
+        features = pairs.against(rows, torch.cat([itself, partners], 1))  # (n, 1 + m, W, features)
+        width = features.shape[-1]
+        own = nn.functional.linear(features[:, :1], first.weight[:, :width], first.bias)
+        hidden = torch.relu(own + nn.functional.linear(features[:, 1:], first.weight[:, width:]))
         valid = pairs.valid[rows][:, None, :, None]  # (n, 1, W, 1)
         count = valid.sum(2)
         mean = (hidden * valid).sum(2) / count.clamp(min=1)  # (n, m, dim)
