@@ -44,7 +44,17 @@ def node_signs(ids: Tensor, dim: int) -> Tensor:
 
     Entry `k` of node `n` is the sign of splitmix64 of `n * dim + k`, so the vectors need no table (ids of any
     size work) and are the same on every process and device; `r_n . r_n = 1` and `r_u . r_v ~ N(0, 1/dim)`.
+    On the CPU each distinct id is hashed once: a batch's sampled neighbourhoods name a few hundred nodes in
+    thousands of slots (UCI: 294 in 6,000). Elsewhere every id is hashed where it stands, which needs neither a
+    sort nor a wait for the number of distinct ids.
     """
+    if ids.device.type == "cpu" and ids.numel() > 1:
+        distinct, where = torch.unique(ids, return_inverse=True)
+        return _hashed_signs(distinct, dim)[where]
+    return _hashed_signs(ids, dim)
+
+
+def _hashed_signs(ids: Tensor, dim: int) -> Tensor:
     k = torch.arange(1, dim + 1, dtype=torch.int64, device=ids.device)
     z = (ids.to(torch.int64).unsqueeze(-1) * dim + k) * _GAMMA
     z ^= _shift_right(z, 30)

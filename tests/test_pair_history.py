@@ -43,6 +43,8 @@ def test_node_signs_are_fixed_unit_and_near_orthogonal():
     signs = node_signs(ids, 256)
     assert torch.equal(signs, node_signs(ids.to(torch.int32), 256)), "the same vector whatever the id's dtype"
     assert torch.equal(signs[17], node_signs(torch.tensor([17]), 256)[0]), "a node's vector is its own"
+    repeated = torch.tensor([[5, 17, 5], [17, 17, 299]])
+    assert torch.equal(node_signs(repeated, 256), signs[repeated]), "repeated ids, in any shape, read the same"
     assert set(signs.unique().tolist()) == {-1 / 16, 1 / 16}
     gram = signs.double() @ signs.double().T
     torch.testing.assert_close(gram.diagonal(), torch.ones(300, dtype=torch.float64))
